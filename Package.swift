@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "SessionMirror",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "sessionmirror", targets: ["sessionmirror"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // The only two targets that see C: hiredis on a libuv loop, and sqlite3.
+        .systemLibrary(
+            name: "CSessionMirrorHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev", "libuv1-dev"])]
+        ),
+        .systemLibrary(
+            name: "CSessionMirrorSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
+        ),
+        .target(
+            name: "RedisClient",
+            dependencies: ["CSessionMirrorHiredis", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "SnapshotStore",
+            dependencies: ["CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log")]
+        ),
+        // The mirror engine: pure Swift, no C.
+        .target(
+            name: "SessionMirror",
+            dependencies: ["RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "sessionmirror",
+            dependencies: [
+                "SessionMirror",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "SessionMirrorTests",
+            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore"]
+        ),
+    ]
+)

@@ -1,0 +1,336 @@
+import CSessionMirrorHiredis
+
+/// A message delivered to a subscription: `pmessage`, `message`, or a (p)subscribe confirmation.
+public struct PubSubMessage {
+    /// The first element of the push: `pmessage`, `message`, `psubscribe`, `subscribe`, ...
+    public var kind: Kind
+    /// The channel the message was published on (for confirmations: the channel or pattern).
+    public var channel: [UInt8]
+    /// The payload: the event name for keyspace channels; `.null` for a flush on `__redis__:invalidate`.
+    public var payload: RedisReply
+
+    public enum Kind: Equatable, Sendable {
+        case message, patternMessage, subscribed, unsubscribed, other
+    }
+}
+
+/// A non-blocking hiredis connection attached to an `EventLoop`.
+///
+/// Replies are delivered on the loop thread, in command order. Every callback of a command still
+/// pending when the connection drops is called once with `nil`.
+///
+/// - Important: loop thread only. hiredis frees the context right after the disconnect callback
+///   fired ("the context object is always freed after the disconnect callback fired", hiredis
+///   README), so `context` is cleared there and never touched again.
+public final class AsyncRedisConnection: @unchecked Sendable {
+    public typealias ReplyHandler = (RedisReply?) -> Void
+
+    public let endpoint: RedisEndpoint
+    private let eventLoop: EventLoop
+    private var context: UnsafeMutablePointer<redisAsyncContext>?
+    private var replyHandlers: [ReplyHandler?] = []
+    private var replyHead = 0
+    private var messageHandler: ((PubSubMessage) -> Void)?
+    private var onConnect: ((RedisError?) -> Void)?
+    private var onDisconnect: ((RedisError?) -> Void)?
+    private var connectTimer: LoopTimer?
+    private var closedByUs = false
+    private var retainedSelf: Unmanaged<AsyncRedisConnection>?
+
+    /// True between a successful connect and the disconnect.
+    public private(set) var isConnected = false
+
+    /// Commands sent and not yet answered.
+    public var pendingReplyCount: Int { replyHandlers.count - replyHead }
+
+    /// Starts connecting. `onConnect` gets nil on success (after AUTH and SELECT succeeded) or the
+    /// error; `onDisconnect` is called once after a successful connect, when the link drops (nil when
+    /// we closed it ourselves).
+    public init(
+        loop: EventLoop,
+        endpoint: RedisEndpoint,
+        selectDatabase: Bool = true,
+        connectTimeoutMilliseconds: UInt64 = 5000,
+        onConnect: @escaping (RedisError?) -> Void,
+        onDisconnect: @escaping (RedisError?) -> Void
+    ) {
+        loop.preconditionInLoop()
+        self.eventLoop = loop
+        self.endpoint = endpoint
+        self.onConnect = onConnect
+        self.onDisconnect = onDisconnect
+
+        let context: UnsafeMutablePointer<redisAsyncContext>?
+        switch endpoint.address {
+        case .tcp(let host, let port): context = redisAsyncConnect(host, Int32(port))
+        case .unix(let path): context = redisAsyncConnectUnix(path)
+        }
+        guard let context else {
+            fail(.connect(endpoint: endpoint.description, reason: "out of memory"))
+            return
+        }
+        if context.pointee.err != 0 {
+            let reason = AsyncRedisConnection.errorString(context)
+            redisAsyncFree(context)
+            fail(.connect(endpoint: endpoint.description, reason: reason))
+            return
+        }
+        guard redisLibuvAttach(context, loop.loop) == REDIS_OK else {
+            redisAsyncFree(context)
+            fail(.connect(endpoint: endpoint.description, reason: "cannot attach to the event loop"))
+            return
+        }
+        // hiredis holds an unretained pointer to us in `data`; we keep ourselves alive until the
+        // context is gone so that no callback can reach a freed object.
+        retainedSelf = Unmanaged.passRetained(self)
+        context.pointee.data = retainedSelf!.toOpaque()
+        redisAsyncSetConnectCallback(context, asyncConnectCallback)
+        redisAsyncSetDisconnectCallback(context, asyncDisconnectCallback)
+        self.context = context
+
+        // hiredis 0.14 has no connect timeout for async contexts.
+        let timer = LoopTimer(loop: loop) { [weak self] in self?.connectTimedOut() }
+        timer.start(afterMilliseconds: connectTimeoutMilliseconds)
+        connectTimer = timer
+
+        // AUTH and SELECT are pipelined right behind the connect; their replies decide success.
+        let steps = RedisHandshake.commands(for: endpoint, select: selectDatabase)
+        if steps.isEmpty { return }
+        for (index, step) in steps.enumerated() {
+            let isLast = index == steps.count - 1
+            send(step.command) { [weak self] reply in
+                guard let self else { return }
+                switch reply {
+                case .error(let message)?:
+                    self.handshakeFailed(.handshake(step: step.name, reason: message))
+                case nil:
+                    break  // The disconnect path reports it.
+                default:
+                    if isLast { self.handshakeDone() }
+                }
+            }
+        }
+        handshakePending = true
+    }
+
+    private var handshakePending = false
+    private var transportConnected = false
+
+    /// Sends a command; `handler` gets its reply (or nil when the connection dropped first).
+    public func send(_ args: [[UInt8]], _ handler: @escaping ReplyHandler) {
+        guard let context else {
+            handler(nil)
+            return
+        }
+        let status = withArgv(args) { argc, argv, lengths in
+            redisAsyncCommandArgv(context, asyncReplyCallback, nil, argc, argv, lengths)
+        }
+        if status != REDIS_OK {
+            handler(nil)
+            return
+        }
+        replyHandlers.append(handler)
+    }
+
+    /// Subscribes (`SUBSCRIBE` or `PSUBSCRIBE` with its arguments); every message and confirmation
+    /// for it goes to the connection's message handler.
+    public func subscribe(_ args: [[UInt8]], onMessage: @escaping (PubSubMessage) -> Void) {
+        messageHandler = onMessage
+        guard let context else { return }
+        _ = withArgv(args) { argc, argv, lengths in
+            redisAsyncCommandArgv(context, asyncSubscriptionCallback, nil, argc, argv, lengths)
+        }
+    }
+
+    /// Closes the connection once pending replies are in (`redisAsyncDisconnect`); `onDisconnect`
+    /// then gets nil.
+    public func close() {
+        closedByUs = true
+        connectTimer?.close()
+        connectTimer = nil
+        guard let context else { return }
+        redisAsyncDisconnect(context)
+    }
+
+    /// Drops the connection at once: pending callbacks get nil (`redisAsyncFree`).
+    public func abort() {
+        closedByUs = true
+        connectTimer?.close()
+        connectTimer = nil
+        guard let context else { return }
+        if transportConnected {
+            redisAsyncFree(context)
+        } else {
+            // Not connected yet: hiredis calls neither callback, so finish here.
+            self.context = nil
+            redisAsyncFree(context)
+            finish(connectError: nil)
+        }
+    }
+
+    // MARK: - hiredis callbacks (loop thread)
+
+    fileprivate func transportDidConnect(status: Int32, error: String) {
+        if status != REDIS_OK {
+            // hiredis frees the context after this callback and never calls the disconnect callback.
+            context = nil
+            finish(connectError: .connect(endpoint: endpoint.description, reason: error))
+            return
+        }
+        transportConnected = true
+        if !handshakePending { handshakeDone() }
+    }
+
+    private func handshakeDone() {
+        guard transportConnected, !isConnected, !closedByUs else {
+            if !transportConnected { handshakePending = false }
+            return
+        }
+        handshakePending = false
+        isConnected = true
+        connectTimer?.close()
+        connectTimer = nil
+        let callback = onConnect
+        onConnect = nil
+        callback?(nil)
+    }
+
+    private func handshakeFailed(_ error: RedisError) {
+        let callback = onConnect
+        onConnect = nil
+        onDisconnect = nil
+        callback?(error)
+        abort()
+    }
+
+    private func connectTimedOut() {
+        guard !isConnected else { return }
+        let callback = onConnect
+        onConnect = nil
+        onDisconnect = nil
+        callback?(.connect(endpoint: endpoint.description, reason: "timed out"))
+        abort()
+    }
+
+    fileprivate func transportDidDisconnect(status: Int32, error: String) {
+        context = nil
+        failPendingReplies()
+        let wasConnected = isConnected
+        isConnected = false
+        if wasConnected {
+            let callback = onDisconnect
+            onDisconnect = nil
+            callback?(closedByUs && status == REDIS_OK ? nil : .io(error.isEmpty ? "connection closed" : error))
+        } else {
+            finish(connectError: .connect(endpoint: endpoint.description, reason: error.isEmpty ? "connection closed" : error))
+            return
+        }
+        release()
+    }
+
+    fileprivate func deliverReply(_ reply: UnsafeMutablePointer<redisReply>?) {
+        guard replyHead < replyHandlers.count else { return }
+        let handler = replyHandlers[replyHead]
+        replyHandlers[replyHead] = nil
+        replyHead += 1
+        if replyHead > 1024 && replyHead * 2 > replyHandlers.count {
+            replyHandlers.removeFirst(replyHead)
+            replyHead = 0
+        }
+        handler?(reply.map { RedisReply(copying: $0) })
+    }
+
+    fileprivate func deliverMessage(_ reply: UnsafeMutablePointer<redisReply>) {
+        guard let messageHandler else { return }
+        let r = reply.pointee
+        guard r.type == REDIS_REPLY_ARRAY, r.elements >= 3, let first = r.element[0] else { return }
+        let kindBytes = RedisReply.copyBytes(first.pointee.str, first.pointee.len)
+        let kind: PubSubMessage.Kind
+        var channelIndex = 1
+        switch kindBytes {
+        case Array("pmessage".utf8):
+            kind = .patternMessage
+            channelIndex = 2
+        case Array("message".utf8): kind = .message
+        case Array("psubscribe".utf8), Array("subscribe".utf8): kind = .subscribed
+        case Array("punsubscribe".utf8), Array("unsubscribe".utf8): kind = .unsubscribed
+        default: kind = .other
+        }
+        guard r.elements > channelIndex + 1, let channel = r.element[channelIndex],
+            let payload = r.element[channelIndex + 1]
+        else { return }
+        messageHandler(
+            PubSubMessage(
+                kind: kind,
+                channel: RedisReply.copyBytes(channel.pointee.str, channel.pointee.len),
+                payload: RedisReply(copying: payload)))
+    }
+
+    private func failPendingReplies() {
+        while replyHead < replyHandlers.count {
+            deliverReply(nil)
+        }
+        replyHandlers.removeAll()
+        replyHead = 0
+    }
+
+    private func fail(_ error: RedisError) {
+        // Report asynchronously: the caller is still inside init.
+        eventLoop.execute { [self] in finish(connectError: error) }
+    }
+
+    private func finish(connectError: RedisError?) {
+        connectTimer?.close()
+        connectTimer = nil
+        failPendingReplies()
+        let callback = onConnect
+        onConnect = nil
+        onDisconnect = nil
+        if let connectError { callback?(connectError) }
+        release()
+    }
+
+    private func release() {
+        if let retainedSelf {
+            self.retainedSelf = nil
+            messageHandler = nil
+            retainedSelf.release()
+        }
+    }
+
+    static func errorString(_ context: UnsafeMutablePointer<redisAsyncContext>) -> String {
+        if let errstr = context.pointee.errstr { return String(cString: errstr) }
+        return "error \(context.pointee.err)"
+    }
+}
+
+private func connection(_ context: UnsafePointer<redisAsyncContext>?) -> AsyncRedisConnection? {
+    guard let data = context?.pointee.data else { return nil }
+    return Unmanaged<AsyncRedisConnection>.fromOpaque(data).takeUnretainedValue()
+}
+
+private let asyncConnectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
+    context, status in
+    let error = context.flatMap { $0.pointee.errstr.map { String(cString: $0) } } ?? ""
+    connection(context)?.transportDidConnect(status: status, error: error)
+}
+
+private let asyncDisconnectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
+    context, status in
+    let error = context.flatMap { $0.pointee.errstr.map { String(cString: $0) } } ?? ""
+    connection(context)?.transportDidDisconnect(status: status, error: error)
+}
+
+private let asyncReplyCallback:
+    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = {
+        context, reply, _ in
+        connection(context)?.deliverReply(reply?.assumingMemoryBound(to: redisReply.self))
+    }
+
+private let asyncSubscriptionCallback:
+    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = {
+        context, reply, _ in
+        // A nil reply is hiredis tearing the subscription down; the disconnect callback reports that.
+        guard let reply else { return }
+        connection(context)?.deliverMessage(reply.assumingMemoryBound(to: redisReply.self))
+    }

@@ -1,0 +1,64 @@
+/// Keys whose Redis state changed and must be read again, coalesced: a key written ten times before
+/// it is read is read once. FIFO by the first time a key became dirty.
+///
+/// - Important: loop thread only.
+struct DirtyQueue {
+    struct Entry {
+        /// The last event for the key was `evicted` (a missing key is then kept, marked evicted).
+        var evicted: Bool
+        /// Monotonic ns when the key first became dirty; 0 for keys found by a full sync.
+        var dirtiedAt: UInt64
+    }
+
+    private var entries: [[UInt8]: Entry] = [:]
+    private var order: [[UInt8]] = []
+    private var head = 0
+    /// Keys ever appended (a sequence number: reads complete in this order).
+    private(set) var appendedCount: UInt64 = 0
+    /// Keys ever taken; a batch's `takenCount` after `take` is its completion sequence number.
+    private(set) var takenCount: UInt64 = 0
+
+    var count: Int { entries.count }
+    var isEmpty: Bool { entries.isEmpty }
+
+    /// Marks `key` dirty; the last event decides `evicted`, the first one `dirtiedAt`.
+    mutating func mark(_ key: [UInt8], evicted: Bool, at now: UInt64) {
+        if entries[key] != nil {
+            entries[key]!.evicted = evicted
+            return
+        }
+        entries[key] = Entry(evicted: evicted, dirtiedAt: now)
+        order.append(key)
+        appendedCount += 1
+    }
+
+    /// The pending entry for `key`, if any.
+    func entry(for key: [UInt8]) -> Entry? { entries[key] }
+
+    /// Removes and returns up to `limit` keys, oldest first.
+    mutating func take(_ limit: Int) -> [(key: [UInt8], entry: Entry)] {
+        var batch: [(key: [UInt8], entry: Entry)] = []
+        batch.reserveCapacity(min(limit, entries.count))
+        while batch.count < limit && head < order.count {
+            let key = order[head]
+            head += 1
+            if let entry = entries.removeValue(forKey: key) {
+                batch.append((key, entry))
+                takenCount += 1
+            }
+        }
+        if head > 4096 && head * 2 > order.count {
+            order.removeFirst(head)
+            head = 0
+        }
+        return batch
+    }
+
+    /// Forgets everything (after a disconnect or an overflow: a full sync follows).
+    mutating func removeAll() {
+        entries = [:]
+        order = []
+        head = 0
+        takenCount = appendedCount
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// A swift-log handler writing one line per record, logfmt (default) or JSON, for journald and log
+/// tailers: `ts=… level=… event=… msg="…" key=value …`.
+///
+/// - Important: never pass secrets or session values as metadata; this handler prints what it gets.
+public struct LogfmtLogHandler: LogHandler {
+    public enum Format: String, Sendable, CaseIterable {
+        case logfmt, json
+    }
+
+    /// Where lines go: stderr, or a file that SIGHUP reopens.
+    public final class Sink: @unchecked Sendable {
+        private let lock = Mutex<Int32>(2)
+        private let path: String?
+
+        /// Standard error.
+        public init() { path = nil }
+
+        /// A file, created 0600 and appended to.
+        public init(path: String) throws {
+            self.path = path
+            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            if fd < 0 { throw ConfigurationError.invalid(option: "--log-file", reason: "cannot open \(path): \(String(cString: strerror(errno)))") }
+            lock.withLock { $0 = fd }
+        }
+
+        /// Reopens the file (after logrotate moved it).
+        public func reopen() {
+            guard let path else { return }
+            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { return }
+            lock.withLock { old in
+                Glibc.close(old)
+                old = fd
+            }
+        }
+
+        func write(_ line: String) {
+            var bytes = Array(line.utf8)
+            bytes.append(UInt8(ascii: "\n"))
+            lock.withLock { fd in
+                bytes.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < raw.count {
+                        let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                        if n <= 0 { if errno == EINTR { continue } else { return } }
+                        offset += n
+                    }
+                }
+            }
+        }
+    }
+
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    private let format: Format
+    private let sink: Sink
+
+    public init(format: Format, sink: Sink, level: Logger.Level = .info) {
+        self.format = format
+        self.sink = sink
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields: [(String, String)] = [
+            ("ts", LogfmtLogHandler.timestamp()), ("level", event.level.rawValue),
+        ]
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        if let name = merged.removeValue(forKey: "event") { fields.append(("event", "\(name)")) }
+        fields.append(("msg", "\(event.message)"))
+        for key in merged.keys.sorted() { fields.append((key, "\(merged[key]!)")) }
+        sink.write(format == .json ? LogfmtLogHandler.json(fields) : LogfmtLogHandler.logfmt(fields))
+    }
+
+    static func logfmt(_ fields: [(String, String)]) -> String {
+        fields.map { key, value in
+            let needsQuotes = value.isEmpty || value.contains { $0 == " " || $0 == "=" || $0 == "\"" || $0 == "\\" || $0.isNewline }
+            guard needsQuotes else { return "\(key)=\(value)" }
+            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                .replacingOccurrences(of: "\n", with: "\\n")
+            return "\(key)=\"\(escaped)\""
+        }.joined(separator: " ")
+    }
+
+    static func json(_ fields: [(String, String)]) -> String {
+        "{" + fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",") + "}"
+    }
+
+    static func jsonString(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 {
+                    out += String(format: "\\u%04x", scalar.value)
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out + "\""
+    }
+
+    static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var tm = tm()
+        var seconds = now.tv_sec
+        gmtime_r(&seconds, &tm)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+            tm.tm_min, tm.tm_sec, now.tv_nsec / 1_000_000)
+    }
+}

@@ -1,0 +1,275 @@
+import Foundation
+import Logging
+import RedisClient
+
+/// Why the mirror cannot go on against this Redis (at start-up: exit non-zero).
+struct MirrorSetupError: Error, CustomStringConvertible {
+    let description: String
+    /// True for an operator's error that retrying will not fix (auth, CONFIG refused, old Redis).
+    let permanent: Bool
+}
+
+extension Mirror {
+    // MARK: - Connecting (loop thread)
+
+    func connect() {
+        guard phase != .stopping else { return }
+        phase = .connecting
+        subscriptionsConfirmed = 0
+        var connectedCount = 0
+        var failed = false
+        let onConnect: (RedisError?) -> Void = { [weak self] error in
+            guard let self, !failed, self.phase == .connecting else { return }
+            if let error {
+                failed = true
+                self.connectFailed(MirrorSetupError(description: "\(error)", permanent: Mirror.isPermanent(error)))
+                return
+            }
+            connectedCount += 1
+            if connectedCount == 2 { self.prepare() }
+        }
+        let onDisconnect: (RedisError?) -> Void = { [weak self] error in
+            self?.connectionLost(error.map { "\($0)" } ?? "connection closed")
+        }
+        reader = AsyncRedisConnection(
+            loop: loop, endpoint: configuration.endpoint, onConnect: onConnect, onDisconnect: onDisconnect)
+        subscriber = AsyncRedisConnection(
+            loop: loop, endpoint: configuration.endpoint, selectDatabase: false, onConnect: onConnect,
+            onDisconnect: onDisconnect)
+    }
+
+    static func isPermanent(_ error: RedisError) -> Bool {
+        if case .handshake = error { return true }
+        return false
+    }
+
+    /// Checks the server, then subscribes. Each step's failure ends in `connectFailed`.
+    private func prepare() {
+        guard let reader else { return }
+        reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
+            guard let self, let reply else { return }
+            self.checkNotifications(reply)
+        }
+    }
+
+    private func checkNotifications(_ reply: RedisReply) {
+        var current: String?
+        if let items = reply.elements, items.count == 2 { current = items[1].text }
+        guard let current else {
+            let refusal = reply.errorMessage ?? "unexpected reply"
+            if configuration.configureNotifications {
+                connectFailed(
+                    MirrorSetupError(
+                        description: "CONFIG GET notify-keyspace-events was refused (\(refusal)); "
+                            + KeyspaceNotifications.operatorHint(current: nil)
+                            + ", then run with --no-config-set",
+                        permanent: true))
+                return
+            }
+            logger.warning(
+                "cannot read notify-keyspace-events; trusting the operator's setting",
+                metadata: ["event": "notifications_unverified", "error": "\(refusal)", "required": "\(KeyspaceNotifications.requiredFlags)"])
+            readServerInfo()
+            return
+        }
+        let missing = KeyspaceNotifications.missingFlags(in: current)
+        if missing.isEmpty {
+            readServerInfo()
+            return
+        }
+        guard configuration.configureNotifications else {
+            connectFailed(
+                MirrorSetupError(
+                    description: "notify-keyspace-events is '\(current)', missing '\(missing)' and --no-config-set is given: "
+                        + KeyspaceNotifications.operatorHint(current: current),
+                    permanent: true))
+            return
+        }
+        let merged = KeyspaceNotifications.merged(current)
+        reader?.send(.command("CONFIG", "SET", "notify-keyspace-events", merged)) { [weak self] reply in
+            guard let self, let reply else { return }
+            if let refusal = reply.errorMessage {
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "CONFIG SET notify-keyspace-events was refused (\(refusal)); "
+                            + KeyspaceNotifications.operatorHint(current: current),
+                        permanent: true))
+                return
+            }
+            self.logger.notice(
+                "added missing keyspace notification flags",
+                metadata: ["event": "notifications_configured", "before": "\(current)", "after": "\(merged)"])
+            self.readServerInfo()
+        }
+    }
+
+    private func readServerInfo() {
+        reader?.send(.command("INFO", "server")) { [weak self] reply in
+            guard let self, let reply else { return }
+            guard let text = reply.text else {
+                self.connectFailed(
+                    MirrorSetupError(description: "INFO server was refused: \(reply.errorMessage ?? "?")", permanent: true))
+                return
+            }
+            let info = RedisInfo(text)
+            if let major = info.majorVersion, major < 7 {
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "Redis \(info.version ?? "?") is too old: the mirror needs Redis 7.0 or newer (PEXPIRETIME)",
+                        permanent: true))
+                return
+            }
+            self.currentRunID = info.runID
+            self.subscribe(version: info.version ?? "?")
+        }
+    }
+
+    private func subscribe(version: String) {
+        guard let subscriber else { return }
+        subscriber.send(.command("CLIENT", "ID")) { [weak self] reply in
+            guard let self, let reply else { return }
+            let clientID = reply.integer
+            let patterns = self.configuration.prefixes.map {
+                KeyspaceNotifications.pattern(database: self.configuration.endpoint.database, keyPrefix: $0)
+            }
+            self.subscriptionsExpected = patterns.count + 1
+            let handler: (PubSubMessage) -> Void = { [weak self] message in self?.handleMessage(message) }
+            subscriber.subscribe([Array("SUBSCRIBE".utf8), Mirror.invalidateChannel], onMessage: handler)
+            subscriber.subscribe([Array("PSUBSCRIBE".utf8)] + patterns, onMessage: handler)
+            // hiredis 0.14 drops an error reply to PSUBSCRIBE (an ACL without channel permission),
+            // so a missing confirmation is how we learn of it.
+            let timer = LoopTimer(loop: self.loop) { [weak self] in
+                guard let self, self.phase == .connecting else { return }
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs "
+                            + "channel permission &__keyspace@\(self.configuration.endpoint.database)__:* (see docs/security.md)",
+                        permanent: true))
+            }
+            timer.start(afterMilliseconds: 5000)
+            self.subscribeTimer = timer
+            self.pendingTrackingClientID = clientID
+            self.pendingServerVersion = version
+        }
+    }
+
+    func subscriptionsReady() {
+        subscribeTimer?.close()
+        subscribeTimer = nil
+        if let clientID = pendingTrackingClientID {
+            reader?.send(
+                .command(
+                    "CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST", "PREFIX",
+                    Mirror.trackingProbePrefix)
+            ) { [weak self] reply in
+                guard let self, let reply else { return }
+                if let refusal = reply.errorMessage {
+                    self.logger.warning(
+                        "FLUSHALL/FLUSHDB cannot be detected while connected (CLIENT TRACKING refused); losses are still found on reconnect",
+                        metadata: ["event": "flush_detection_unavailable", "error": "\(refusal)"])
+                }
+            }
+        }
+        phase = .connected
+        reconnectAttempt = 0
+        if lastReportedFailure != nil || everConnected {
+            logger.notice(
+                "connected to Redis",
+                metadata: ["event": "connected", "redis.run_id": "\(currentRunID ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")"])
+        } else {
+            logger.info(
+                "connected to Redis",
+                metadata: ["event": "connected", "redis.run_id": "\(currentRunID ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")"])
+        }
+        lastReportedFailure = nil
+        let reason = everConnected ? "reconnect" : "start"
+        everConnected = true
+        startFullSync(reason: reason)
+    }
+
+    // MARK: - Failures and reconnects
+
+    func connectFailed(_ error: MirrorSetupError) {
+        tearDownConnections()
+        if error.permanent && !everConnected {
+            // An operator's error at start-up: say it once and exit non-zero.
+            logger.critical("\(error.description)", metadata: ["event": "fatal"])
+            setExitCode(2)
+            beginShutdown(reason: "fatal")
+            return
+        }
+        stats.errors += 1
+        if lastReportedFailure != error.description {
+            lastReportedFailure = error.description
+            logger.error(
+                "cannot use Redis; retrying with backoff",
+                metadata: ["event": "redis_unavailable", "error": "\(error.description)"])
+        }
+        scheduleReconnect()
+    }
+
+    func connectionLost(_ reason: String) {
+        guard reader != nil || subscriber != nil else { return }  // Already torn down.
+        let wasConnected = phase == .connected
+        tearDownConnections()
+        guard phase != .stopping else {
+            finishShutdownIfDrained()
+            return
+        }
+        if wasConnected {
+            stats.reconnects += 1
+            lastReportedFailure = reason
+            logger.warning(
+                "lost the connection to Redis; changes in the gap are recovered by a full sync after reconnecting",
+                metadata: ["event": "disconnected", "error": "\(reason)"])
+        } else if lastReportedFailure != reason {
+            lastReportedFailure = reason
+            logger.error("cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
+        }
+        scheduleReconnect()
+    }
+
+    /// Drops both connections and whatever was pending on them: a full sync follows the reconnect.
+    func tearDownConnections() {
+        let (oldReader, oldSubscriber) = (reader, subscriber)
+        reader = nil
+        subscriber = nil
+        subscribeTimer?.close()
+        subscribeTimer = nil
+        oldReader?.abort()
+        oldSubscriber?.abort()
+        dirty.removeAll()
+        keysInFlight = 0
+        sync = nil
+        if phase != .stopping { phase = .idle }
+    }
+
+    private func scheduleReconnect() {
+        guard phase != .stopping else { return }
+        let base = configuration.reconnectMinimumMilliseconds << min(reconnectAttempt, 16)
+        let capped = min(base, configuration.reconnectMaximumMilliseconds)
+        // Full jitter on the upper half, so that many daemons do not reconnect in step.
+        let delay = capped / 2 + Int.random(in: 0...max(capped / 2, 1))
+        reconnectAttempt += 1
+        reconnectTimer?.close()
+        let timer = LoopTimer(loop: loop) { [weak self] in self?.connect() }
+        timer.start(afterMilliseconds: UInt64(delay))
+        reconnectTimer = timer
+    }
+}
+
+/// The few fields of `INFO server` the mirror uses.
+struct RedisInfo {
+    var fields: [String: String] = [:]
+
+    init(_ text: String) {
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let colon = line.firstIndex(of: ":"), !line.hasPrefix("#") else { continue }
+            fields[String(line[..<colon])] = String(line[line.index(after: colon)...])
+        }
+    }
+
+    var runID: String? { fields["run_id"] }
+    var version: String? { fields["redis_version"] }
+    var majorVersion: Int? { version.flatMap { $0.split(separator: ".").first.flatMap { Int($0) } } }
+}

@@ -1,0 +1,166 @@
+import Foundation
+import Logging
+import RedisClient
+import SnapshotStore
+import Synchronization
+
+/// The mirror daemon: keeps the snapshot equal to Redis for the configured prefixes.
+///
+/// Threads: one libuv loop thread owns both Redis connections (the subscription, drained
+/// continuously, and the reader), the dirty set and every timer; one writer thread owns the SQLite
+/// connection. The loop never waits for the disk: it hands read results to `SnapshotWriter` and
+/// moves on. See docs/architecture.md.
+public final class Mirror: @unchecked Sendable {
+    enum Phase { case idle, connecting, connected, stopping }
+
+    struct SyncState {
+        let generation: Int64
+        let reason: String
+        let startedAt: UInt64
+        var prefixIndex = 0
+        var cursor: [UInt8] = Array("0".utf8)
+        var scanInFlight = false
+        var keysScanned = 0
+        /// Set when the SCAN is complete: the sync is done once reads up to here have completed.
+        var barrier: UInt64?
+    }
+
+    struct ReadBatch {
+        let keys: [(key: [UInt8], entry: DirtyQueue.Entry)]
+        let endSequence: UInt64
+        let generation: Int64
+        let flushEpoch: Int
+    }
+
+    let configuration: MirrorConfiguration
+    let logger: Logger
+    let loop = EventLoop()
+    let writer: SnapshotWriter
+    private let statisticsBox = Mutex(MirrorStatistics())
+    private let exitCode = Mutex<Int32>(0)
+
+    /// Called on the loop thread once, after the first full sync (systemd READY=1).
+    public var onReady: (@Sendable () -> Void)?
+    /// Called after a cache loss was detected, with the reason; the default runs `onCacheLoss`.
+    public var cacheLossHandler: (@Sendable (String) -> Void)?
+
+    // Loop-thread state.
+    var phase = Phase.idle
+    var reader: AsyncRedisConnection?
+    var subscriber: AsyncRedisConnection?
+    var dirty = DirtyQueue()
+    var keysInFlight = 0
+    var completedSequence: UInt64 = 0
+    var generation: Int64
+    var storedRunID: String?
+    var currentRunID: String?
+    var sync: SyncState?
+    var everConnected = false
+    var everSynced = false
+    var acceptingEvents = true
+    var flushEpoch = 0
+    var subscriptionsConfirmed = 0
+    var subscriptionsExpected = 0
+    var shutdownBarrierReached = false
+    var reconnectAttempt = 0
+    var lastReportedFailure: String?
+    var stats = MirrorStatistics()
+    var timers: [LoopTimer] = []
+    var reconnectTimer: LoopTimer?
+    var subscribeTimer: LoopTimer?
+    var pendingTrackingClientID: Int64?
+    var pendingServerVersion: String?
+    var checkHook: LoopCheck?
+    var signals: [LoopSignal] = []
+    let channelPrefix: [UInt8]
+    static let invalidateChannel = Array("__redis__:invalidate".utf8)
+    static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
+    /// A tracking prefix that matches no key: we only want the null message Redis sends every
+    /// tracking client on FLUSHALL / FLUSHDB, not an invalidation per write.
+    static let trackingProbePrefix = "__sessionmirror__:flush-probe:"
+    static let evictedEvent = Array("evicted".utf8)
+
+    /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
+    public init(configuration: MirrorConfiguration, logger: Logger) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        let store = try SnapshotStore(path: configuration.snapshotPath, mode: .readWrite)
+        generation = Int64(try store.metadata("sync_generation") ?? "0") ?? 0
+        storedRunID = try store.metadata("redis_run_id")
+        channelPrefix = KeyspaceNotifications.channelPrefix(database: configuration.endpoint.database)
+        writer = SnapshotWriter(
+            store: store, logger: logger, pruneIntervalSeconds: configuration.pruneIntervalSeconds)
+    }
+
+    /// Runs until SIGTERM / SIGINT (or a fatal error); returns the process exit code.
+    ///
+    /// - Important: blocks the calling thread.
+    public func run() -> Int32 {
+        loop.start { [self] in start() }
+        loop.join()
+        if !writer.stop(timeoutSeconds: 4) {
+            logger.error("snapshot writer did not finish in time", metadata: ["event": "shutdown_incomplete"])
+            exitCode.withLock { $0 = 1 }
+        }
+        logger.info("stopped", metadata: ["event": "stopped"])
+        return exitCode.withLock { $0 }
+    }
+
+    /// A copy of the counters, for metrics.
+    public func statistics() -> MirrorStatistics { statisticsBox.withLock { $0 } }
+
+    /// Asks the daemon to stop, from any thread.
+    public func requestStop() {
+        loop.execute { [self] in beginShutdown(reason: "requested") }
+    }
+
+    // MARK: - Start-up (loop thread)
+
+    private func start() {
+        for signal in [SIGTERM, SIGINT] {
+            signals.append(
+                LoopSignal(loop: loop, signal: signal) { [weak self] number in
+                    self?.beginShutdown(reason: number == SIGTERM ? "SIGTERM" : "SIGINT")
+                })
+        }
+        checkHook = LoopCheck(loop: loop) { [weak self] in self?.afterIO() }
+        // Resumes reads paused by writer back-pressure when no I/O wakes the loop.
+        let tick = LoopTimer(loop: loop) { [weak self] in self?.afterIO() }
+        tick.start(afterMilliseconds: 20, repeatMilliseconds: 20)
+        timers.append(tick)
+        if configuration.metricsIntervalSeconds > 0 {
+            let interval = UInt64(configuration.metricsIntervalSeconds) * 1000
+            let metrics = LoopTimer(loop: loop) { [weak self] in self?.logMetrics() }
+            metrics.start(afterMilliseconds: interval, repeatMilliseconds: interval)
+            timers.append(metrics)
+        }
+        logger.info(
+            "starting",
+            metadata: [
+                "event": "starting", "redis": "\(configuration.endpoint)",
+                "snapshot.path": "\(configuration.snapshotPath)",
+                "prefixes": "\(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
+            ])
+        connect()
+    }
+
+    /// Runs after every I/O phase: turns the events parsed in it into pipelined reads.
+    private func afterIO() {
+        issueReads()
+        continueScan()
+        if phase == .stopping { finishShutdownIfDrained() }
+        publishStatistics()
+    }
+
+    func publishStatistics() {
+        stats.dirtyBacklog = dirty.count
+        stats.keysInFlight = keysInFlight
+        stats.connected = phase == .connected
+        stats.redisRunID = currentRunID
+        let copy = stats
+        statisticsBox.withLock { $0 = copy }
+    }
+
+    func setExitCode(_ code: Int32) { exitCode.withLock { $0 = code } }
+}

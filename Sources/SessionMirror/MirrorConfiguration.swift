@@ -1,0 +1,83 @@
+import RedisClient
+
+/// Everything `sessionmirror run` needs to know.
+public struct MirrorConfiguration: Sendable {
+    /// What to do with a key whose last event was `evicted`.
+    public enum EvictedPolicy: String, Sendable, CaseIterable {
+        /// Keep the row, marked evicted: the session is a valid login that Redis dropped.
+        case keep
+        /// Mirror the eviction as a delete.
+        case delete
+    }
+
+    /// What to do when the daemon detects that Redis lost its data.
+    public enum CacheLossAction: String, Sendable, CaseIterable {
+        /// Log `cache_loss` and leave the restore to the operator.
+        case alert
+        /// Restore every valid session at once, with the rules of `sessionmirror restore`.
+        case restore
+    }
+
+    public var endpoint: RedisEndpoint
+    /// Key prefixes to mirror, byte-exact.
+    public var prefixes: [[UInt8]]
+    public var snapshotPath: String
+    /// The longest a change may wait before it is committed (the recovery point).
+    public var commitIntervalMilliseconds: Int = 100
+    /// A full sync deletes nothing when more than this fraction of unexpired rows would go.
+    public var maxResyncDeleteFraction: Double = 0.10
+    public var evictedPolicy: EvictedPolicy = .keep
+    /// Whether the daemon may add missing `notify-keyspace-events` flags with CONFIG SET.
+    public var configureNotifications = true
+    public var onCacheLoss: CacheLossAction = .alert
+    /// The dirty set is dropped, and a full sync scheduled, past this many keys.
+    public var maxDirtyKeys = 500_000
+    /// Keys read per script call.
+    public var readBatchSize = 256
+    /// Keys being read at once (pipelined script calls).
+    public var maxKeysInFlight = 4096
+    /// Reads pause while the writer has more than this many bytes queued.
+    public var maxWriterBacklogBytes = 64 << 20
+    /// How often a metrics line is logged (0 disables).
+    public var metricsIntervalSeconds = 10
+    /// Expired rows are pruned this often.
+    public var pruneIntervalSeconds = 60
+    /// Reconnect backoff bounds.
+    public var reconnectMinimumMilliseconds = 100
+    public var reconnectMaximumMilliseconds = 10_000
+
+    public init(endpoint: RedisEndpoint, prefixes: [[UInt8]], snapshotPath: String) {
+        self.endpoint = endpoint
+        self.prefixes = prefixes
+        self.snapshotPath = snapshotPath
+    }
+
+    /// Django's default session key prefix (`KEY_PREFIX` empty, `VERSION` 1, cache backend).
+    public static let djangoDefaultPrefix = ":1:django.contrib.sessions.cache"
+
+    /// Checks values that parsing alone cannot; throws a message naming the option.
+    public func validate() throws {
+        if prefixes.isEmpty { throw ConfigurationError.invalid(option: "--prefix", reason: "at least one prefix is needed") }
+        if prefixes.contains(where: \.isEmpty) {
+            throw ConfigurationError.invalid(option: "--prefix", reason: "an empty prefix would mirror the whole database")
+        }
+        if !(1...60_000).contains(commitIntervalMilliseconds) {
+            throw ConfigurationError.invalid(option: "--commit-interval", reason: "must be between 1 and 60000 ms")
+        }
+        if !(0...1).contains(maxResyncDeleteFraction) {
+            throw ConfigurationError.invalid(option: "--max-resync-delete", reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")
+        }
+        if snapshotPath.isEmpty { throw ConfigurationError.invalid(option: "--snapshot", reason: "must not be empty") }
+    }
+}
+
+/// A configuration value that cannot be used.
+public enum ConfigurationError: Error, CustomStringConvertible {
+    case invalid(option: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let option, let reason): return "\(option): \(reason)"
+        }
+    }
+}

@@ -1,0 +1,15 @@
+/// Counters of the mirror's loop thread, copied out for metrics lines.
+public struct MirrorStatistics: Sendable {
+    public var eventsReceived: UInt64 = 0
+    public var keysRead: UInt64 = 0
+    public var reconnects: UInt64 = 0
+    public var fullSyncs: UInt64 = 0
+    public var cacheLosses: UInt64 = 0
+    public var restores: UInt64 = 0
+    public var errors: UInt64 = 0
+    public var dirtyOverflows: UInt64 = 0
+    public var dirtyBacklog = 0
+    public var keysInFlight = 0
+    public var connected = false
+    public var redisRunID: String?
+}

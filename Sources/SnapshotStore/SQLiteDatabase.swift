@@ -1,0 +1,166 @@
+import CSessionMirrorSQLite
+
+/// A failure from SQLite, naming the step that failed and carrying `sqlite3_errmsg`.
+public struct SQLiteError: Error, CustomStringConvertible {
+    public let step: String
+    public let code: Int32
+    public let message: String
+
+    public var description: String { "\(step): \(message) (sqlite code \(code))" }
+
+    /// True when the disk or the file system is full (a passing fault: retry later).
+    public var isDiskFull: Bool { code & 0xff == SQLITE_FULL }
+    /// True when another connection holds the lock longer than the busy timeout.
+    public var isBusy: Bool { code & 0xff == SQLITE_BUSY || code & 0xff == SQLITE_LOCKED }
+    /// True when the file is not a database or is damaged.
+    public var isCorrupt: Bool { code & 0xff == SQLITE_NOTADB || code & 0xff == SQLITE_CORRUPT }
+}
+
+/// One sqlite3 connection. The only type besides `Statement` that touches `sqlite3*`.
+///
+/// - Important: not thread-safe; one owner (thread) at a time, as GRDB and sqlite-nio do.
+final class SQLiteDatabase {
+    private(set) var handle: OpaquePointer?
+    let path: String
+
+    init(path: String, readOnly: Bool, create: Bool) throws {
+        self.path = path
+        var flags = readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE
+        if create && !readOnly { flags |= SQLITE_OPEN_CREATE }
+        flags |= SQLITE_OPEN_NOMUTEX
+        var db: OpaquePointer?
+        let status = sqlite3_open_v2(path, &db, flags, nil)
+        if status != SQLITE_OK {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            // "Whether or not an error occurs when it is opened, resources associated with the
+            // database connection handle should be released by passing it to sqlite3_close()."
+            sqlite3_close_v2(db)
+            throw SQLiteError(step: "open \(path)", code: status, message: message)
+        }
+        handle = db
+        sqlite3_extended_result_codes(db, 1)
+        sqlite3_busy_timeout(db, 5000)
+    }
+
+    deinit { close() }
+
+    func close() {
+        guard let handle else { return }
+        // sqlite3_close_v2 defers the close until every statement is finalized, so a statement
+        // that outlives us cannot crash the process.
+        sqlite3_close_v2(handle)
+        self.handle = nil
+    }
+
+    /// Runs one or more statements without results.
+    func execute(_ sql: String, step: String? = nil) throws {
+        var errorMessage: UnsafeMutablePointer<CChar>?
+        let status = sqlite3_exec(handle, sql, nil, nil, &errorMessage)
+        if status != SQLITE_OK {
+            let message = errorMessage.map { String(cString: $0) } ?? lastMessage
+            sqlite3_free(errorMessage)
+            throw SQLiteError(step: step ?? sql, code: status, message: message)
+        }
+    }
+
+    func prepare(_ sql: String) throws -> Statement {
+        var statement: OpaquePointer?
+        let status = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
+        guard status == SQLITE_OK, let statement else {
+            throw SQLiteError(step: "prepare \(sql)", code: status, message: lastMessage)
+        }
+        return Statement(database: self, statement: statement)
+    }
+
+    /// Reads a single integer (for example a PRAGMA).
+    func integer(_ sql: String) throws -> Int64? {
+        let statement = try prepare(sql)
+        guard try statement.step() else { return nil }
+        return statement.isNull(0) ? nil : statement.int64(0)
+    }
+
+    var lastMessage: String {
+        handle.map { String(cString: sqlite3_errmsg($0)) } ?? "database is closed"
+    }
+
+    var changes: Int { Int(sqlite3_changes(handle)) }
+}
+
+/// A prepared statement. Bind, step, read columns, reset.
+final class Statement {
+    private let database: SQLiteDatabase
+    private var statement: OpaquePointer?
+
+    fileprivate init(database: SQLiteDatabase, statement: OpaquePointer) {
+        self.database = database
+        self.statement = statement
+    }
+
+    deinit { sqlite3_finalize(statement) }
+
+    func bind(_ index: Int32, _ value: Int64?) throws {
+        let status = value.map { sqlite3_bind_int64(statement, index, $0) } ?? sqlite3_bind_null(statement, index)
+        try check(status, "bind integer")
+    }
+
+    func bind(_ index: Int32, _ value: String?) throws {
+        guard let value else { return try check(sqlite3_bind_null(statement, index), "bind null") }
+        try bind(index, blob: Array(value.utf8), asText: true)
+    }
+
+    /// Binds bytes. The bytes must stay alive until the statement is stepped: SQLITE_TRANSIENT is
+    /// not importable into Swift, so the caller keeps the array alive (see `withBound`) or we copy.
+    func bind(_ index: Int32, blob: [UInt8], asText: Bool = false) throws {
+        // An empty blob would bind as NULL through a nil pointer; bind a zero-length blob instead.
+        if blob.isEmpty {
+            try check(sqlite3_bind_zeroblob(statement, index, 0), "bind empty blob")
+            return
+        }
+        // SQLITE_TRANSIENT ((sqlite3_destructor_type)-1) tells SQLite to copy the bytes now.
+        let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+        let status = blob.withUnsafeBytes { raw in
+            asText
+                ? sqlite3_bind_text(statement, index, raw.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(raw.count), transient)
+                : sqlite3_bind_blob(statement, index, raw.baseAddress, Int32(raw.count), transient)
+        }
+        try check(status, "bind blob")
+    }
+
+    /// Steps once; true when a row is available, false when done.
+    @discardableResult
+    func step() throws -> Bool {
+        let status = sqlite3_step(statement)
+        switch status {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        default:
+            throw SQLiteError(step: "step \(sql)", code: status, message: database.lastMessage)
+        }
+    }
+
+    func reset() {
+        sqlite3_reset(statement)
+        sqlite3_clear_bindings(statement)
+    }
+
+    func isNull(_ column: Int32) -> Bool { sqlite3_column_type(statement, column) == SQLITE_NULL }
+    func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(statement, column) }
+    func optionalInt64(_ column: Int32) -> Int64? { isNull(column) ? nil : int64(column) }
+
+    func blob(_ column: Int32) -> [UInt8] {
+        let count = Int(sqlite3_column_bytes(statement, column))
+        guard count > 0, let pointer = sqlite3_column_blob(statement, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    func text(_ column: Int32) -> String {
+        guard let pointer = sqlite3_column_text(statement, column) else { return "" }
+        return String(cString: pointer)
+    }
+
+    private var sql: String { statement.flatMap { sqlite3_sql($0) }.map { String(cString: $0) } ?? "" }
+
+    private func check(_ status: Int32, _ step: String) throws {
+        if status != SQLITE_OK { throw SQLiteError(step: step, code: status, message: database.lastMessage) }
+    }
+}

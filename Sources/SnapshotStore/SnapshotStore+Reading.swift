@@ -1,0 +1,120 @@
+/// Row counts of a snapshot.
+public struct SnapshotCounts: Sendable, Equatable {
+    /// Live rows whose expiry has not passed.
+    public var live: Int
+    /// Evicted rows whose expiry has not passed.
+    public var evicted: Int
+    /// Rows whose expiry has passed and that were not pruned yet.
+    public var expired: Int
+    /// Total bytes of keys and values.
+    public var bytes: Int64
+}
+
+/// What a full-sync reconciliation decided.
+public struct ReconcileOutcome: Sendable, Equatable {
+    /// Unexpired rows (live and evicted) before the reconciliation.
+    public var unexpiredRows: Int
+    /// Live, unexpired rows the sync did not find in Redis.
+    public var missingRows: Int
+    /// Rows deleted (0 when refused).
+    public var deleted: Int
+    /// Why nothing was deleted, when the evidence was ambiguous.
+    public var refusedReason: String?
+}
+
+extension SnapshotStore {
+    /// Calls `body` for every row, in key order, inside one read transaction (a consistent view even
+    /// while the daemon writes). Stops early when `body` returns false.
+    public func forEachRecord(_ body: (SnapshotRecord) throws -> Bool) throws {
+        try database.execute("BEGIN", step: "begin read")
+        defer { try? database.execute("COMMIT") }
+        let statement = try database.prepare(
+            "SELECT key, type, value, expires_at, state, changed_at FROM sessions ORDER BY key")
+        while try statement.step() {
+            let record = SnapshotRecord(
+                key: statement.blob(0), type: statement.text(1), value: statement.blob(2),
+                expiresAt: statement.optionalInt64(3), state: RowState(rawValue: statement.int64(4)) ?? .live,
+                changedAt: statement.int64(5))
+            if try !body(record) { break }
+        }
+    }
+
+    /// Reads one row.
+    public func record(forKey key: [UInt8]) throws -> SnapshotRecord? {
+        let statement = try database.prepare(
+            "SELECT key, type, value, expires_at, state, changed_at FROM sessions WHERE key = ?1")
+        try statement.bind(1, blob: key)
+        guard try statement.step() else { return nil }
+        return SnapshotRecord(
+            key: statement.blob(0), type: statement.text(1), value: statement.blob(2),
+            expiresAt: statement.optionalInt64(3), state: RowState(rawValue: statement.int64(4)) ?? .live,
+            changedAt: statement.int64(5))
+    }
+
+    /// Counts rows by state, relative to `now` (Unix ms).
+    public func counts(now: Int64) throws -> SnapshotCounts {
+        let statement = try database.prepare(
+            """
+            SELECT
+                coalesce(sum(state = 0 AND (expires_at IS NULL OR expires_at > ?1)), 0),
+                coalesce(sum(state = 1 AND (expires_at IS NULL OR expires_at > ?1)), 0),
+                coalesce(sum(expires_at IS NOT NULL AND expires_at <= ?1), 0),
+                coalesce(sum(length(key) + length(value)), 0)
+            FROM sessions
+            """)
+        try statement.bind(1, now)
+        try statement.step()
+        return SnapshotCounts(
+            live: Int(statement.int64(0)), evicted: Int(statement.int64(1)), expired: Int(statement.int64(2)),
+            bytes: statement.int64(3))
+    }
+
+    /// After a full sync of `generation`: deletes live, unexpired rows the sync did not see, unless
+    /// the evidence is ambiguous (Redis restarted, or more than `maxDeleteFraction` would go), in
+    /// which case it deletes nothing and says why. Expired rows are pruned either way.
+    ///
+    /// - Important: call inside a write transaction, after every row of the sync was applied.
+    public func reconcile(generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool) throws
+        -> ReconcileOutcome
+    {
+        let countStatement = try database.prepare(
+            """
+            SELECT
+                coalesce(sum(expires_at IS NULL OR expires_at > ?1), 0),
+                coalesce(sum(state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)), 0)
+            FROM sessions
+            """)
+        try countStatement.bind(1, now)
+        try countStatement.bind(2, generation)
+        try countStatement.step()
+        var outcome = ReconcileOutcome(
+            unexpiredRows: Int(countStatement.int64(0)), missingRows: Int(countStatement.int64(1)), deleted: 0,
+            refusedReason: nil)
+        if outcome.missingRows > 0 {
+            if runIDChanged {
+                outcome.refusedReason = "redis_restarted"
+            } else if Double(outcome.missingRows) > maxDeleteFraction * Double(outcome.unexpiredRows) {
+                outcome.refusedReason = "too_many_missing"
+            } else {
+                let delete = try database.prepare(
+                    "DELETE FROM sessions WHERE state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)")
+                try delete.bind(1, now)
+                try delete.bind(2, generation)
+                try delete.step()
+                outcome.deleted = database.changes
+            }
+        }
+        return outcome
+    }
+
+    /// Runs SQLite's `quick_check`; returns "ok" or the problems found.
+    public func quickCheck() throws -> String {
+        let statement = try database.prepare("PRAGMA quick_check")
+        var lines: [String] = []
+        while try statement.step() { lines.append(statement.text(0)) }
+        return lines.joined(separator: "; ")
+    }
+
+    /// The current format version of the file.
+    public func formatVersion() throws -> Int64 { try database.integer("PRAGMA user_version") ?? 0 }
+}

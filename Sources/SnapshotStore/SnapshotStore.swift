@@ -1,0 +1,230 @@
+import CSessionMirrorSQLite
+import Foundation
+
+/// The SQLite snapshot of every mirrored key: one file, WAL mode, versioned schema.
+///
+/// - Important: one `SnapshotStore` belongs to one thread. The daemon's writer thread owns the
+///   read-write store; `restore`, `verify` and `status` open their own read-only stores, which WAL
+///   lets run beside the daemon.
+public final class SnapshotStore {
+    /// The schema version this build writes (`PRAGMA user_version`).
+    public static let formatVersion: Int64 = 1
+    /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
+    public static let applicationID: Int64 = 0x534D_4952
+
+    public enum Mode {
+        /// Read and write; create the file (0600) when it does not exist.
+        case readWrite
+        /// Read only; the file must exist.
+        case readOnly
+    }
+
+    public let path: String
+    let database: SQLiteDatabase
+    private var lockDescriptor: Int32 = -1
+
+    private lazy var upsertStatement = try? database.prepare(
+        """
+        INSERT INTO sessions (key, type, value, expires_at, changed_at, state, sync_generation)
+        VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+        ON CONFLICT (key) DO UPDATE SET
+            changed_at = CASE
+                WHEN sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
+                    AND sessions.expires_at IS excluded.expires_at THEN sessions.changed_at
+                ELSE excluded.changed_at END,
+            type = excluded.type, value = excluded.value, expires_at = excluded.expires_at,
+            state = 0, sync_generation = excluded.sync_generation
+        """)
+    private lazy var deleteStatement = try? database.prepare("DELETE FROM sessions WHERE key = ?1")
+    private lazy var evictStatement = try? database.prepare(
+        "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3 WHERE key = ?1 AND state = 0")
+
+    /// Opens (or, read-write, creates) the snapshot at `path`.
+    ///
+    /// Refuses, without writing anything, a file that is not a SessionMirror snapshot, a damaged
+    /// one, or one written by a newer format version.
+    public init(path: String, mode: Mode) throws(SnapshotError) {
+        self.path = path
+        let exists = FileManager.default.fileExists(atPath: path)
+        if !exists && mode == .readOnly { throw .missing(path: path) }
+        var isNew = false
+        if !exists {
+            // Create it 0600 ourselves: it holds bearer credentials. SQLite gives the -wal and -shm
+            // files the same permissions as the database file.
+            let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+            if fd < 0 { throw .cannotCreate(path: path, reason: String(cString: strerror(errno))) }
+            Glibc.close(fd)
+            isNew = true
+        } else {
+            try SnapshotStore.checkHeader(path: path, isNew: &isNew)
+        }
+        do {
+            database = try SQLiteDatabase(path: path, readOnly: mode == .readOnly, create: false)
+        } catch {
+            throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
+        }
+        if mode == .readWrite {
+            try takeLock()
+            if exists { _ = chmod(path, 0o600) }
+        }
+        try prepareSchema(isNew: isNew, mode: mode)
+    }
+
+    deinit {
+        database.close()
+        if lockDescriptor >= 0 { Glibc.close(lockDescriptor) }
+    }
+
+    /// A non-empty file must start with SQLite's magic header; an empty file counts as new.
+    private static func checkHeader(path: String, isNew: inout Bool) throws(SnapshotError) {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw .cannotCreate(path: path, reason: "cannot read the file (permissions?)")
+        }
+        defer { try? handle.close() }
+        let header = (try? handle.read(upToCount: 16)) ?? Data()
+        if header.isEmpty {
+            isNew = true
+            return
+        }
+        if header != Data("SQLite format 3\0".utf8) {
+            throw .notASnapshot(path: path, detail: "not an SQLite database")
+        }
+    }
+
+    /// Only one daemon may write a snapshot: an advisory flock on a companion lock file.
+    private func takeLock() throws(SnapshotError) {
+        let lockPath = path + ".lock"
+        let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        if fd < 0 { throw .cannotCreate(path: lockPath, reason: String(cString: strerror(errno))) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            Glibc.close(fd)
+            throw .locked(path: path)
+        }
+        lockDescriptor = fd
+    }
+
+    private func prepareSchema(isNew: Bool, mode: Mode) throws(SnapshotError) {
+        do {
+            let applicationID = try database.integer("PRAGMA application_id") ?? 0
+            let version = try database.integer("PRAGMA user_version") ?? 0
+            let tableCount = try database.integer("SELECT count(*) FROM sqlite_master") ?? 0
+            if applicationID != SnapshotStore.applicationID {
+                if !(isNew || (applicationID == 0 && version == 0 && tableCount == 0)) {
+                    throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application")
+                }
+                if mode == .readOnly {
+                    throw SnapshotError.notASnapshot(path: path, detail: "an empty file")
+                }
+            }
+            if version > SnapshotStore.formatVersion {
+                throw SnapshotError.newerFormat(path: path, found: version, supported: SnapshotStore.formatVersion)
+            }
+            guard mode == .readWrite else { return }
+            try database.execute("PRAGMA journal_mode = WAL")
+            try database.execute("PRAGMA synchronous = NORMAL")
+            try migrate(from: applicationID == SnapshotStore.applicationID ? version : 0)
+        } catch let error as SnapshotError {
+            throw error
+        } catch let error as SQLiteError {
+            if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
+            throw .sqlite(error)
+        } catch {
+            throw .corrupt(path: path, detail: "\(error)")
+        }
+    }
+
+    /// Schema migrations, one step per format version, each in its own transaction.
+    private func migrate(from version: Int64) throws {
+        if version < 1 {
+            try database.execute(
+                """
+                BEGIN IMMEDIATE;
+                CREATE TABLE sessions (
+                    key BLOB PRIMARY KEY NOT NULL,
+                    type TEXT NOT NULL,
+                    value BLOB NOT NULL,
+                    expires_at INTEGER,
+                    changed_at INTEGER NOT NULL,
+                    state INTEGER NOT NULL DEFAULT 0,
+                    sync_generation INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE TABLE metadata (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+                INSERT INTO metadata (name, value) VALUES ('created_at', CAST(\(Clock.unixMilliseconds()) AS TEXT));
+                PRAGMA application_id = \(SnapshotStore.applicationID);
+                PRAGMA user_version = 1;
+                COMMIT;
+                """, step: "create schema version 1")
+        }
+    }
+
+    // MARK: - Writes (writer thread)
+
+    /// Starts a write transaction.
+    public func begin() throws { try database.execute("BEGIN IMMEDIATE", step: "begin transaction") }
+    /// Commits the write transaction.
+    public func commit() throws { try database.execute("COMMIT", step: "commit") }
+    /// Rolls back after a failed write; never throws.
+    public func rollback() { try? database.execute("ROLLBACK") }
+
+    /// Inserts or replaces a live row.
+    public func upsert(_ record: SnapshotRecord, changedAt: Int64, generation: Int64) throws {
+        guard let statement = upsertStatement else { throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage) }
+        defer { statement.reset() }
+        try statement.bind(1, blob: record.key)
+        try statement.bind(2, record.type)
+        try statement.bind(3, blob: record.value)
+        try statement.bind(4, record.expiresAt)
+        try statement.bind(5, changedAt)
+        try statement.bind(6, generation)
+        try statement.step()
+    }
+
+    /// Deletes a row (the key was deleted or expired in Redis).
+    public func delete(key: [UInt8]) throws {
+        guard let statement = deleteStatement else { throw SQLiteError(step: "prepare delete", code: 1, message: database.lastMessage) }
+        defer { statement.reset() }
+        try statement.bind(1, blob: key)
+        try statement.step()
+    }
+
+    /// Marks a live row evicted; the value is kept for a restore.
+    public func markEvicted(key: [UInt8], changedAt: Int64, generation: Int64) throws {
+        guard let statement = evictStatement else { throw SQLiteError(step: "prepare evict", code: 1, message: database.lastMessage) }
+        defer { statement.reset() }
+        try statement.bind(1, blob: key)
+        try statement.bind(2, changedAt)
+        try statement.bind(3, generation)
+        try statement.step()
+    }
+
+    /// Deletes rows whose expiry passed before `cutoff` (Unix ms); returns how many.
+    @discardableResult
+    public func pruneExpired(before cutoff: Int64) throws -> Int {
+        let statement = try database.prepare("DELETE FROM sessions WHERE expires_at IS NOT NULL AND expires_at < ?1")
+        try statement.bind(1, cutoff)
+        try statement.step()
+        return database.changes
+    }
+
+    /// Reads a metadata value.
+    public func metadata(_ name: String) throws -> String? {
+        let statement = try database.prepare("SELECT value FROM metadata WHERE name = ?1")
+        try statement.bind(1, name)
+        return try statement.step() ? statement.text(0) : nil
+    }
+
+    /// Writes a metadata value (inside or outside a transaction).
+    public func setMetadata(_ name: String, _ value: String?) throws {
+        guard let value else {
+            let statement = try database.prepare("DELETE FROM metadata WHERE name = ?1")
+            try statement.bind(1, name)
+            try statement.step()
+            return
+        }
+        let statement = try database.prepare(
+            "INSERT INTO metadata (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+        try statement.bind(1, name)
+        try statement.bind(2, value)
+        try statement.step()
+    }
+}

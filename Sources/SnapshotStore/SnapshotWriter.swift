@@ -1,0 +1,257 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// A change to apply to the snapshot, stamped with when its key first became dirty.
+public struct SnapshotChange: Sendable {
+    public enum Kind: Sendable {
+        /// The key exists in Redis with this value and expiry.
+        case upsert(SnapshotRecord)
+        /// The key is gone (deleted, expired, renamed away): the row goes.
+        case delete(key: [UInt8])
+        /// Redis evicted the key: the row stays, marked evicted, for a restore.
+        case evicted(key: [UInt8])
+    }
+
+    public var kind: Kind
+    /// Monotonic nanoseconds when the event that made this key dirty arrived.
+    public var dirtiedAt: UInt64
+    /// The full-sync generation current when the key was read.
+    public var generation: Int64
+
+    public init(kind: Kind, dirtiedAt: UInt64, generation: Int64) {
+        self.kind = kind
+        self.dirtiedAt = dirtiedAt
+        self.generation = generation
+    }
+
+    var approximateBytes: Int {
+        switch kind {
+        case .upsert(let record): return record.key.count + record.value.count + 64
+        case .delete(let key), .evicted(let key): return key.count + 64
+        }
+    }
+}
+
+/// Counters the writer keeps; read them with `SnapshotWriter.statistics()`.
+public struct WriterStatistics: Sendable {
+    public var rowsUpserted: UInt64 = 0
+    public var rowsDeleted: UInt64 = 0
+    public var rowsEvicted: UInt64 = 0
+    public var transactions: UInt64 = 0
+    public var writeErrors: UInt64 = 0
+    public var rowsPruned: UInt64 = 0
+    /// Write-to-commit latency of every change committed since the last `takeLatencies`.
+    public var latency = LatencyHistogram()
+    /// Wall-clock Unix ms of the last commit.
+    public var lastCommitAt: Int64 = 0
+    /// Changes queued and not yet committed.
+    public var queuedChanges = 0
+}
+
+/// The thread that owns the read-write `SnapshotStore`: it applies changes in batched transactions.
+///
+/// Everything queued before a commit goes into that one transaction (group commit), so under load
+/// transactions grow instead of latency. A failed transaction (disk full, I/O error) is rolled back
+/// and retried with backoff, with every change kept: nothing is dropped.
+///
+/// - Important: `enqueue` never blocks on the disk; the loop thread calls it.
+public final class SnapshotWriter: @unchecked Sendable {
+    /// Work run inside the writer's transaction; the returned closure (if any) runs after commit.
+    public typealias Task = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
+
+    private enum Item {
+        case changes([SnapshotChange])
+        case task(Task)
+    }
+
+    private struct Queue {
+        var items: [Item] = []
+        var changeCount = 0
+        var bytes = 0
+        var stopping = false
+    }
+
+    private let store: SnapshotStore
+    private let logger: Logger
+    private let condition = NSCondition()
+    private var queue = Queue()  // guarded by `condition`
+    private let stats = Mutex(WriterStatistics())
+    private let queuedBytesCounter = Atomic<Int>(0)
+    private let done = DispatchSemaphore(value: 0)
+    private let pruneIntervalMilliseconds: Int64
+    private let pruneGraceMilliseconds: Int64
+
+    /// Takes ownership of `store` and starts the writer thread.
+    public init(store: SnapshotStore, logger: Logger, pruneIntervalSeconds: Int = 60, pruneGraceSeconds: Int = 60) {
+        self.store = store
+        self.logger = logger
+        self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
+        self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
+        let thread = Thread { [self] in run() }
+        thread.name = "sessionmirror-writer"
+        thread.start()
+    }
+
+    /// Bytes of changes queued and not yet committed (for back-pressure on the loop).
+    public var queuedBytes: Int { queuedBytesCounter.load(ordering: .relaxed) }
+
+    /// Queues changes; returns at once.
+    public func enqueue(_ changes: [SnapshotChange]) {
+        guard !changes.isEmpty else { return }
+        let bytes = changes.reduce(0) { $0 + $1.approximateBytes }
+        condition.lock()
+        queue.items.append(.changes(changes))
+        queue.changeCount += changes.count
+        queue.bytes += bytes
+        condition.signal()
+        condition.unlock()
+        queuedBytesCounter.add(bytes, ordering: .relaxed)
+    }
+
+    /// Queues work to run in order with the changes, inside a transaction.
+    public func enqueue(_ task: @escaping Task) {
+        condition.lock()
+        queue.items.append(.task(task))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// A copy of the counters; `resetLatency` starts a new latency interval.
+    public func statistics(resetLatency: Bool) -> WriterStatistics {
+        stats.withLock { current in
+            var copy = current
+            copy.queuedChanges = currentQueuedChanges()
+            if resetLatency { current.latency = LatencyHistogram() }
+            return copy
+        }
+    }
+
+    private func currentQueuedChanges() -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.changeCount
+    }
+
+    /// Commits everything queued, then ends the thread. Waits at most `timeoutSeconds`.
+    @discardableResult
+    public func stop(timeoutSeconds: Double = 4) -> Bool {
+        condition.lock()
+        queue.stopping = true
+        condition.signal()
+        condition.unlock()
+        return done.wait(timeout: .now() + timeoutSeconds) == .success
+    }
+
+    // MARK: - Writer thread
+
+    private func run() {
+        var lastPrune = Clock.unixMilliseconds()
+        var failingSince: UInt64?
+        var backoffMilliseconds = 50
+        var pending: [Item] = []
+        var pendingBytes = 0
+        var pendingChanges = 0
+        while true {
+            condition.lock()
+            while queue.items.isEmpty && !queue.stopping && pending.isEmpty {
+                condition.wait()
+            }
+            let stopping = queue.stopping
+            pending.append(contentsOf: queue.items)
+            pendingBytes += queue.bytes
+            pendingChanges += queue.changeCount
+            queue = Queue(stopping: stopping)
+            condition.unlock()
+
+            if pending.isEmpty && stopping { break }
+
+            let now = Clock.unixMilliseconds()
+            let prune = now - lastPrune >= pruneIntervalMilliseconds
+            do {
+                let after = try commit(pending, pruneBefore: prune ? now - pruneGraceMilliseconds : nil)
+                if prune { lastPrune = now }
+                if failingSince != nil {
+                    logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
+                    failingSince = nil
+                    backoffMilliseconds = 50
+                }
+                queuedBytesCounter.subtract(pendingBytes, ordering: .relaxed)
+                pending.removeAll(keepingCapacity: true)
+                pendingBytes = 0
+                pendingChanges = 0
+                for action in after { action() }
+            } catch {
+                stats.withLock { $0.writeErrors += 1 }
+                if failingSince == nil {
+                    failingSince = Clock.monotonicNanoseconds()
+                    logger.error(
+                        "snapshot write failed; changes are kept and retried",
+                        metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(pendingChanges)"])
+                }
+                if stopping, let since = failingSince, Clock.monotonicNanoseconds() - since > 3_000_000_000 {
+                    logger.critical(
+                        "giving up at shutdown: changes were not committed; the next start resyncs from Redis",
+                        metadata: ["event": "snapshot_write_abandoned", "error": "\(error)", "lost_changes": "\(pendingChanges)"])
+                    break
+                }
+                usleep(UInt32(backoffMilliseconds * 1000))
+                backoffMilliseconds = min(backoffMilliseconds * 2, stopping ? 500 : 5000)
+            }
+        }
+        done.signal()
+    }
+
+    private func commit(_ items: [Item], pruneBefore: Int64?) throws -> [@Sendable () -> Void] {
+        var after: [@Sendable () -> Void] = []
+        var upserted: UInt64 = 0
+        var deleted: UInt64 = 0
+        var evicted: UInt64 = 0
+        var pruned = 0
+        let changedAt = Clock.unixMilliseconds()
+        try store.begin()
+        do {
+            for item in items {
+                switch item {
+                case .changes(let changes):
+                    for change in changes {
+                        switch change.kind {
+                        case .upsert(let record):
+                            try store.upsert(record, changedAt: changedAt, generation: change.generation)
+                            upserted += 1
+                        case .delete(let key):
+                            try store.delete(key: key)
+                            deleted += 1
+                        case .evicted(let key):
+                            try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
+                            evicted += 1
+                        }
+                    }
+                case .task(let task):
+                    if let action = try task(store) { after.append(action) }
+                }
+            }
+            if let pruneBefore { pruned = try store.pruneExpired(before: pruneBefore) }
+            try store.commit()
+        } catch {
+            store.rollback()
+            throw error
+        }
+        let committed = Clock.monotonicNanoseconds()
+        let wallClock = Clock.unixMilliseconds()
+        stats.withLock { stats in
+            stats.rowsUpserted += upserted
+            stats.rowsDeleted += deleted
+            stats.rowsEvicted += evicted
+            stats.rowsPruned += UInt64(pruned)
+            stats.transactions += 1
+            stats.lastCommitAt = wallClock
+            for case .changes(let changes) in items {
+                for change in changes where change.dirtiedAt > 0 && change.dirtiedAt <= committed {
+                    stats.latency.record(microseconds: (committed - change.dirtiedAt) / 1000)
+                }
+            }
+        }
+        return after
+    }
+}

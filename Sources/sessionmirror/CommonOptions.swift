@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import Logging
+import RedisClient
+import SessionMirror
+
+/// How to reach Redis; the password never has to be on a command line.
+struct RedisOptions: ParsableArguments {
+    @Option(name: .customLong("redis"), help: "Redis URL: redis://[user@]host:port/db or unix:///path/redis.sock?db=N.")
+    var url = "redis://127.0.0.1:6379/0"
+
+    @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
+    var passwordFile: String?
+
+    /// The endpoint with the password from, in order: the file, $SESSIONMIRROR_REDIS_PASSWORD, the URL.
+    func endpoint() throws -> RedisEndpoint {
+        var endpoint: RedisEndpoint
+        do {
+            endpoint = try RedisEndpoint(url: url)
+        } catch {
+            throw ValidationError("--redis: \(error)")
+        }
+        if let passwordFile {
+            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
+                throw ValidationError("--password-file: cannot read \(passwordFile)")
+            }
+            endpoint.password = String(text.split(whereSeparator: \.isNewline).first ?? "")
+        } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
+            endpoint.password = password
+        }
+        return endpoint
+    }
+}
+
+/// Which keys are sessions.
+struct PrefixOptions: ParsableArguments {
+    @Option(name: .customLong("prefix"), help: "Key prefix to mirror (repeatable). Default: Django's ':1:django.contrib.sessions.cache'.")
+    var prefixes: [String] = []
+
+    var bytes: [[UInt8]] {
+        (prefixes.isEmpty ? [MirrorConfiguration.djangoDefaultPrefix] : prefixes).map { Array($0.utf8) }
+    }
+}
+
+/// Logging options shared by every subcommand.
+struct LogOptions: ParsableArguments {
+    @Option(name: .customLong("log-format"), help: "logfmt or json.")
+    var format: LogfmtLogHandler.Format = .logfmt
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var level: Logger.Level = .info
+
+    @Option(name: .customLong("log-file"), help: "Append log lines to this file instead of stderr (SIGHUP reopens it).")
+    var file: String?
+
+    /// Bootstraps swift-log (once per process) and returns the sink, for SIGHUP.
+    func bootstrap() throws -> LogfmtLogHandler.Sink {
+        let sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
+        let format = format
+        let level = level
+        LoggingSystem.bootstrap { _ in LogfmtLogHandler(format: format, sink: sink, level: level) }
+        return sink
+    }
+}
+
+extension LogfmtLogHandler.Format: ExpressibleByArgument {}
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Prints an operator's error on one line and exits 2.
+func fail(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("sessionmirror: \(message)\n".utf8))
+    return ExitCode(2)
+}

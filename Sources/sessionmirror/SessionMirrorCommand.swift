@@ -1,0 +1,30 @@
+import ArgumentParser
+import Foundation
+
+@main
+struct SessionMirrorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sessionmirror",
+        abstract: "Mirrors Redis session keys into a SQLite snapshot and puts them back after a cache loss.",
+        subcommands: [RunCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self]
+    )
+
+    static func main() {
+        // A write to a socket the server closed must be an error, not a process-killing signal.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let code as ExitCode {
+            Foundation.exit(code.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)
+            }
+            // Usage errors exit 2, as documented in docs/operations.md.
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
+        }
+    }
+}
