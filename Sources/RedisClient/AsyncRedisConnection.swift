@@ -75,7 +75,7 @@ public final class AsyncRedisConnection: @unchecked Sendable {
             fail(.connect(endpoint: endpoint.description, reason: reason))
             return
         }
-        guard redisLibuvAttach(context, loop.loop) == REDIS_OK else {
+        guard LibuvAdapter.attach(context, to: loop.loop) else {
             redisAsyncFree(context)
             fail(.connect(endpoint: endpoint.description, reason: "cannot attach to the event loop"))
             return
@@ -93,9 +93,11 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         timer.start(afterMilliseconds: connectTimeoutMilliseconds)
         connectTimer = timer
 
-        // AUTH and SELECT are pipelined right behind the connect; their replies decide success.
-        let steps = RedisHandshake.commands(for: endpoint, select: selectDatabase)
-        if steps.isEmpty { return }
+        // AUTH, SELECT and a PING are pipelined right behind the connect; the PING's reply means
+        // ready. Sending at least one command also matters for hiredis 0.14: it only notices that
+        // a non-blocking connect finished (or failed) when the socket turns writable for a write.
+        var steps = RedisHandshake.commands(for: endpoint, select: selectDatabase)
+        steps.append(RedisHandshake.Step(name: "PING", command: .command("PING")))
         for (index, step) in steps.enumerated() {
             let isLast = index == steps.count - 1
             send(step.command) { [weak self] reply in
@@ -104,16 +106,14 @@ public final class AsyncRedisConnection: @unchecked Sendable {
                 case .error(let message)?:
                     self.handshakeFailed(.handshake(step: step.name, reason: message))
                 case nil:
-                    break  // The disconnect path reports it.
+                    break  // The disconnect or connect-failure path reports it.
                 default:
                     if isLast { self.handshakeDone() }
                 }
             }
         }
-        handshakePending = true
     }
 
-    private var handshakePending = false
     private var transportConnected = false
 
     /// Sends a command; `handler` gets its reply (or nil when the connection dropped first).
@@ -172,21 +172,21 @@ public final class AsyncRedisConnection: @unchecked Sendable {
 
     fileprivate func transportDidConnect(status: Int32, error: String) {
         if status != REDIS_OK {
-            // hiredis frees the context after this callback and never calls the disconnect callback.
+            // hiredis frees the context after this callback and never calls the disconnect callback,
+            // but it still calls every pending reply callback with NULL on the way: unhook `data`
+            // so that those calls find no object, since `finish` releases us right here.
+            context?.pointee.data = nil
             context = nil
             finish(connectError: .connect(endpoint: endpoint.description, reason: error))
             return
         }
         transportConnected = true
-        if !handshakePending { handshakeDone() }
     }
 
     private func handshakeDone() {
-        guard transportConnected, !isConnected, !closedByUs else {
-            if !transportConnected { handshakePending = false }
-            return
-        }
-        handshakePending = false
+        guard !isConnected, !closedByUs else { return }
+        // A reply proves the transport is up, whatever hiredis said of the connect.
+        transportConnected = true
         isConnected = true
         connectTimer?.close()
         connectTimer = nil
@@ -213,6 +213,8 @@ public final class AsyncRedisConnection: @unchecked Sendable {
     }
 
     fileprivate func transportDidDisconnect(status: Int32, error: String) {
+        // The last callback hiredis makes for this context; it is freed right after.
+        context?.pointee.data = nil
         context = nil
         failPendingReplies()
         let wasConnected = isConnected

@@ -189,7 +189,7 @@ extension Mirror {
                     "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(currentRunID ?? "?")",
                     "redis.previous_run_id": "\(previousRunID ?? "?")",
                 ])
-            cacheLossHandler?(reason)
+            handleCacheLoss(reason: reason)
         }
         if !everSynced {
             everSynced = true
@@ -204,10 +204,20 @@ extension Mirror {
         flushEpoch += 1
         dirty.removeAll()
         stats.cacheLosses += 1
-        logger.error(
-            "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",
-            metadata: ["event": "cache_loss", "reason": "flush", "redis.run_id": "\(currentRunID ?? "?")"])
-        cacheLossHandler?("flush")
+        let runID = currentRunID
+        // The counts come from the writer, behind every change already read.
+        writer.enqueue { [self] store in
+            let counts = try store.counts(now: Clock.unixMilliseconds())
+            return {
+                self.logger.error(
+                    "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",
+                    metadata: [
+                        "event": "cache_loss", "reason": "flush", "rows_live": "\(counts.live)",
+                        "rows_evicted": "\(counts.evicted)", "redis.run_id": "\(runID ?? "?")",
+                    ])
+            }
+        }
+        handleCacheLoss(reason: "flush")
     }
 
     // MARK: - Shutdown

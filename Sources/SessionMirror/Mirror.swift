@@ -41,7 +41,8 @@ public final class Mirror: @unchecked Sendable {
 
     /// Called on the loop thread once, after the first full sync (systemd READY=1).
     public var onReady: (@Sendable () -> Void)?
-    /// Called after a cache loss was detected, with the reason; the default runs `onCacheLoss`.
+    /// Called on the loop thread after a cache loss was detected, with the reason (for tests and
+    /// embedding); `configuration.onCacheLoss` decides whether a restore follows.
     public var cacheLossHandler: (@Sendable (String) -> Void)?
 
     // Loop-thread state.
@@ -59,6 +60,8 @@ public final class Mirror: @unchecked Sendable {
     var everSynced = false
     var acceptingEvents = true
     var flushEpoch = 0
+    var restoreRunning = false
+    var restoreWanted = false
     var subscriptionsConfirmed = 0
     var subscriptionsExpected = 0
     var shutdownBarrierReached = false

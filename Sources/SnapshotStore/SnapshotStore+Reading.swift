@@ -118,3 +118,14 @@ extension SnapshotStore {
     /// The current format version of the file.
     public func formatVersion() throws -> Int64 { try database.integer("PRAGMA user_version") ?? 0 }
 }
+
+extension SnapshotStore {
+    /// Deletes every row whose key starts with `prefix`; returns how many (purge).
+    public func deleteRows(withPrefix prefix: [UInt8]) throws -> Int {
+        let statement = try database.prepare("DELETE FROM sessions WHERE substr(key, 1, ?2) = ?1")
+        try statement.bind(1, blob: prefix)
+        try statement.bind(2, Int64(prefix.count))
+        try statement.step()
+        return database.changes
+    }
+}

@@ -17,6 +17,9 @@ public final class SnapshotStore {
         case readWrite
         /// Read only; the file must exist.
         case readOnly
+        /// Read and write an existing snapshot beside a running daemon (purge): no daemon lock,
+        /// writes wait for the daemon's transactions through SQLite's own locking.
+        case maintenance
     }
 
     public let path: String
@@ -46,7 +49,7 @@ public final class SnapshotStore {
     public init(path: String, mode: Mode) throws(SnapshotError) {
         self.path = path
         let exists = FileManager.default.fileExists(atPath: path)
-        if !exists && mode == .readOnly { throw .missing(path: path) }
+        if !exists && mode != .readWrite { throw .missing(path: path) }
         var isNew = false
         if !exists {
             // Create it 0600 ourselves: it holds bearer credentials. SQLite gives the -wal and -shm
@@ -109,17 +112,23 @@ public final class SnapshotStore {
             let version = try database.integer("PRAGMA user_version") ?? 0
             let tableCount = try database.integer("SELECT count(*) FROM sqlite_master") ?? 0
             if applicationID != SnapshotStore.applicationID {
-                if !(isNew || (applicationID == 0 && version == 0 && tableCount == 0)) {
+                if !(isNew || (applicationID == 0 && version == 0 && tableCount == 0)) || mode != .readWrite {
                     throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application")
                 }
-                if mode == .readOnly {
+                if mode != .readWrite {
                     throw SnapshotError.notASnapshot(path: path, detail: "an empty file")
                 }
             }
             if version > SnapshotStore.formatVersion {
                 throw SnapshotError.newerFormat(path: path, found: version, supported: SnapshotStore.formatVersion)
             }
-            guard mode == .readWrite else { return }
+            guard mode != .readOnly else { return }
+            if mode == .maintenance {
+                if version < SnapshotStore.formatVersion {
+                    throw SnapshotError.notASnapshot(path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
+                }
+                return
+            }
             try database.execute("PRAGMA journal_mode = WAL")
             try database.execute("PRAGMA synchronous = NORMAL")
             try migrate(from: applicationID == SnapshotStore.applicationID ? version : 0)

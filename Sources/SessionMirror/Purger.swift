@@ -1,0 +1,74 @@
+import Foundation
+import Logging
+import RedisClient
+import SnapshotStore
+
+/// A deliberate mass logout: deletes the sessions from Redis and from the snapshot together, so
+/// that no later restore can bring them back.
+public struct Purger {
+    public let snapshotPath: String
+    public let endpoint: RedisEndpoint
+    public let prefixes: [[UInt8]]
+
+    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]]) {
+        self.snapshotPath = snapshotPath
+        self.endpoint = endpoint
+        self.prefixes = prefixes
+    }
+
+    /// What was deleted.
+    public struct Summary: Sendable, Codable, Equatable {
+        public var redisKeysDeleted = 0
+        public var snapshotRowsDeleted = 0
+
+        enum CodingKeys: String, CodingKey {
+            case redisKeysDeleted = "redis_keys_deleted"
+            case snapshotRowsDeleted = "snapshot_rows_deleted"
+        }
+    }
+
+    public func run() throws -> Summary {
+        let store: SnapshotStore
+        let redis: RedisConnection
+        do {
+            // Opened first, so that a bad snapshot path stops the purge before Redis is touched.
+            store = try SnapshotStore(path: snapshotPath, mode: .maintenance)
+            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
+        var summary = Summary()
+        // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
+        // also removes evicted rows and rows of keys Redis had already lost.
+        for prefix in prefixes {
+            var cursor: [UInt8] = Array("0".utf8)
+            repeat {
+                let reply = try redis.command([
+                    Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+                    Array("COUNT".utf8), Array("1000".utf8),
+                ])
+                guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements else {
+                    throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+                }
+                let names = keys.compactMap(\.bytes)
+                if !names.isEmpty {
+                    let deleted = try redis.command([Array("UNLINK".utf8)] + names)
+                    guard let count = deleted.integer else {
+                        throw RestoreError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
+                    }
+                    summary.redisKeysDeleted += Int(count)
+                }
+                cursor = next
+            } while cursor != Array("0".utf8)
+        }
+        do {
+            try store.begin()
+            for prefix in prefixes { summary.snapshotRowsDeleted += try store.deleteRows(withPrefix: prefix) }
+            try store.commit()
+        } catch {
+            store.rollback()
+            throw RestoreError(description: "deleting rows from the snapshot: \(error)")
+        }
+        return summary
+    }
+}

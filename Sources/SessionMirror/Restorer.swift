@@ -1,0 +1,197 @@
+import Foundation
+import Logging
+import RedisClient
+import SnapshotStore
+
+/// What a restore should do.
+public struct RestoreOptions: Sendable {
+    /// Only rows whose key starts with one of these (all rows when empty).
+    public var prefixes: [[UInt8]] = []
+    /// Put rows back under another prefix.
+    public var renamePrefix: PrefixRename?
+    /// Replace keys that exist instead of skipping them.
+    public var overwrite = false
+    /// Report what would happen; write nothing.
+    public var dryRun = false
+    /// Leave rows marked evicted out.
+    public var skipEvicted = false
+    /// Commands in flight at once.
+    public var pipelineDepth = 2048
+
+    public init() {}
+}
+
+/// Keys under `old` go back under `new` (a Django session engine switch).
+public struct PrefixRename: Sendable, Equatable {
+    public var old: [UInt8]
+    public var new: [UInt8]
+
+    public init(old: [UInt8], new: [UInt8]) {
+        self.old = old
+        self.new = new
+    }
+}
+
+/// The outcome of a restore, printed as a summary line or one JSON object.
+public struct RestoreSummary: Sendable, Codable, Equatable {
+    public var restored = 0
+    public var skippedExisting = 0
+    public var skippedExpired = 0
+    public var skippedEvicted = 0
+    public var failed = 0
+    public var elapsedSeconds = 0.0
+    public var keysPerSecond = 0.0
+    public var dryRun = false
+
+    enum CodingKeys: String, CodingKey {
+        case restored
+        case skippedExisting = "skipped_existing"
+        case skippedExpired = "skipped_expired"
+        case skippedEvicted = "skipped_evicted"
+        case failed
+        case elapsedSeconds = "elapsed_s"
+        case keysPerSecond = "keys_per_s"
+        case dryRun = "dry_run"
+    }
+
+    /// Rows looked at.
+    public var total: Int { restored + skippedExisting + skippedExpired + skippedEvicted + failed }
+}
+
+/// A restore that cannot start (exit 2): the snapshot, the connection, or a refusal by Redis.
+public struct RestoreError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Puts every still-valid session from the snapshot back into Redis with its absolute expiry.
+///
+/// Never overwrites a live key unless told to: strings go back with `SET key value PXAT ms NX`,
+/// other types with `RESTORE key ms payload ABSTTL` (BUSYKEY when the key exists). Expiry is judged
+/// by Redis's own clock (`TIME`), so a session that Redis would consider expired is not restored.
+public struct Restorer: Sendable {
+    public let snapshotPath: String
+    public let endpoint: RedisEndpoint
+    public let options: RestoreOptions
+    public let logger: Logger
+
+    public init(snapshotPath: String, endpoint: RedisEndpoint, options: RestoreOptions, logger: Logger) {
+        self.snapshotPath = snapshotPath
+        self.endpoint = endpoint
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Runs the restore. `progress` gets (rows done) now and then.
+    public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
+        let started = Clock.monotonicNanoseconds()
+        let store: SnapshotStore
+        do {
+            store = try SnapshotStore(path: snapshotPath, mode: .readOnly)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
+        let redis: RedisConnection
+        do {
+            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
+        let now = try redisTime(redis)
+        var summary = RestoreSummary()
+        summary.dryRun = options.dryRun
+        var inFlight: [[UInt8]] = []  // keys of commands whose replies are pending, in order
+        var inFlightHead = 0
+
+        func drain(keeping limit: Int) throws {
+            while inFlight.count - inFlightHead > limit {
+                let key = inFlight[inFlightHead]
+                inFlightHead += 1
+                let reply = try redis.readReply()
+                record(reply, key: key, into: &summary)
+            }
+            if inFlightHead > 65_536 {
+                inFlight.removeFirst(inFlightHead)
+                inFlightHead = 0
+            }
+        }
+
+        do {
+            try store.forEachRecord { row in
+                guard SessionKey.matches(row.key, prefixes: options.prefixes) else { return true }
+                if let expiresAt = row.expiresAt, expiresAt <= now {
+                    summary.skippedExpired += 1
+                    return true
+                }
+                if row.state == .evicted && options.skipEvicted {
+                    summary.skippedEvicted += 1
+                    return true
+                }
+                let key = renamed(row.key)
+                try redis.append(command(for: row, key: key))
+                inFlight.append(key)
+                try drain(keeping: options.pipelineDepth)
+                let done = summary.total
+                if done % 100_000 == 0, done > 0 { progress?(done) }
+                return true
+            }
+            try drain(keeping: 0)
+        } catch let error as RedisError {
+            throw RestoreError(description: "restore stopped after \(summary.restored) keys: \(error)")
+        }
+        summary.elapsedSeconds = Double(Clock.monotonicNanoseconds() - started) / 1e9
+        summary.keysPerSecond = summary.elapsedSeconds > 0 ? Double(summary.restored) / summary.elapsedSeconds : 0
+        return summary
+    }
+
+    private func renamed(_ key: [UInt8]) -> [UInt8] {
+        guard let rename = options.renamePrefix, key.starts(with: rename.old) else { return key }
+        return rename.new + key.dropFirst(rename.old.count)
+    }
+
+    /// The write (or, in a dry run, the EXISTS probe) for one row.
+    private func command(for row: SnapshotRecord, key: [UInt8]) -> [[UInt8]] {
+        if options.dryRun { return [Array("EXISTS".utf8), key] }
+        if row.isString {
+            var args: [[UInt8]] = [Array("SET".utf8), key, row.value]
+            if let expiresAt = row.expiresAt { args += [Array("PXAT".utf8), Array(String(expiresAt).utf8)] }
+            if !options.overwrite { args.append(Array("NX".utf8)) }
+            return args
+        }
+        // RESTORE's TTL 0 means no expiry; ABSTTL makes a positive one an absolute Unix ms time.
+        var args: [[UInt8]] = [Array("RESTORE".utf8), key, Array(String(row.expiresAt ?? 0).utf8), row.value]
+        if row.expiresAt != nil { args.append(Array("ABSTTL".utf8)) }
+        if options.overwrite { args.append(Array("REPLACE".utf8)) }
+        return args
+    }
+
+    private func record(_ reply: RedisReply, key: [UInt8], into summary: inout RestoreSummary) {
+        switch reply {
+        case .status:
+            summary.restored += 1
+        case .null:
+            summary.skippedExisting += 1  // SET ... NX on an existing key
+        case .integer(let exists) where options.dryRun:
+            if exists == 1 && !options.overwrite { summary.skippedExisting += 1 } else { summary.restored += 1 }
+        case .error(let message) where message.hasPrefix("BUSYKEY"):
+            summary.skippedExisting += 1
+        default:
+            summary.failed += 1
+            logger.error(
+                "restoring a key failed",
+                metadata: [
+                    "event": "restore_key_failed", "redis.key": "\(SessionKey.redacted(key, prefixes: options.prefixes))",
+                    "error": "\(reply.errorMessage ?? "unexpected reply")",
+                ])
+        }
+    }
+
+    private func redisTime(_ redis: RedisConnection) throws -> Int64 {
+        let reply = try redis.command("TIME")
+        guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
+            let micros = parts[1].text.flatMap({ Int64($0) })
+        else {
+            throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
+        }
+        return seconds * 1000 + micros / 1000
+    }
+}

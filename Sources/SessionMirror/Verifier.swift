@@ -1,0 +1,130 @@
+import Foundation
+import RedisClient
+import SnapshotStore
+
+/// How the snapshot compares with Redis.
+public struct VerifyReport: Sendable, Codable, Equatable {
+    public var equal = 0
+    public var differentValue = 0
+    public var differentExpiry = 0
+    public var onlyInSnapshot = 0
+    public var onlyInRedis = 0
+    /// Rows marked evicted and absent from Redis: expected, not a difference.
+    public var evicted = 0
+    /// Rows whose expiry has passed (by Redis's clock): ignored.
+    public var expired = 0
+
+    enum CodingKeys: String, CodingKey {
+        case equal
+        case differentValue = "different_value"
+        case differentExpiry = "different_expiry"
+        case onlyInSnapshot = "only_in_snapshot"
+        case onlyInRedis = "only_in_redis"
+        case evicted
+        case expired
+    }
+
+    /// True when every unexpired key is equal on both sides.
+    public var inSync: Bool { differentValue == 0 && differentExpiry == 0 && onlyInSnapshot == 0 && onlyInRedis == 0 }
+}
+
+/// Compares the snapshot with Redis for the prefixes (read-only on both sides).
+public struct Verifier {
+    public let snapshotPath: String
+    public let endpoint: RedisEndpoint
+    public let prefixes: [[UInt8]]
+    /// Expiries within this many ms count as equal.
+    public let toleranceMilliseconds: Int64
+
+    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]], toleranceMilliseconds: Int64 = 1000) {
+        self.snapshotPath = snapshotPath
+        self.endpoint = endpoint
+        self.prefixes = prefixes
+        self.toleranceMilliseconds = toleranceMilliseconds
+    }
+
+    public func run() throws -> VerifyReport {
+        let store: SnapshotStore
+        let redis: RedisConnection
+        do {
+            store = try SnapshotStore(path: snapshotPath, mode: .readOnly)
+            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
+        var report = VerifyReport()
+        let timeReply = try redis.command("TIME")
+        guard let parts = timeReply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }) else {
+            throw RestoreError(description: "TIME was refused: \(timeReply.errorMessage ?? "unexpected reply")")
+        }
+        let now = seconds * 1000
+        var snapshotKeys = Set<[UInt8]>()
+        var batch: [SnapshotRecord] = []
+
+        func compare() throws {
+            guard !batch.isEmpty else { return }
+            let reply = try redis.command(KeyReader.command(for: batch.map(\.key)))
+            guard let results = KeyReader.parse(reply, count: batch.count) else {
+                throw RestoreError(description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
+            }
+            for (row, result) in zip(batch, results) {
+                switch result {
+                case .missing:
+                    if row.state == .evicted { report.evicted += 1 } else { report.onlyInSnapshot += 1 }
+                case .present(let type, let value, let expiresAt):
+                    if type != row.type || value != row.value {
+                        report.differentValue += 1
+                    } else if !expiryMatches(row.expiresAt, expiresAt) {
+                        report.differentExpiry += 1
+                    } else {
+                        report.equal += 1
+                    }
+                }
+            }
+            batch.removeAll(keepingCapacity: true)
+        }
+
+        try store.forEachRecord { row in
+            guard SessionKey.matches(row.key, prefixes: prefixes) else { return true }
+            snapshotKeys.insert(row.key)
+            if let expiresAt = row.expiresAt, expiresAt <= now {
+                report.expired += 1
+                return true
+            }
+            batch.append(row)
+            if batch.count == 256 { try compare() }
+            return true
+        }
+        try compare()
+
+        // Keys in Redis the snapshot does not have.
+        for prefix in prefixes {
+            var cursor: [UInt8] = Array("0".utf8)
+            repeat {
+                let reply = try redis.command([
+                    Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+                    Array("COUNT".utf8), Array("1000".utf8),
+                ])
+                guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements else {
+                    throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+                }
+                for key in keys {
+                    if let bytes = key.bytes, !snapshotKeys.contains(bytes) {
+                        report.onlyInRedis += 1
+                        snapshotKeys.insert(bytes)  // a key under two overlapping prefixes counts once
+                    }
+                }
+                cursor = next
+            } while cursor != Array("0".utf8)
+        }
+        return report
+    }
+
+    private func expiryMatches(_ a: Int64?, _ b: Int64?) -> Bool {
+        switch (a, b) {
+        case (nil, nil): return true
+        case let (x?, y?): return abs(x - y) <= toleranceMilliseconds
+        default: return false
+        }
+    }
+}

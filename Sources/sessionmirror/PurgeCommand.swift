@@ -1,0 +1,46 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SessionMirror
+
+struct PurgeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "purge",
+        abstract: "Log everybody out: delete the sessions from Redis and from the snapshot together.",
+        discussion: """
+            A plain FLUSHALL looks like a cache loss to the mirror, which keeps every row so that a \
+            restore can bring the sessions back. Use purge for a deliberate mass logout.
+            """)
+
+    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @OptionGroup var redis: RedisOptions
+    @OptionGroup var prefix: PrefixOptions
+    @Flag(help: "Confirm: without it, nothing is deleted.") var yes = false
+    @Flag(help: "Print the summary as one JSON object on stdout.") var json = false
+    @OptionGroup var log: LogOptions
+
+    func run() throws {
+        _ = try log.bootstrap()
+        let logger = Logger(label: "sessionmirror.purge")
+        let prefixes = prefix.bytes
+        guard yes else {
+            throw ValidationError(
+                "purge deletes every session under \(prefixes.map { String(decoding: $0, as: UTF8.self) }) from Redis and the snapshot; add --yes to confirm")
+        }
+        let summary: Purger.Summary
+        do {
+            summary = try Purger(snapshotPath: snapshot, endpoint: try redis.endpoint(), prefixes: prefixes).run()
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            throw fail("\(error)")
+        }
+        logger.notice(
+            "sessions purged",
+            metadata: [
+                "event": "purge_finished", "redis_keys_deleted": "\(summary.redisKeysDeleted)",
+                "snapshot_rows_deleted": "\(summary.snapshotRowsDeleted)",
+            ])
+        if json { printJSON(summary) }
+    }
+}

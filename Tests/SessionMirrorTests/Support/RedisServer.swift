@@ -1,0 +1,181 @@
+import Foundation
+import RedisClient
+import Synchronization
+
+/// A real `redis-server` for one test: its own port, its own working directory, no persistence
+/// (`--save "" --appendonly no`), started and stopped by the test.
+///
+/// ```swift
+/// let redis = try await RedisServer.start()
+/// defer { redis.stop() }
+/// let client = try redis.client()
+/// try client.command("SET", "k", "v")
+/// ```
+///
+/// - Important: stop it with `stop()` (`SHUTDOWN NOSAVE`, SIGKILL if that does not end it), never
+///   with Foundation's `Process.terminate()`, which can hang. A server that a test forgets to stop
+///   is killed when the object is released.
+final class RedisServer: Sendable {
+    /// The redis-server binary; override with `SESSIONMIRROR_REDIS_SERVER`.
+    static let executable = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_SERVER"] ?? "/usr/bin/redis-server"
+
+    /// The TCP port the server listens on (kept across `restart()`).
+    let port: Int
+    /// The server's working directory and log (`redis.log`).
+    let directory: TemporaryDirectory
+    /// The extra arguments given to `start`, reused by `restart()`.
+    let extraArguments: [String]
+    private let process: Mutex<ChildProcess?>
+
+    private init(port: Int, directory: TemporaryDirectory, extraArguments: [String], process: ChildProcess) {
+        self.port = port
+        self.directory = directory
+        self.extraArguments = extraArguments
+        self.process = Mutex(process)
+    }
+
+    deinit {
+        process.withLock { $0?.kill() }
+    }
+
+    /// Starts a server on a free port and waits until it answers PING.
+    ///
+    /// `arguments` are added to the command line, for example `["--notify-keyspace-events", "Elg"]`
+    /// or `["--rename-command", "CONFIG", ""]`. A port taken by someone else between choosing and
+    /// binding is retried with another port.
+    static func start(arguments: [String] = []) async throws -> RedisServer {
+        let directory = try TemporaryDirectory(label: "redis")
+        var lastError: Error?
+        for _ in 0..<5 {
+            let port = try freePort()
+            do {
+                let child = try await launch(port: port, directory: directory, arguments: arguments)
+                return RedisServer(port: port, directory: directory, extraArguments: arguments, process: child)
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? RedisServerError(message: "could not start redis-server")
+    }
+
+    /// The URL of database `database`, with optional ACL credentials.
+    func url(database: Int = 0, username: String? = nil, password: String? = nil) -> String {
+        var credentials = ""
+        if let password { credentials = "\(username ?? ""):\(password)@" }
+        return "redis://\(credentials)127.0.0.1:\(port)/\(database)"
+    }
+
+    /// The endpoint of database `database`.
+    func endpoint(database: Int = 0) -> RedisEndpoint {
+        RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port), database: database)
+    }
+
+    /// A new blocking connection to database `database`; the caller owns it.
+    func client(database: Int = 0) throws -> RedisConnection {
+        try RedisConnection(endpoint: endpoint(database: database), timeoutSeconds: 10)
+    }
+
+    /// The server's process id, while it runs.
+    var pid: pid_t? { process.withLock { $0?.pid } }
+
+    /// Stops the server without saving (`SHUTDOWN NOSAVE`), SIGKILL after 5 s; safe to call twice.
+    func stop() {
+        guard let child = process.withLock({ current -> ChildProcess? in
+            defer { current = nil }
+            return current
+        }) else { return }
+        if let client = try? RedisConnection(endpoint: endpoint(), timeoutSeconds: 2) {
+            // The server closes the connection instead of replying: an I/O error is the success case.
+            _ = try? client.command("SHUTDOWN", "NOSAVE")
+        }
+        for _ in 0..<500 where child.poll() == nil { usleep(10_000) }
+        child.kill()
+    }
+
+    /// Stops the server with SIGKILL (a crash, as far as Redis is concerned).
+    func crash() {
+        process.withLock { current in
+            current?.kill()
+            current = nil
+        }
+    }
+
+    /// Stops the server (`SHUTDOWN NOSAVE`: it comes back empty) and starts a new one on the same
+    /// port with the same arguments. The new server has a new `run_id` and the default
+    /// `notify-keyspace-events` (empty), like a production Redis without persistence after a restart.
+    func restart() async throws {
+        stop()
+        // The port was just released; a client's ephemeral port could take it in the meantime, so
+        // retry for a moment rather than fail at once.
+        var lastError: Error?
+        for _ in 0..<50 {
+            do {
+                let child = try await RedisServer.launch(port: port, directory: directory, arguments: extraArguments)
+                process.withLock { $0 = child }
+                return
+            } catch {
+                lastError = error
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        throw lastError ?? RedisServerError(message: "could not restart redis-server on port \(port)")
+    }
+
+    /// The server's log so far, for failure messages.
+    func log() -> String {
+        (try? String(contentsOfFile: directory.file("redis.log"), encoding: .utf8)) ?? ""
+    }
+
+    // MARK: - Starting
+
+    private static func launch(port: Int, directory: TemporaryDirectory, arguments: [String]) async throws -> ChildProcess {
+        let baseArguments = [
+            "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", directory.path, "--logfile", directory.file("redis.log"), "--daemonize", "no",
+        ]
+        let child = try ChildProcess(
+            executable: executable, arguments: baseArguments + arguments, outputPath: directory.file("redis.stdout"))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if let ended = child.poll() {
+                throw RedisServerError(message: "redis-server on port \(port) ended at start (\(ended)): \(child.output())")
+            }
+            // Another test's server could own this port if ours failed to bind: check the pid.
+            if let client = try? RedisConnection(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeoutSeconds: 1),
+                let info = try? client.command("INFO", "server").text
+            {
+                if info.contains("process_id:\(child.pid)\r") { return child }
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        child.kill()
+        throw RedisServerError(message: "redis-server on port \(port) did not answer within 10 s: \(child.output())")
+    }
+
+    /// A TCP port that nothing listens on right now (the kernel's choice for port 0).
+    private static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw RedisServerError(message: "bind: \(String(cString: strerror(errno)))") }
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw RedisServerError(message: "getsockname: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// redis-server could not be started or stopped.
+struct RedisServerError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
