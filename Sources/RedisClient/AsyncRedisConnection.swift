@@ -1,4 +1,5 @@
 import CSessionMirrorHiredis
+import Glibc
 
 /// A message delivered to a subscription: `pmessage`, `message`, or a (p)subscribe confirmation.
 public struct PubSubMessage {
@@ -246,17 +247,20 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         guard let messageHandler else { return }
         let r = reply.pointee
         guard r.type == REDIS_REPLY_ARRAY, r.elements >= 3, let first = r.element[0] else { return }
-        let kindBytes = RedisReply.copyBytes(first.pointee.str, first.pointee.len)
+        // Compared in place: this runs once per keyspace event, so no allocation it can avoid.
         let kind: PubSubMessage.Kind
         var channelIndex = 1
-        switch kindBytes {
-        case Array("pmessage".utf8):
+        if AsyncRedisConnection.equals(first, "pmessage") {
             kind = .patternMessage
             channelIndex = 2
-        case Array("message".utf8): kind = .message
-        case Array("psubscribe".utf8), Array("subscribe".utf8): kind = .subscribed
-        case Array("punsubscribe".utf8), Array("unsubscribe".utf8): kind = .unsubscribed
-        default: kind = .other
+        } else if AsyncRedisConnection.equals(first, "message") {
+            kind = .message
+        } else if AsyncRedisConnection.equals(first, "psubscribe") || AsyncRedisConnection.equals(first, "subscribe") {
+            kind = .subscribed
+        } else if AsyncRedisConnection.equals(first, "punsubscribe") || AsyncRedisConnection.equals(first, "unsubscribe") {
+            kind = .unsubscribed
+        } else {
+            kind = .other
         }
         guard r.elements > channelIndex + 1, let channel = r.element[channelIndex],
             let payload = r.element[channelIndex + 1]
@@ -266,6 +270,12 @@ public final class AsyncRedisConnection: @unchecked Sendable {
                 kind: kind,
                 channel: RedisReply.copyBytes(channel.pointee.str, channel.pointee.len),
                 payload: RedisReply(copying: payload)))
+    }
+
+    private static func equals(_ element: UnsafeMutablePointer<redisReply>, _ text: StaticString) -> Bool {
+        let e = element.pointee
+        guard e.len == text.utf8CodeUnitCount, let str = e.str else { return false }
+        return memcmp(str, text.utf8Start, e.len) == 0
     }
 
     private func failPendingReplies() {

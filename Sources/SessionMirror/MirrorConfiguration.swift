@@ -37,7 +37,7 @@ public struct MirrorConfiguration: Sendable {
     /// Keys being read at once (pipelined script calls).
     public var maxKeysInFlight = 4096
     /// Reads pause while the writer has more than this many bytes queued.
-    public var maxWriterBacklogBytes = 64 << 20
+    public var maxWriterBacklogBytes = 8 << 20
     /// How often a metrics line is logged (0 disables).
     public var metricsIntervalSeconds = 10
     /// Expired rows are pruned this often.

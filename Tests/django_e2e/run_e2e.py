@@ -22,8 +22,9 @@ non-zero when anything failed. Nothing is skipped silently: a missing binary fai
 every check.
 
 Usage:  python run_e2e.py [--backend django|django_redis] [--scenario NAME] [--keep]
-        python run_e2e.py --selftest good|resurrect   (no binary: a Python stand-in
-        mirror, to check the harness itself; `resurrect` must make checks fail)
+        python run_e2e.py --selftest good|resurrect|fake   (checks the harness itself,
+        without the binary: good/resurrect use an in-harness stand-in restore, and
+        `resurrect` must make checks fail; fake runs fake_sessionmirror.py as the daemon)
 Env:    SESSIONMIRROR_BIN (default /work/main/.build/debug/sessionmirror)
 """
 

@@ -35,7 +35,7 @@ final class RedisServer: Sendable {
     }
 
     deinit {
-        process.withLock { $0?.kill() }
+        process.withLock { _ = $0?.kill() }
     }
 
     /// Starts a server on a free port and waits until it answers PING.
