@@ -39,6 +39,8 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     public var skippedExpired = 0
     public var skippedEvicted = 0
     public var failed = 0
+    /// Rows left out because their key is under none of the prefixes.
+    public var otherPrefix = 0
     public var elapsedSeconds = 0.0
     public var keysPerSecond = 0.0
     public var dryRun = false
@@ -49,6 +51,7 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
         case skippedExpired = "skipped_expired"
         case skippedEvicted = "skipped_evicted"
         case failed
+        case otherPrefix = "other_prefix"
         case elapsedSeconds = "elapsed_s"
         case keysPerSecond = "keys_per_s"
         case dryRun = "dry_run"
@@ -117,7 +120,10 @@ public struct Restorer: Sendable {
 
         do {
             try store.forEachRecord { row in
-                guard SessionKey.matches(row.key, prefixes: options.prefixes) else { return true }
+                guard SessionKey.matches(row.key, prefixes: options.prefixes) else {
+                    summary.otherPrefix += 1
+                    return true
+                }
                 if let expiresAt = row.expiresAt, expiresAt <= now {
                     summary.skippedExpired += 1
                     return true

@@ -50,6 +50,12 @@ struct RestoreCommand: ParsableCommand {
             throw fail("\(error)")
         }
         progress.finish()
+        if summary.total == 0 && summary.otherPrefix > 0 {
+            // Almost always a typo or a wrong cache VERSION: say so rather than report success.
+            throw fail(
+                "no row of \(snapshot) is under \(options.prefixes.map { String(decoding: $0, as: UTF8.self) }); "
+                    + "its \(summary.otherPrefix) rows are under other prefixes: check --prefix (Django KEY_PREFIX and VERSION)")
+        }
         logger.notice(
             "\(dryRun ? "dry run: nothing written" : "restore finished")",
             metadata: [
@@ -61,11 +67,6 @@ struct RestoreCommand: ParsableCommand {
             ])
         if json { printJSON(summary) }
         if summary.failed > 0 { throw ExitCode(1) }
-        if summary.total == 0 {
-            logger.warning(
-                "no row of the snapshot matches the prefixes; nothing to restore",
-                metadata: ["event": "restore_nothing_matched"])
-        }
     }
 }
 

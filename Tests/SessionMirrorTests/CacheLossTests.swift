@@ -1,0 +1,57 @@
+import Foundation
+import RedisClient
+import SessionMirror
+import SnapshotStore
+import Testing
+
+@Suite("detecting a cache loss")
+struct CacheLossTests {
+    @Test("FLUSHALL is detected while connected and, with --on-cache-loss restore, every session comes back by itself")
+    func flushRestoresAutomatically() async throws {
+        try await withMirroredRedis(configure: { $0.onCacheLoss = .restore }) { env in
+            for index in 0..<50 { try env.client.checked("SET", "session:s\(index)", "v\(index)", "EX", "3600") }
+            try await env.waitUntilSnapshotMatchesRedis()
+            let before = try redisKeys(env.client, prefix: env.prefix)
+
+            try env.client.checked("FLUSHALL")
+
+            #expect(await env.mirror.waitForStatistics { $0.cacheLosses >= 1 && $0.restores >= 1 })
+            let after = try redisKeys(env.client, prefix: env.prefix)
+            #expect(after == before)
+            #expect(!env.mirror.log.records(event: "cache_loss").isEmpty)
+            #expect(env.mirror.log.records(event: "restore_finished").first?.metadata["restored"] == "50")
+        }
+    }
+
+    @Test("FLUSHALL with the default --on-cache-loss alert logs cache_loss and keeps every row")
+    func flushAlertsAndKeepsRows() async throws {
+        try await withMirroredRedis { env in
+            for index in 0..<20 { try env.client.checked("SET", "session:s\(index)", "v", "EX", "3600") }
+            try await env.waitUntilSnapshotMatchesRedis()
+            try env.client.checked("FLUSHALL")
+            #expect(await env.mirror.waitForStatistics { $0.cacheLosses >= 1 })
+            #expect(await eventually { !env.mirror.log.records(event: "cache_loss").isEmpty })
+            #expect(try env.client.checked("DBSIZE").integer == 0)
+            #expect(try env.rows().count == 20)
+        }
+    }
+
+    @Test("a Redis restart without persistence is detected on reconnect and the sessions come back by themselves")
+    func restartRestoresAutomatically() async throws {
+        try await withMirroredRedis(configure: {
+            $0.onCacheLoss = .restore
+            $0.reconnectMinimumMilliseconds = 20
+        }) { env in
+            for index in 0..<30 { try env.client.checked("SET", "session:s\(index)", "v\(index)", "PX", "7200000") }
+            try await env.waitUntilSnapshotMatchesRedis()
+            let before = try redisKeys(env.client, prefix: env.prefix)
+
+            try await env.redis.restart()
+
+            let client = try env.redis.client()
+            #expect(await eventually(timeout: .seconds(20)) { (try? client.checked("DBSIZE").integer) == 30 })
+            #expect(try redisKeys(client, prefix: env.prefix) == before)
+            #expect(!env.mirror.log.records(event: "cache_loss_suspected").isEmpty)
+        }
+    }
+}
