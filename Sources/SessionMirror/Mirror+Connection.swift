@@ -120,7 +120,23 @@ extension Mirror {
                 return
             }
             self.currentRunID = info.runID
-            self.subscribe(version: info.version ?? "?")
+            self.readLossEvidence { self.subscribe(version: info.version ?? "?") }
+        }
+    }
+
+    /// Reads, before the sync, what tells a loss from logouts: is the canary there, and how many
+    /// keys has Redis evicted. Either may be refused by an ACL; then the 10% guard decides alone.
+    private func readLossEvidence(then next: @escaping () -> Void) {
+        canaryPresentAtConnect = nil
+        evictedKeysAtConnect = nil
+        reader?.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
+            guard let self, let reply else { return }
+            self.canaryPresentAtConnect = reply.integer.map { $0 == 1 }
+            self.reader?.send(.command("INFO", "stats")) { [weak self] reply in
+                guard let self, let reply else { return }
+                self.evictedKeysAtConnect = reply.text.flatMap { RedisInfo($0).fields["evicted_keys"] }.flatMap { Int64($0) }
+                next()
+            }
         }
     }
 

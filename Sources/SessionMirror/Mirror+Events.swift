@@ -157,14 +157,22 @@ extension Mirror {
         guard let state = sync, let barrier = state.barrier, completedSequence >= barrier else { return }
         sync = nil
         let runIDChanged = storedRunID != nil && currentRunID != nil && storedRunID != currentRunID
+        // Missing rows are logouts, not a loss, when Redis provably kept its data through the gap:
+        // same run_id, the canary survived, and nothing was evicted since we last looked.
+        let lossRuledOut =
+            !runIDChanged && canaryPresentAtConnect == true && storedEvictedKeys != nil
+            && evictedKeysAtConnect == storedEvictedKeys
+        let evictedKeys = evictedKeysAtConnect
         let runID = currentRunID
         let maxFraction = configuration.maxResyncDeleteFraction
         let previousRunID = storedRunID
         writer.enqueue { [self] store in
             let now = Clock.unixMilliseconds()
             let outcome = try store.reconcile(
-                generation: state.generation, now: now, maxDeleteFraction: maxFraction, runIDChanged: runIDChanged)
+                generation: state.generation, now: now, maxDeleteFraction: maxFraction, runIDChanged: runIDChanged,
+                lossRuledOut: lossRuledOut)
             try store.setMetadata("redis_run_id", runID)
+            try store.setMetadata("redis_evicted_keys", evictedKeys.map { String($0) })
             try store.setMetadata("last_full_sync_at", String(now))
             return { self.loop.execute { self.syncFinished(state, outcome, previousRunID: previousRunID) } }
         }
@@ -172,6 +180,8 @@ extension Mirror {
 
     private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, previousRunID: String?) {
         storedRunID = currentRunID
+        storedEvictedKeys = evictedKeysAtConnect
+        if outcome.refusedReason == nil { writeCanary() }
         let seconds = Double(Clock.monotonicNanoseconds() - state.startedAt) / 1e9
         logger.info(
             "full sync finished",
@@ -183,7 +193,7 @@ extension Mirror {
         if let reason = outcome.refusedReason {
             stats.cacheLosses += 1
             logger.error(
-                "most sessions are missing from Redis: not deleting any row",
+                "sessions are missing from Redis and a loss cannot be ruled out: not deleting any row",
                 metadata: [
                     "event": "cache_loss_suspected", "reason": "\(reason)", "rows_missing": "\(outcome.missingRows)",
                     "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(currentRunID ?? "?")",
@@ -194,6 +204,20 @@ extension Mirror {
         if !everSynced {
             everSynced = true
             onReady?()
+        }
+    }
+
+    /// The snapshot agrees with Redis: (re)write the canary, so that the next reconnect can tell
+    /// logouts in the gap from a loss.
+    private func writeCanary() {
+        reader?.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
+            guard let self, let reply else { return }
+            if let refusal = reply.errorMessage, !self.canaryWriteRefused {
+                self.canaryWriteRefused = true
+                self.logger.warning(
+                    "cannot write the canary key; after a disconnect, more than --max-resync-delete missing rows will be kept as a suspected loss",
+                    metadata: ["event": "canary_refused", "error": "\(refusal)"])
+            }
         }
     }
 

@@ -54,6 +54,15 @@ public final class Mirror: @unchecked Sendable {
     var completedSequence: UInt64 = 0
     var generation: Int64
     var storedRunID: String?
+    /// `__sessionmirror__:canary:<token>`: a key without TTL that the mirror writes when the snapshot
+    /// agrees with Redis. A flush or a restart without persistence removes it; logouts do not.
+    let canaryKey: [UInt8]
+    /// Redis's `evicted_keys` counter as last recorded in the snapshot (same `run_id`).
+    var storedEvictedKeys: Int64?
+    /// What the current connection found: the canary present, and `evicted_keys`.
+    var canaryPresentAtConnect: Bool?
+    var evictedKeysAtConnect: Int64?
+    var canaryWriteRefused = false
     var currentRunID: String?
     var sync: SyncState?
     var everConnected = false
@@ -91,6 +100,14 @@ public final class Mirror: @unchecked Sendable {
         let store = try SnapshotStore(path: configuration.snapshotPath, mode: .readWrite)
         generation = Int64(try store.metadata("sync_generation") ?? "0") ?? 0
         storedRunID = try store.metadata("redis_run_id")
+        storedEvictedKeys = try store.metadata("redis_evicted_keys").flatMap { Int64($0) }
+        var token = try store.metadata("canary_token")
+        if token == nil {
+            let fresh = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            try store.setMetadata("canary_token", fresh)
+            token = fresh
+        }
+        canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
         channelPrefix = KeyspaceNotifications.channelPrefix(database: configuration.endpoint.database)
         writer = SnapshotWriter(
             store: store, logger: logger, pruneIntervalSeconds: configuration.pruneIntervalSeconds)

@@ -70,13 +70,16 @@ extension SnapshotStore {
     }
 
     /// After a full sync of `generation`: deletes live, unexpired rows the sync did not see, unless
-    /// the evidence is ambiguous (Redis restarted, or more than `maxDeleteFraction` would go), in
-    /// which case it deletes nothing and says why. Expired rows are pruned either way.
+    /// the evidence is ambiguous (Redis restarted, or more than `maxDeleteFraction` would go while
+    /// a loss cannot be ruled out), in which case it deletes nothing and says why.
+    ///
+    /// `lossRuledOut` is the caller's proof that Redis kept its data through the gap (the canary key
+    /// survived, no eviction happened): then missing rows are deletions, however many.
     ///
     /// - Important: call inside a write transaction, after every row of the sync was applied.
-    public func reconcile(generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool) throws
-        -> ReconcileOutcome
-    {
+    public func reconcile(
+        generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool = false
+    ) throws -> ReconcileOutcome {
         let countStatement = try database.prepare(
             """
             SELECT
@@ -93,7 +96,7 @@ extension SnapshotStore {
         if outcome.missingRows > 0 {
             if runIDChanged {
                 outcome.refusedReason = "redis_restarted"
-            } else if Double(outcome.missingRows) > maxDeleteFraction * Double(outcome.unexpiredRows) {
+            } else if !lossRuledOut && Double(outcome.missingRows) > maxDeleteFraction * Double(outcome.unexpiredRows) {
                 outcome.refusedReason = "too_many_missing"
             } else {
                 let delete = try database.prepare(

@@ -73,9 +73,15 @@ public final class SnapshotStore {
         try prepareSchema(isNew: isNew, mode: mode)
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Closes the database and releases the daemon lock; the store is unusable afterwards.
+    public func close() {
         database.close()
-        if lockDescriptor >= 0 { Glibc.close(lockDescriptor) }
+        if lockDescriptor >= 0 {
+            Glibc.close(lockDescriptor)
+            lockDescriptor = -1
+        }
     }
 
     /// A non-empty file must start with SQLite's magic header; an empty file counts as new.

@@ -199,6 +199,9 @@ public final class SnapshotWriter: @unchecked Sendable {
                 backoffMilliseconds = min(backoffMilliseconds * 2, stopping ? 500 : 5000)
             }
         }
+        // Releases the daemon lock now, not when the last reference goes: a new mirror may open
+        // the same snapshot in this process.
+        store.close()
         done.signal()
     }
 

@@ -54,4 +54,53 @@ struct CacheLossTests {
             #expect(!env.mirror.log.records(event: "cache_loss_suspected").isEmpty)
         }
     }
+
+    @Test("logouts while the daemon was down are deleted at its next start, even far more than 10% of them")
+    func logoutsWhileDownAreDeleted() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "down")
+        let path = directory.file("s.db")
+        let client = try redis.client()
+        for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
+        let first = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path) {
+            $0.onCacheLoss = .restore
+        }
+        try await first.waitUntilReady()
+        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
+        #expect(first.stop() == 0)
+
+        for index in 0..<5 { try client.checked("DEL", "session:u\(index)") }  // 28% logged out
+
+        let second = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path) {
+            $0.onCacheLoss = .restore
+        }
+        defer { second.stop() }
+        try await second.waitUntilReady()
+        #expect(try snapshotRows(at: path, prefix: bytes("session:")).count == 13)
+        #expect(second.log.records(event: "cache_loss_suspected").isEmpty)
+        #expect(try client.checked("EXISTS", "session:u0").integer == 0, "a logged-out session came back")
+    }
+
+    @Test("a FLUSHALL while the daemon was down is a suspected loss at its next start: every row is kept")
+    func flushWhileDownKeepsRows() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "down")
+        let path = directory.file("s.db")
+        let client = try redis.client()
+        for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
+        let first = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path)
+        try await first.waitUntilReady()
+        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
+        #expect(first.stop() == 0)
+
+        try client.checked("FLUSHALL")
+
+        let second = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path)
+        defer { second.stop() }
+        try await second.waitUntilReady()
+        #expect(try snapshotRows(at: path, prefix: bytes("session:")).count == 18)
+        #expect(second.log.records(event: "cache_loss_suspected").first?.metadata["reason"] == "too_many_missing")
+    }
 }
