@@ -644,7 +644,7 @@ def child_main(args):
     if args.selftest == "fake":
         bin_argv = [sys.executable, os.path.join(HERE, "fake_sessionmirror.py")]
     else:
-        bin_argv = [os.environ.get("SESSIONMIRROR_BIN", DEFAULT_BIN)]
+        bin_argv = [args.bin or os.environ.get("SESSIONMIRROR_BIN", DEFAULT_BIN)]
     redis_srv = RedisServer(free_port(), workdir)
     daemon = None
     why = "aborted"
@@ -944,11 +944,11 @@ def check_binary(binary):
     return None, warnings
 
 
-def run_child(backend, scenario, workroot, template_db, selftest, keep):
+def run_child(backend, scenario, workroot, template_db, selftest, keep, binary):
     tag = "%s/%s" % (backend, scenario)
     workdir = tempfile.mkdtemp(prefix="%s-%s-" % (backend, scenario), dir=workroot)
     argv = [sys.executable, os.path.abspath(__file__), "--child", "--backend", backend, "--scenario", scenario,
-            "--workdir", workdir, "--template-db", template_db]
+            "--workdir", workdir, "--template-db", template_db, "--bin", binary]
     if selftest:
         argv += ["--selftest", selftest]
     results = {}
@@ -1010,6 +1010,27 @@ def versions():
     return "; ".join(out)
 
 
+def copy_binary(binary, dest_dir):
+    """Copy the binary so that a rebuild during the run neither changes what is tested
+    nor fails with ETXTBSY. Retries while the file changes under us (a link in progress)."""
+    def digest(path):
+        return file_identity(path).split(",")[0]
+
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = os.path.join(dest_dir, "sessionmirror")
+    for _ in range(10):
+        before = digest(binary)
+        try:
+            shutil.copy2(binary, dest)
+        except OSError:
+            time.sleep(1)
+            continue
+        if digest(binary) == before == digest(dest):
+            break
+        time.sleep(1)
+    return dest
+
+
 def parent_main(args):
     started = time.time()
     backends = [args.backend] if args.backend else BACKENDS
@@ -1018,24 +1039,28 @@ def parent_main(args):
     binary = os.environ.get("SESSIONMIRROR_BIN", DEFAULT_BIN)
     print("SessionMirror Django e2e: %s" % versions(), flush=True)
     all_results = []
-    problem, warnings = (None, []) if args.selftest else check_binary(binary)
-    for w in warnings:
-        print("WARNING: %s" % w, flush=True)
-    if args.selftest:
-        print("SELFTEST (%s): %s; this does NOT test SessionMirror" % (args.selftest,
-              "fake_sessionmirror.py replaces the binary" if args.selftest == "fake"
-              else "an in-harness stand-in replaces the daemon"))
-    if problem:
-        print("FATAL: %s" % problem, flush=True)
-        for b in backends:
-            for s in scenarios:
-                for n in checks:
-                    all_results.append(("%s/%s" % (b, s), {"check": n, "ok": False, "msg": problem.splitlines()[0]}))
-    else:
-        if not args.selftest:
-            print("binary: %s (%s)" % (binary, file_identity(binary)), flush=True)
-        workroot = tempfile.mkdtemp(prefix="sessionmirror-e2e-")
-        try:
+    # not "sessionmirror-*": other tests' clean-ups may remove such /tmp entries
+    workroot = tempfile.mkdtemp(prefix="djangoe2e-")
+    try:
+        tested = binary
+        if not args.selftest and os.path.isfile(binary):
+            tested = copy_binary(binary, os.path.join(workroot, "bin"))
+        problem, warnings = (None, []) if args.selftest else check_binary(tested)
+        for w in warnings:
+            print("WARNING: %s" % w, flush=True)
+        if args.selftest:
+            print("SELFTEST (%s): %s; this does NOT test SessionMirror" % (args.selftest,
+                  "fake_sessionmirror.py replaces the binary" if args.selftest == "fake"
+                  else "an in-harness stand-in replaces the daemon"))
+        if problem:
+            print("FATAL: %s" % problem, flush=True)
+            for b in backends:
+                for s in scenarios:
+                    for n in checks:
+                        all_results.append(("%s/%s" % (b, s), {"check": n, "ok": False, "msg": problem.splitlines()[0]}))
+        else:
+            if not args.selftest:
+                print("binary: %s (%s), tested as a copy: %s" % (binary, file_identity(tested), tested), flush=True)
             template_db = os.path.join(workroot, "auth-template.sqlite3")
             p = subprocess.run([sys.executable, os.path.abspath(__file__), "--prepare-db", template_db], cwd=HERE)
             if p.returncode != 0:
@@ -1043,12 +1068,12 @@ def parent_main(args):
             for b in backends:
                 for s in scenarios:
                     print("=== %s / %s ===" % (b, s), flush=True)
-                    all_results += run_child(b, s, workroot, template_db, args.selftest, args.keep)
-        finally:
-            if args.keep:
-                print("kept work files in %s" % workroot)
-            else:
-                shutil.rmtree(workroot, ignore_errors=True)
+                    all_results += run_child(b, s, workroot, template_db, args.selftest, args.keep, tested)
+    finally:
+        if args.keep:
+            print("kept work files in %s" % workroot)
+        else:
+            shutil.rmtree(workroot, ignore_errors=True)
     failed = [(tag, d) for tag, d in all_results if not d["ok"]]
     passed = len(all_results) - len(failed)
     print()
@@ -1080,6 +1105,7 @@ def main():
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--template-db", help=argparse.SUPPRESS)
+    ap.add_argument("--bin", help=argparse.SUPPRESS)
     ap.add_argument("--prepare-db", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prepare_db:
