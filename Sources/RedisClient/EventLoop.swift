@@ -62,6 +62,12 @@ public final class EventLoop: @unchecked Sendable {
         uv_async_send(wakeup)
     }
 
+    /// Wakes the loop for one iteration (its check handles run), without posting work. Safe from
+    /// any thread; libuv coalesces wakeups.
+    public func wake() {
+        uv_async_send(wakeup)
+    }
+
     /// Asks the loop to stop (from the loop thread): handles are closed and `start`'s thread ends.
     public func stop() {
         preconditionInLoop()

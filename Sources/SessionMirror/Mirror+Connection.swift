@@ -15,27 +15,37 @@ extension Mirror {
     func connect() {
         guard phase != .stopping else { return }
         phase = .connecting
-        subscriptionsConfirmed = 0
-        var connectedCount = 0
-        var failed = false
-        let onConnect: (RedisError?) -> Void = { [weak self] error in
-            guard let self, !failed, self.phase == .connecting else { return }
-            if let error {
-                failed = true
-                self.connectFailed(MirrorSetupError(description: "\(error)", permanent: Mirror.isPermanent(error)))
-                return
-            }
-            connectedCount += 1
-            if connectedCount == 2 { self.prepare() }
-        }
-        let onDisconnect: (RedisError?) -> Void = { [weak self] error in
-            self?.connectionLost(error.map { "\($0)" } ?? "connection closed")
-        }
+        attempt += 1
+        let attempt = attempt
+        readerUp = false
+        subscriberUp = false
         reader = AsyncRedisConnection(
-            loop: loop, endpoint: configuration.endpoint, onConnect: onConnect, onDisconnect: onDisconnect)
-        subscriber = AsyncRedisConnection(
-            loop: loop, endpoint: configuration.endpoint, selectDatabase: false, onConnect: onConnect,
-            onDisconnect: onDisconnect)
+            loop: loop, endpoint: configuration.endpoint,
+            onConnect: { [weak self] error in
+                guard let self, attempt == self.attempt, self.phase == .connecting else { return }
+                if let error {
+                    self.connectFailed(MirrorSetupError(description: "\(error)", permanent: Mirror.isPermanent(error)))
+                    return
+                }
+                self.readerUp = true
+                if self.subscriberUp { self.prepare() }
+            },
+            onDisconnect: { [weak self] error in
+                guard let self, attempt == self.attempt else { return }
+                self.connectionLost(error.map { "\($0)" } ?? "connection closed")
+            })
+        subscription.connect(attempt: attempt)
+    }
+
+    /// The subscriber connection of `attempt` is up (or failed), on the subscription's own loop.
+    func subscriberConnected(_ attempt: Int, _ error: RedisError?) {
+        guard attempt == self.attempt, phase == .connecting else { return }
+        if let error {
+            connectFailed(MirrorSetupError(description: "\(error)", permanent: Mirror.isPermanent(error)))
+            return
+        }
+        subscriberUp = true
+        if readerUp { prepare() }
     }
 
     static func isPermanent(_ error: RedisError) -> Bool {
@@ -141,38 +151,27 @@ extension Mirror {
     }
 
     private func subscribe(version: String) {
-        guard let subscriber else { return }
-        subscriber.send(.command("CLIENT", "ID")) { [weak self] reply in
-            guard let self, let reply else { return }
-            let clientID = reply.integer
-            let patterns = self.configuration.prefixes.map {
-                KeyspaceNotifications.pattern(database: self.configuration.endpoint.database, keyPrefix: $0)
-            }
-            self.subscriptionsExpected = patterns.count + 1
-            let handler: (PubSubMessage) -> Void = { [weak self] message in self?.handleMessage(message) }
-            subscriber.subscribe([Array("SUBSCRIBE".utf8), Mirror.invalidateChannel], onMessage: handler)
-            subscriber.subscribe([Array("PSUBSCRIBE".utf8)] + patterns, onMessage: handler)
-            // hiredis 0.14 drops an error reply to PSUBSCRIBE (an ACL without channel permission),
-            // so a missing confirmation is how we learn of it.
-            let timer = LoopTimer(loop: self.loop) { [weak self] in
-                guard let self, self.phase == .connecting else { return }
-                self.connectFailed(
-                    MirrorSetupError(
-                        description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs "
-                            + "channel permission &__keyspace@\(self.configuration.endpoint.database)__:* (see docs/security.md)",
-                        permanent: true))
-            }
-            timer.start(afterMilliseconds: 5000)
-            self.subscribeTimer = timer
-            self.pendingTrackingClientID = clientID
-            self.pendingServerVersion = version
+        pendingServerVersion = version
+        subscription.subscribe(attempt: attempt)
+        // hiredis 0.14 drops an error reply to PSUBSCRIBE (an ACL without channel permission), so a
+        // missing confirmation is how we learn of it.
+        let timer = LoopTimer(loop: loop) { [weak self] in
+            guard let self, self.phase == .connecting else { return }
+            self.connectFailed(
+                MirrorSetupError(
+                    description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs "
+                        + "channel permission &__keyspace@\(self.configuration.endpoint.database)__:* (see docs/security.md)",
+                    permanent: true))
         }
+        timer.start(afterMilliseconds: 5000)
+        subscribeTimer = timer
     }
 
-    func subscriptionsReady() {
+    func subscriptionsReady(_ attempt: Int, clientID: Int64?) {
+        guard attempt == self.attempt, phase == .connecting else { return }
         subscribeTimer?.close()
         subscribeTimer = nil
-        if let clientID = pendingTrackingClientID {
+        if let clientID {
             reader?.send(
                 .command(
                     "CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST", "PREFIX",
@@ -225,7 +224,7 @@ extension Mirror {
     }
 
     func connectionLost(_ reason: String) {
-        guard reader != nil || subscriber != nil else { return }  // Already torn down.
+        guard reader != nil else { return }  // Already torn down.
         let wasConnected = phase == .connected
         tearDownConnections()
         guard phase != .stopping else {
@@ -247,16 +246,18 @@ extension Mirror {
 
     /// Drops both connections and whatever was pending on them: a full sync follows the reconnect.
     func tearDownConnections() {
-        let (oldReader, oldSubscriber) = (reader, subscriber)
+        let oldReader = reader
         reader = nil
-        subscriber = nil
+        attempt += 1  // Whatever the old connections still report is stale now.
         subscribeTimer?.close()
         subscribeTimer = nil
         oldReader?.abort()
-        oldSubscriber?.abort()
-        dirty.removeAll()
+        subscription.abort()
+        dirty.state.withLock { $0.removeAll() }
         keysInFlight = 0
         sync = nil
+        // Held deletes are dropped (the rows stay); the full sync after the reconnect decides.
+        flushChecks = []
         if phase != .stopping { phase = .idle }
     }
 

@@ -5,40 +5,15 @@ import SnapshotStore
 extension Mirror {
     // MARK: - Events (loop thread)
 
-    func handleMessage(_ message: PubSubMessage) {
-        switch message.kind {
-        case .patternMessage:
-            guard acceptingEvents, message.channel.count > channelPrefix.count else { return }
-            let key = Array(message.channel[channelPrefix.count...])
-            let evicted = message.payload.bytes == Mirror.evictedEvent
-            dirty.mark(key, evicted: evicted, at: Clock.monotonicNanoseconds())
-            stats.eventsReceived += 1
-            if dirty.count > configuration.maxDirtyKeys { dirtyOverflow() }
-        case .message:
-            if message.channel == Mirror.invalidateChannel, message.payload == .null {
-                flushDetected()
-            }
-        case .subscribed:
-            if message.channel == Mirror.barrierChannel {
-                // Every event Redis queued for us before this confirmation has been handled.
-                shutdownBarrierReached = true
-                acceptingEvents = false
-                finishShutdownIfDrained()
-                return
-            }
-            subscriptionsConfirmed += 1
-            if phase == .connecting && subscriptionsConfirmed == subscriptionsExpected { subscriptionsReady() }
-        case .unsubscribed, .other:
-            break
-        }
-    }
-
-    private func dirtyOverflow() {
+    func dirtyOverflow() {
         stats.dirtyOverflows += 1
+        let count = dirty.state.withLock { queue in
+            defer { queue.removeAll() }
+            return queue.count
+        }
         logger.warning(
             "too many changed keys waiting to be read; dropping them and resyncing",
-            metadata: ["event": "dirty_overflow", "dirty": "\(dirty.count)", "limit": "\(configuration.maxDirtyKeys)"])
-        dirty.removeAll()
+            metadata: ["event": "dirty_overflow", "dirty": "\(count)", "limit": "\(configuration.maxDirtyKeys)"])
         sync = nil
         startFullSync(reason: "dirty_overflow")
     }
@@ -47,12 +22,14 @@ extension Mirror {
 
     func issueReads() {
         guard let reader, phase == .connected || phase == .stopping, reader.isConnected else { return }
-        while keysInFlight < configuration.maxKeysInFlight && !dirty.isEmpty
-            && writer.queuedBytes < configuration.maxWriterBacklogBytes
-        {
-            let keys = dirty.take(configuration.readBatchSize)
+        while keysInFlight < configuration.maxKeysInFlight && writer.queuedBytes < configuration.maxWriterBacklogBytes {
+            let (keys, endSequence) = dirty.state.withLock { queue in
+                (queue.take(configuration.readBatchSize), queue.takenCount)
+            }
+            if keys.isEmpty { break }
             let batch = ReadBatch(
-                keys: keys, endSequence: dirty.takenCount, generation: generation, flushEpoch: flushEpoch)
+                keys: keys, startSequence: endSequence - UInt64(keys.count), endSequence: endSequence,
+                generation: generation)
             keysInFlight += keys.count
             reader.send(KeyReader.command(for: keys.map(\.key))) { [weak self] reply in
                 self?.readFinished(batch, reply)
@@ -79,12 +56,17 @@ extension Mirror {
             case .present(let type, let value, let expiresAt):
                 kind = .upsert(SnapshotRecord(key: key, type: type, value: value, expiresAt: expiresAt))
             case .missing:
-                if batch.flushEpoch != flushEpoch {
-                    // Read around a FLUSHALL: "missing" says nothing about a logout.
+                let sequence = batch.startSequence + UInt64(index) + 1
+                if sequence <= keepMissingUpTo {
+                    continue  // Dirtied before a flush of our database: "missing" says nothing of a logout.
+                }
+                let evicted = entry.evicted || dirty.state.withLock { $0.entry(for: key)?.evicted == true }
+                kind = evicted && configuration.evictedPolicy == .keep ? .evicted(key: key) : .delete(key: key)
+                if let check = flushChecks.firstIndex(where: { sequence <= $0.sequence }) {
+                    flushChecks[check].deferred.append(
+                        SnapshotChange(kind: kind, dirtiedAt: entry.dirtiedAt, generation: batch.generation))
                     continue
                 }
-                let evicted = entry.evicted || dirty.entry(for: key)?.evicted == true
-                kind = evicted && configuration.evictedPolicy == .keep ? .evicted(key: key) : .delete(key: key)
             }
             changes.append(SnapshotChange(kind: kind, dirtiedAt: entry.dirtiedAt, generation: batch.generation))
         }
@@ -115,7 +97,9 @@ extension Mirror {
     func continueScan() {
         guard phase == .connected, let reader, var state = sync, !state.scanInFlight, state.barrier == nil else { return }
         // Bounded memory: scan on only while the reads keep up.
-        guard dirty.count < configuration.maxKeysInFlight * 4 else { return }
+        guard dirty.state.withLock({ $0.count }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
+            return
+        }
         let prefix = configuration.prefixes[state.prefixIndex]
         state.scanInFlight = true
         sync = state
@@ -135,8 +119,10 @@ extension Mirror {
                 self.connectionLost("scan failed")
                 return
             }
-            for key in keys {
-                if let bytes = key.bytes { self.dirty.mark(bytes, evicted: false, at: 0) }
+            self.dirty.state.withLock { queue in
+                for key in keys {
+                    if let bytes = key.bytes { queue.mark(bytes, evicted: false, at: 0) }
+                }
             }
             state.keysScanned += keys.count
             state.scanInFlight = false
@@ -144,7 +130,7 @@ extension Mirror {
             if cursor == Array("0".utf8) {
                 state.prefixIndex += 1
                 if state.prefixIndex == self.configuration.prefixes.count {
-                    state.barrier = self.dirty.appendedCount
+                    state.barrier = self.dirty.state.withLock { $0.appendedCount }
                 }
             }
             self.sync = state
@@ -223,10 +209,32 @@ extension Mirror {
 
     // MARK: - Flush detection
 
-    private func flushDetected() {
-        // Reads in flight or pending may run after the flush: their "missing" must not delete rows.
-        flushEpoch += 1
-        dirty.removeAll()
+    /// Redis sent the flush message every tracking client gets on FLUSHALL, and on FLUSHDB of any
+    /// database. Whether ours was flushed, the canary says: asked on the reader connection, its
+    /// answer comes after every read issued before it. Until then, deletes of keys dirtied before
+    /// the flush are held back.
+    func flushSignalled(upTo sequence: UInt64) {
+        flushChecks.append(FlushCheck(sequence: sequence))
+        guard let reader else { return }
+        reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
+            guard let self, reply != nil, !self.flushChecks.isEmpty else { return }
+            let check = self.flushChecks.removeFirst()
+            if reply?.integer == 1 {
+                // Another database was flushed: the held deletes were real.
+                if self.flushChecks.isEmpty {
+                    self.writer.enqueue(check.deferred)
+                } else {
+                    self.flushChecks[0].deferred += check.deferred
+                }
+                return
+            }
+            self.keepMissingUpTo = max(self.keepMissingUpTo, check.sequence)
+            self.flushDetected()
+        }
+    }
+
+    /// Our database was flushed (FLUSHALL, or FLUSHDB of it): every session is gone from Redis.
+    func flushDetected() {
         stats.cacheLosses += 1
         let runID = currentRunID
         // The counts come from the writer, behind every change already read.
@@ -258,12 +266,11 @@ extension Mirror {
         let deadline = LoopTimer(loop: loop) { [weak self] in self?.finishShutdown() }
         deadline.start(afterMilliseconds: 3000)
         timers.append(deadline)
-        if wasConnected, let subscriber, subscriber.isConnected {
+        if wasConnected {
             // The confirmation of this SUBSCRIBE comes after every event Redis had queued for us.
-            subscriber.subscribe([Array("SUBSCRIBE".utf8), Mirror.barrierChannel]) { [weak self] in self?.handleMessage($0) }
+            subscription.sendBarrier(attempt: attempt)
         } else {
             shutdownBarrierReached = true
-            acceptingEvents = false
             finishShutdown()
         }
     }
@@ -271,21 +278,22 @@ extension Mirror {
     func finishShutdownIfDrained() {
         guard phase == .stopping, shutdownBarrierReached else { return }
         issueReads()
-        if (dirty.isEmpty && keysInFlight == 0) || reader == nil { finishShutdown() }
+        if (dirty.state.withLock { $0.isEmpty } && keysInFlight == 0) || reader == nil { finishShutdown() }
     }
 
     private func finishShutdown() {
         guard phase == .stopping else { return }
-        if !dirty.isEmpty || keysInFlight > 0 {
+        let pending = dirty.state.withLock { $0.count } + keysInFlight
+        if pending > 0 {
             logger.warning(
                 "stopping before every change was read; the next start resyncs",
-                metadata: ["event": "shutdown_incomplete", "dirty": "\(dirty.count + keysInFlight)"])
+                metadata: ["event": "shutdown_incomplete", "dirty": "\(pending)"])
         }
-        let (oldReader, oldSubscriber) = (reader, subscriber)
+        let oldReader = reader
         reader = nil
-        subscriber = nil
+        attempt += 1
         oldReader?.abort()
-        oldSubscriber?.abort()
+        subscription.abort()
         checkHook?.close()
         for timer in timers { timer.close() }
         for signal in signals { signal.close() }
@@ -302,9 +310,11 @@ extension Mirror {
         logger.info(
             "metrics",
             metadata: [
-                "event": "metrics", "events_received": "\(stats.eventsReceived)", "keys_read": "\(stats.keysRead)",
+                "event": "metrics", "events_received": "\(dirty.eventsReceived.load(ordering: .relaxed))",
+                "keys_read": "\(stats.keysRead)",
                 "rows_upserted": "\(writerStats.rowsUpserted)", "rows_deleted": "\(writerStats.rowsDeleted)",
-                "rows_evicted": "\(writerStats.rowsEvicted)", "dirty_backlog": "\(dirty.count + keysInFlight)",
+                "rows_evicted": "\(writerStats.rowsEvicted)",
+                "dirty_backlog": "\(dirty.state.withLock { $0.count } + keysInFlight)",
                 "writer_queue": "\(writerStats.queuedChanges)",
                 "commit_latency_p50_ms": "\(Double(writerStats.latency.quantile(0.5)) / 1000)",
                 "commit_latency_p99_ms": "\(Double(writerStats.latency.quantile(0.99)) / 1000)",

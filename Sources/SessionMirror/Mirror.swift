@@ -6,10 +6,10 @@ import Synchronization
 
 /// The mirror daemon: keeps the snapshot equal to Redis for the configured prefixes.
 ///
-/// Threads: one libuv loop thread owns both Redis connections (the subscription, drained
-/// continuously, and the reader), the dirty set and every timer; one writer thread owns the SQLite
-/// connection. The loop never waits for the disk: it hands read results to `SnapshotWriter` and
-/// moves on. See docs/architecture.md.
+/// Threads: the subscription has a libuv loop of its own (`KeyspaceSubscription`), which only
+/// drains events into the shared dirty set; the mirror's loop owns the reader connection, the
+/// reads, the full syncs and every timer; one writer thread owns the SQLite connection. No loop
+/// ever waits for the disk. See docs/architecture.md.
 public final class Mirror: @unchecked Sendable {
     enum Phase { case idle, connecting, connected, stopping }
 
@@ -27,9 +27,18 @@ public final class Mirror: @unchecked Sendable {
 
     struct ReadBatch {
         let keys: [(key: [UInt8], entry: DirtyQueue.Entry)]
+        /// The dirty-set sequence number of the batch's first key, minus one.
+        let startSequence: UInt64
         let endSequence: UInt64
         let generation: Int64
-        let flushEpoch: Int
+    }
+
+    /// A flush signal not yet attributed: Redis sends it for FLUSHDB of any database.
+    struct FlushCheck {
+        /// Keys dirtied up to here came before the flush.
+        let sequence: UInt64
+        /// Deletes of such keys, held until we know whether our database was flushed.
+        var deferred: [SnapshotChange] = []
     }
 
     let configuration: MirrorConfiguration
@@ -48,8 +57,12 @@ public final class Mirror: @unchecked Sendable {
     // Loop-thread state.
     var phase = Phase.idle
     var reader: AsyncRedisConnection?
-    var subscriber: AsyncRedisConnection?
-    var dirty = DirtyQueue()
+    let dirty = SharedDirtyQueue()
+    var subscription: KeyspaceSubscription!
+    /// The current connection attempt; news from older ones is ignored.
+    var attempt = 0
+    var subscriberUp = false
+    var readerUp = false
     var keysInFlight = 0
     var completedSequence: UInt64 = 0
     var generation: Int64
@@ -67,12 +80,11 @@ public final class Mirror: @unchecked Sendable {
     var sync: SyncState?
     var everConnected = false
     var everSynced = false
-    var acceptingEvents = true
-    var flushEpoch = 0
+    var flushChecks: [FlushCheck] = []
+    /// A key dirtied up to here and found missing is kept: our database was flushed after it.
+    var keepMissingUpTo: UInt64 = 0
     var restoreRunning = false
     var restoreWanted = false
-    var subscriptionsConfirmed = 0
-    var subscriptionsExpected = 0
     var shutdownBarrierReached = false
     var reconnectAttempt = 0
     var lastReportedFailure: String?
@@ -80,17 +92,12 @@ public final class Mirror: @unchecked Sendable {
     var timers: [LoopTimer] = []
     var reconnectTimer: LoopTimer?
     var subscribeTimer: LoopTimer?
-    var pendingTrackingClientID: Int64?
     var pendingServerVersion: String?
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
-    let channelPrefix: [UInt8]
-    static let invalidateChannel = Array("__redis__:invalidate".utf8)
-    static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
     /// A tracking prefix that matches no key: we only want the null message Redis sends every
     /// tracking client on FLUSHALL / FLUSHDB, not an invalidation per write.
     static let trackingProbePrefix = "__sessionmirror__:flush-probe:"
-    static let evictedEvent = Array("evicted".utf8)
 
     /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
     public init(configuration: MirrorConfiguration, logger: Logger) throws {
@@ -108,9 +115,26 @@ public final class Mirror: @unchecked Sendable {
             token = fresh
         }
         canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
-        channelPrefix = KeyspaceNotifications.channelPrefix(database: configuration.endpoint.database)
         writer = SnapshotWriter(
             store: store, logger: logger, pruneIntervalSeconds: configuration.pruneIntervalSeconds)
+        subscription = KeyspaceSubscription(
+            endpoint: configuration.endpoint, prefixes: configuration.prefixes, dirty: dirty, mirrorLoop: loop,
+            callbacks: KeyspaceSubscription.Callbacks(
+                connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
+                subscribed: { [weak self] attempt, clientID in self?.subscriptionsReady(attempt, clientID: clientID) },
+                lost: { [weak self] attempt, reason in
+                    guard let self, attempt == self.attempt else { return }
+                    self.connectionLost(reason)
+                },
+                flushed: { [weak self] attempt, sequence in
+                    guard let self, attempt == self.attempt else { return }
+                    self.flushSignalled(upTo: sequence)
+                },
+                barrierReached: { [weak self] attempt in
+                    guard let self, attempt == self.attempt else { return }
+                    self.shutdownBarrierReached = true
+                    self.finishShutdownIfDrained()
+                }))
     }
 
     /// Runs until SIGTERM / SIGINT (or a fatal error); returns the process exit code.
@@ -119,6 +143,7 @@ public final class Mirror: @unchecked Sendable {
     public func run() -> Int32 {
         loop.start { [self] in start() }
         loop.join()
+        subscription.stop()
         if !writer.stop(timeoutSeconds: 4) {
             logger.error("snapshot writer did not finish in time", metadata: ["event": "shutdown_incomplete"])
             exitCode.withLock { $0 = 1 }
@@ -167,6 +192,7 @@ public final class Mirror: @unchecked Sendable {
 
     /// Runs after every I/O phase: turns the events parsed in it into pipelined reads.
     private func afterIO() {
+        if phase == .connected && dirty.state.withLock({ $0.count }) > configuration.maxDirtyKeys { dirtyOverflow() }
         issueReads()
         continueScan()
         if phase == .stopping { finishShutdownIfDrained() }
@@ -174,7 +200,8 @@ public final class Mirror: @unchecked Sendable {
     }
 
     func publishStatistics() {
-        stats.dirtyBacklog = dirty.count
+        stats.eventsReceived = dirty.eventsReceived.load(ordering: .relaxed)
+        stats.dirtyBacklog = dirty.state.withLock { $0.count }
         stats.keysInFlight = keysInFlight
         stats.connected = phase == .connected
         stats.redisRunID = currentRunID

@@ -66,11 +66,13 @@ public final class SnapshotStore {
         } catch {
             throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
         }
+        // Identify the file before anything touches it: a foreign or newer file stays as it was.
+        let version = try identify(isNew: isNew, mode: mode)
         if mode == .readWrite {
             try takeLock()
             if exists { _ = chmod(path, 0o600) }
+            try upgrade(from: version)
         }
-        try prepareSchema(isNew: isNew, mode: mode)
     }
 
     deinit { close() }
@@ -112,38 +114,46 @@ public final class SnapshotStore {
         lockDescriptor = fd
     }
 
-    private func prepareSchema(isNew: Bool, mode: Mode) throws(SnapshotError) {
+    /// Checks that the file is a SessionMirror snapshot this build can read; returns its format
+    /// version (0 for a new, empty file).
+    private func identify(isNew: Bool, mode: Mode) throws(SnapshotError) -> Int64 {
         do {
             let applicationID = try database.integer("PRAGMA application_id") ?? 0
             let version = try database.integer("PRAGMA user_version") ?? 0
             let tableCount = try database.integer("SELECT count(*) FROM sqlite_master") ?? 0
             if applicationID != SnapshotStore.applicationID {
-                if !(isNew || (applicationID == 0 && version == 0 && tableCount == 0)) || mode != .readWrite {
-                    throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application")
-                }
-                if mode != .readWrite {
-                    throw SnapshotError.notASnapshot(path: path, detail: "an empty file")
-                }
+                let empty = isNew || (applicationID == 0 && version == 0 && tableCount == 0)
+                if !empty { throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application") }
+                if mode != .readWrite { throw SnapshotError.notASnapshot(path: path, detail: "an empty file") }
+                return 0
             }
             if version > SnapshotStore.formatVersion {
                 throw SnapshotError.newerFormat(path: path, found: version, supported: SnapshotStore.formatVersion)
             }
-            guard mode != .readOnly else { return }
-            if mode == .maintenance {
-                if version < SnapshotStore.formatVersion {
-                    throw SnapshotError.notASnapshot(path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
-                }
-                return
+            if mode == .maintenance && version < SnapshotStore.formatVersion {
+                throw SnapshotError.notASnapshot(path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
             }
+            return version
+        } catch let error as SnapshotError {
+            throw error
+        } catch let error as SQLiteError {
+            if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
+            throw .sqlite(error)
+        } catch {
+            throw .corrupt(path: path, detail: "\(error)")
+        }
+    }
+
+    /// Sets the connection up for the daemon and migrates the schema to `formatVersion`.
+    private func upgrade(from version: Int64) throws(SnapshotError) {
+        do {
             try database.execute("PRAGMA journal_mode = WAL")
             try database.execute("PRAGMA synchronous = NORMAL")
             // Random-key upserts touch a different leaf page per row: a larger page cache and fewer,
-            // larger checkpoints keep the writer ahead (see docs/benchmarks.md).
+            // larger checkpoints keep the writer ahead (see docs/architecture.md).
             try database.execute("PRAGMA cache_size = -32768")
             try database.execute("PRAGMA wal_autocheckpoint = 8192")
-            try migrate(from: applicationID == SnapshotStore.applicationID ? version : 0)
-        } catch let error as SnapshotError {
-            throw error
+            try migrate(from: version)
         } catch let error as SQLiteError {
             if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
             throw .sqlite(error)

@@ -47,7 +47,7 @@ struct VerifyPurgeTests {
                 logger: Logger(label: "t")
             ).run()
             #expect(restored.restored == 0)
-            #expect(try env.client.checked("DBSIZE").integer == 1)
+            #expect(try redisKeys(env.client, prefix: env.prefix).isEmpty)
         }
     }
 }

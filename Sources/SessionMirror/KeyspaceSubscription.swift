@@ -1,0 +1,190 @@
+import Foundation
+import Logging
+import RedisClient
+import SnapshotStore
+import Synchronization
+
+/// The dirty set shared by the subscription thread (which marks keys) and the mirror's loop
+/// (which takes batches to read).
+final class SharedDirtyQueue: Sendable {
+    let state = Mutex(DirtyQueue())
+    /// Keyspace events received since start.
+    let eventsReceived = Atomic<UInt64>(0)
+}
+
+/// The keyspace subscription on a thread and libuv loop of its own.
+///
+/// Redis drops a subscriber whose output buffer passes 32 MB (REDIS_FACTS), and a stalled
+/// subscriber's buffer counts against maxmemory. So this loop does nothing but read events and
+/// mark keys dirty: the reads, the writer hand-off and the full syncs run on the mirror's loop,
+/// and a burst of work there never delays the drain here.
+///
+/// - Important: the public methods may be called from any thread; they hop to the subscription
+///   loop. Every outcome is posted to the mirror's loop, tagged with the connection attempt it
+///   belongs to, so that late news from an old connection can be ignored there.
+final class KeyspaceSubscription: @unchecked Sendable {
+    private let loop = EventLoop()
+    private let mirrorLoop: EventLoop
+    private let dirty: SharedDirtyQueue
+    private let endpoint: RedisEndpoint
+    private let patterns: [[UInt8]]
+    private let channelPrefix: [UInt8]
+
+    // Subscription-loop state.
+    private var connection: AsyncRedisConnection?
+    private var attempt = 0
+    private var confirmed = 0
+    private var acceptingEvents = true
+    private var markedSinceWake = false
+    private var checkHook: LoopCheck?
+
+    /// Posted to the mirror's loop.
+    struct Callbacks: Sendable {
+        /// The connection is up (or failed: the error).
+        var connected: @Sendable (_ attempt: Int, _ error: RedisError?) -> Void
+        /// Every pattern and the invalidation channel are subscribed; the client id is for tracking.
+        var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64?) -> Void
+        /// The connection dropped after it was up.
+        var lost: @Sendable (_ attempt: Int, _ reason: String) -> Void
+        /// FLUSHALL / FLUSHDB (of any database): keys dirtied up to `sequence` came before it.
+        var flushed: @Sendable (_ attempt: Int, _ sequence: UInt64) -> Void
+        /// Every event Redis had queued before the shutdown barrier is in the dirty set.
+        var barrierReached: @Sendable (_ attempt: Int) -> Void
+    }
+
+    private let callbacks: Callbacks
+    static let invalidateChannel = Array("__redis__:invalidate".utf8)
+    static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
+    static let evictedEvent = Array("evicted".utf8)
+
+    init(
+        endpoint: RedisEndpoint, prefixes: [[UInt8]], dirty: SharedDirtyQueue, mirrorLoop: EventLoop,
+        callbacks: Callbacks
+    ) {
+        self.endpoint = endpoint
+        self.dirty = dirty
+        self.mirrorLoop = mirrorLoop
+        self.callbacks = callbacks
+        patterns = prefixes.map { KeyspaceNotifications.pattern(database: endpoint.database, keyPrefix: $0) }
+        channelPrefix = KeyspaceNotifications.channelPrefix(database: endpoint.database)
+        loop.start(name: "sessionmirror-subscription") { [self] in
+            // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
+            checkHook = LoopCheck(loop: loop) { [weak self] in self?.wakeMirrorIfNeeded() }
+        }
+    }
+
+    /// Opens a new subscriber connection for `attempt`, dropping any previous one.
+    func connect(attempt: Int) {
+        loop.execute { [self] in
+            dropConnection()
+            self.attempt = attempt
+            confirmed = 0
+            acceptingEvents = true
+            let callbacks = callbacks
+            let mirrorLoop = mirrorLoop
+            connection = AsyncRedisConnection(
+                loop: loop, endpoint: endpoint, selectDatabase: false,
+                onConnect: { error in mirrorLoop.execute { callbacks.connected(attempt, error) } },
+                onDisconnect: { [weak self] error in
+                    guard let self, self.attempt == attempt else { return }
+                    self.connection = nil
+                    let reason = error.map { "\($0)" } ?? "connection closed"
+                    mirrorLoop.execute { callbacks.lost(attempt, reason) }
+                })
+        }
+    }
+
+    /// Asks for the client id, then subscribes to the invalidation channel and every pattern.
+    func subscribe(attempt: Int) {
+        loop.execute { [self] in
+            guard self.attempt == attempt, let connection else { return }
+            connection.send(.command("CLIENT", "ID")) { [weak self] reply in
+                guard let self, self.attempt == attempt, let reply, let connection = self.connection else { return }
+                self.clientID = reply.integer
+                let handler: (PubSubMessage) -> Void = { [weak self] in self?.handle($0) }
+                connection.subscribe([Array("SUBSCRIBE".utf8), KeyspaceSubscription.invalidateChannel], onMessage: handler)
+                connection.subscribe([Array("PSUBSCRIBE".utf8)] + self.patterns, onMessage: handler)
+            }
+        }
+    }
+
+    private var clientID: Int64?
+
+    /// Subscribes to a private channel: its confirmation comes after every event queued before it.
+    func sendBarrier(attempt: Int) {
+        loop.execute { [self] in
+            guard self.attempt == attempt, let connection, connection.isConnected else {
+                let callbacks = callbacks
+                mirrorLoop.execute { callbacks.barrierReached(attempt) }
+                return
+            }
+            connection.subscribe([Array("SUBSCRIBE".utf8), KeyspaceSubscription.barrierChannel]) { [weak self] in
+                self?.handle($0)
+            }
+        }
+    }
+
+    /// Drops the connection (its callbacks are ignored from now on).
+    func abort() {
+        loop.execute { [self] in dropConnection() }
+    }
+
+    /// Drops the connection, stops the thread and waits for it.
+    func stop() {
+        loop.execute { [self] in
+            dropConnection()
+            checkHook?.close()
+            loop.stop()
+        }
+        _ = loop.join(timeoutSeconds: 2)
+    }
+
+    private func dropConnection() {
+        attempt = -1
+        let old = connection
+        connection = nil
+        old?.abort()
+    }
+
+    // MARK: - Messages (subscription loop)
+
+    private func handle(_ message: PubSubMessage) {
+        switch message.kind {
+        case .patternMessage:
+            guard acceptingEvents, message.channel.count > channelPrefix.count else { return }
+            let key = Array(message.channel[channelPrefix.count...])
+            let evicted = message.payload.bytes == KeyspaceSubscription.evictedEvent
+            let now = Clock.monotonicNanoseconds()
+            dirty.state.withLock { $0.mark(key, evicted: evicted, at: now) }
+            dirty.eventsReceived.add(1, ordering: .relaxed)
+            markedSinceWake = true
+        case .message:
+            if message.channel == KeyspaceSubscription.invalidateChannel, message.payload == .null {
+                // Every event before the flush is in the dirty set by now (one connection, in order).
+                let sequence = dirty.state.withLock { $0.appendedCount }
+                let (callbacks, attempt) = (callbacks, attempt)
+                mirrorLoop.execute { callbacks.flushed(attempt, sequence) }
+            }
+        case .subscribed:
+            let (callbacks, attempt) = (callbacks, attempt)
+            if message.channel == KeyspaceSubscription.barrierChannel {
+                acceptingEvents = false
+                mirrorLoop.execute { callbacks.barrierReached(attempt) }
+                return
+            }
+            confirmed += 1
+            if confirmed == patterns.count + 1 {
+                let clientID = clientID
+                mirrorLoop.execute { callbacks.subscribed(attempt, clientID) }
+            }
+        case .unsubscribed, .other:
+            break
+        }
+    }
+
+    private func wakeMirrorIfNeeded() {
+        guard markedSinceWake else { return }
+        markedSinceWake = false
+        mirrorLoop.wake()
+    }
+}
