@@ -33,4 +33,14 @@ fi
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
 
-exec "$VENV/bin/python" "$HERE/run_e2e.py" "$@"
+"$VENV/bin/python" "$HERE/run_e2e.py" "$@"
+
+# Regression: sessions logged out while the daemon was down must not come back at its next
+# start, in either --on-cache-loss mode (exits 1 if any does).
+if [ "$#" -eq 0 ]; then
+    for mode in restore alert; do
+        "$VENV/bin/python" "$HERE/probe_daemon_down.py" "$mode" 5 >/dev/null 2>&1 \
+            || { echo "probe_daemon_down.py $mode 5 failed: logged-out sessions came back" >&2; exit 1; }
+    done
+    echo "probe_daemon_down: logged-out sessions stay gone (restore and alert modes)"
+fi
