@@ -34,11 +34,8 @@ public final class LoopTimer: @unchecked Sendable {
 
     /// Closes the timer for good.
     public func close() {
-        guard let handle else { return }
-        self.handle = nil
-        handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { raw in
-            if uv_is_closing(raw) == 0 { uv_close(raw, loopHandleCloseCallback) }
-        }
+        closeLoopHandle(handle)
+        handle = nil
     }
 
     fileprivate func fire() { callback() }
@@ -67,11 +64,8 @@ public final class LoopSignal: @unchecked Sendable {
 
     /// Stops watching and releases the handle.
     public func close() {
-        guard let handle else { return }
-        self.handle = nil
-        handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { raw in
-            if uv_is_closing(raw) == 0 { uv_close(raw, loopHandleCloseCallback) }
-        }
+        closeLoopHandle(handle)
+        handle = nil
     }
 
     fileprivate func fire(_ signal: Int32) { callback(signal) }
@@ -103,11 +97,8 @@ public final class LoopCheck: @unchecked Sendable {
 
     /// Stops and releases the handle.
     public func close() {
-        guard let handle else { return }
-        self.handle = nil
-        handle.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { raw in
-            if uv_is_closing(raw) == 0 { uv_close(raw, loopHandleCloseCallback) }
-        }
+        closeLoopHandle(handle)
+        handle = nil
     }
 
     fileprivate func fire() { callback() }
@@ -116,4 +107,12 @@ public final class LoopCheck: @unchecked Sendable {
 private let loopCheckCallback: @convention(c) (UnsafeMutablePointer<uv_check_t>?) -> Void = { handle in
     guard let data = handle?.pointee.data else { return }
     (Unmanaged<AnyObject>.fromOpaque(data).takeUnretainedValue() as! LoopCheck).fire()
+}
+
+/// Closes a handle whose `data` holds a retained box; the close callback frees both.
+private func closeLoopHandle<Handle>(_ handle: UnsafeMutablePointer<Handle>?) {
+    guard let handle else { return }
+    UnsafeMutableRawPointer(handle).withMemoryRebound(to: uv_handle_t.self, capacity: 1) { raw in
+        if uv_is_closing(raw) == 0 { uv_close(raw, loopHandleCloseCallback) }
+    }
 }

@@ -51,6 +51,16 @@ struct DirtyQueue {
         appendedCount += 1
     }
 
+    /// Marks a key a full sync found: never changes what an event already said about it (an
+    /// `evicted` that arrived between the SCAN page and this call must keep the row).
+    mutating func markFound(_ key: [UInt8]) {
+        let wrapped = Key(bytes: key)
+        guard entries[wrapped] == nil else { return }
+        entries[wrapped] = Entry(evicted: false, dirtiedAt: 0)
+        order.append(key)
+        appendedCount += 1
+    }
+
     /// The pending entry for `key`, if any.
     func entry(for key: [UInt8]) -> Entry? { entries[Key(bytes: key)] }
 

@@ -121,7 +121,7 @@ extension Mirror {
             }
             self.dirty.state.withLock { queue in
                 for key in keys {
-                    if let bytes = key.bytes { queue.mark(bytes, evicted: false, at: 0) }
+                    if let bytes = key.bytes { queue.markFound(bytes) }
                 }
             }
             state.keysScanned += keys.count

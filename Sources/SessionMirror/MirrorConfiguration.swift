@@ -67,6 +67,14 @@ public struct MirrorConfiguration: Sendable {
         if !(0...1).contains(maxResyncDeleteFraction) {
             throw ConfigurationError.invalid(option: "--max-resync-delete", reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")
         }
+        if readBatchSize < 1 || maxKeysInFlight < readBatchSize {
+            throw ConfigurationError.invalid(option: "read batching", reason: "need 1 <= readBatchSize <= maxKeysInFlight")
+        }
+        // A full sync queues a SCAN page (about 1,000 keys) on top of what it lets wait: a smaller
+        // limit would overflow on the sync's own keys and resync forever.
+        if maxDirtyKeys < 2000 {
+            throw ConfigurationError.invalid(option: "maxDirtyKeys", reason: "must be at least 2000")
+        }
         if snapshotPath.isEmpty { throw ConfigurationError.invalid(option: "--snapshot", reason: "must not be empty") }
     }
 }

@@ -41,25 +41,14 @@ public struct Purger {
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
         // also removes evicted rows and rows of keys Redis had already lost.
         for prefix in prefixes {
-            var cursor: [UInt8] = Array("0".utf8)
-            repeat {
-                let reply = try redis.command([
-                    Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
-                    Array("COUNT".utf8), Array("1000".utf8),
-                ])
-                guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements else {
-                    throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+            try redis.scanKeys(under: prefix) { names in
+                guard !names.isEmpty else { return }
+                let deleted = try redis.command([Array("UNLINK".utf8)] + names)
+                guard let count = deleted.integer else {
+                    throw RestoreError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
                 }
-                let names = keys.compactMap(\.bytes)
-                if !names.isEmpty {
-                    let deleted = try redis.command([Array("UNLINK".utf8)] + names)
-                    guard let count = deleted.integer else {
-                        throw RestoreError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
-                    }
-                    summary.redisKeysDeleted += Int(count)
-                }
-                cursor = next
-            } while cursor != Array("0".utf8)
+                summary.redisKeysDeleted += Int(count)
+            }
         }
         do {
             try store.begin()

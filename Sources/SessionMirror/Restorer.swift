@@ -99,7 +99,7 @@ public struct Restorer: Sendable {
         } catch {
             throw RestoreError(description: "\(error)")
         }
-        let now = try redisTime(redis)
+        let now = try redis.serverTimeMilliseconds()
         var summary = RestoreSummary()
         summary.dryRun = options.dryRun
         var inFlight: [[UInt8]] = []  // keys of commands whose replies are pending, in order
@@ -189,15 +189,5 @@ public struct Restorer: Sendable {
                     "error": "\(reply.errorMessage ?? "unexpected reply")",
                 ])
         }
-    }
-
-    private func redisTime(_ redis: RedisConnection) throws -> Int64 {
-        let reply = try redis.command("TIME")
-        guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
-            let micros = parts[1].text.flatMap({ Int64($0) })
-        else {
-            throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
-        }
-        return seconds * 1000 + micros / 1000
     }
 }

@@ -53,11 +53,7 @@ public struct Verifier {
             throw RestoreError(description: "\(error)")
         }
         var report = VerifyReport()
-        let timeReply = try redis.command("TIME")
-        guard let parts = timeReply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }) else {
-            throw RestoreError(description: "TIME was refused: \(timeReply.errorMessage ?? "unexpected reply")")
-        }
-        let now = seconds * 1000
+        let now = try redis.serverTimeMilliseconds()
         var snapshotKeys = Set<[UInt8]>()
         var batch: [SnapshotRecord] = []
 
@@ -99,23 +95,12 @@ public struct Verifier {
 
         // Keys in Redis the snapshot does not have.
         for prefix in prefixes {
-            var cursor: [UInt8] = Array("0".utf8)
-            repeat {
-                let reply = try redis.command([
-                    Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
-                    Array("COUNT".utf8), Array("1000".utf8),
-                ])
-                guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements else {
-                    throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+            try redis.scanKeys(under: prefix) { keys in
+                for key in keys where !snapshotKeys.contains(key) {
+                    report.onlyInRedis += 1
+                    snapshotKeys.insert(key)  // a key under two overlapping prefixes counts once
                 }
-                for key in keys {
-                    if let bytes = key.bytes, !snapshotKeys.contains(bytes) {
-                        report.onlyInRedis += 1
-                        snapshotKeys.insert(bytes)  // a key under two overlapping prefixes counts once
-                    }
-                }
-                cursor = next
-            } while cursor != Array("0".utf8)
+            }
         }
         return report
     }

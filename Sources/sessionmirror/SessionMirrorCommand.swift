@@ -22,8 +22,8 @@ struct SessionMirrorCommand: ParsableCommand {
             if code == .success {
                 exit(withError: error)
             }
-            // Usage errors exit 2, as documented in docs/operations.md.
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            // One line, exit 2 (docs/operations.md); `--help` shows the usage.
+            FileHandle.standardError.write(Data("sessionmirror: \(message(for: error))\n".utf8))
             Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
         }
     }

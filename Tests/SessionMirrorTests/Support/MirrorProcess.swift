@@ -37,7 +37,8 @@ final class MirrorProcess: Sendable {
             throw ChildProcessError(message: "\(executable) does not exist: run `swift build` before `swift test`")
         }
         return MirrorProcess(
-            process: try ChildProcess(executable: executable, arguments: arguments, outputPath: directory.file(logName)))
+            process: try ChildProcess(executable: executable, arguments: arguments, outputPath: directory.file(logName))
+        )
     }
 
     /// Runs `sessionmirror` with `arguments` until it exits (SIGKILL after `timeout`).

@@ -52,17 +52,22 @@ extension SnapshotMatch {
 
 /// Runs `body` with a fresh redis-server and a ready mirror, then stops both.
 ///
-/// `redisArguments` go to redis-server; `configure` may change the mirror's configuration
-/// (`evictedPolicy`, `reconnectMinimumMilliseconds`, ...) before it starts. The mirror must stop
+/// `redisArguments` go to redis-server; `seed` writes to the database before the mirror starts
+/// (its keys reach the snapshot through the first full sync); `configure` may change the mirror's
+/// configuration (`evictedPolicy`, `reconnectMinimumMilliseconds`, ...) before it starts. The mirror must stop
 /// within 15 s when asked; a hang is recorded as an issue.
 func withMirroredRedis<Result>(
     prefix: [UInt8] = Array("session:".utf8), database: Int = 0, redisArguments: [String] = [],
+    seed: (RedisConnection) throws -> Void = { _ in },
     configure: (inout MirrorConfiguration) -> Void = { _ in },
     sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (MirrorTestEnvironment) async throws -> Result
 ) async throws -> Result {
     let redis = try await RedisServer.start(arguments: redisArguments)
     defer { redis.stop() }
+    let client = try redis.client(database: database)
+    defer { client.close() }
+    try seed(client)
     let directory = try TemporaryDirectory(label: "snapshot")
     let snapshotPath = directory.file("sessions.db")
     let mirror = try RunningMirror.start(
@@ -73,8 +78,6 @@ func withMirroredRedis<Result>(
         }
     }
     try await mirror.waitUntilReady()
-    let client = try redis.client(database: database)
-    defer { client.close() }
     let environment = MirrorTestEnvironment(
         redis: redis, directory: directory, snapshotPath: snapshotPath, mirror: mirror, client: client, prefix: prefix,
         database: database)

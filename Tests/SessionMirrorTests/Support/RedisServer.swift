@@ -80,10 +80,12 @@ final class RedisServer: Sendable {
 
     /// Stops the server without saving (`SHUTDOWN NOSAVE`), SIGKILL after 5 s; safe to call twice.
     func stop() {
-        guard let child = process.withLock({ current -> ChildProcess? in
-            defer { current = nil }
-            return current
-        }) else { return }
+        guard
+            let child = process.withLock({ current -> ChildProcess? in
+                defer { current = nil }
+                return current
+            })
+        else { return }
         if let client = try? RedisConnection(endpoint: endpoint(), timeoutSeconds: 2) {
             // The server closes the connection instead of replying: an I/O error is the success case.
             _ = try? client.command("SHUTDOWN", "NOSAVE")
@@ -128,7 +130,9 @@ final class RedisServer: Sendable {
 
     // MARK: - Starting
 
-    private static func launch(port: Int, directory: TemporaryDirectory, arguments: [String]) async throws -> ChildProcess {
+    private static func launch(port: Int, directory: TemporaryDirectory, arguments: [String]) async throws
+        -> ChildProcess
+    {
         let baseArguments = [
             "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", directory.path, "--logfile", directory.file("redis.log"), "--daemonize", "no",
@@ -138,10 +142,12 @@ final class RedisServer: Sendable {
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
             if let ended = child.poll() {
-                throw RedisServerError(message: "redis-server on port \(port) ended at start (\(ended)): \(child.output())")
+                throw RedisServerError(
+                    message: "redis-server on port \(port) ended at start (\(ended)): \(child.output())")
             }
             // Another test's server could own this port if ours failed to bind: check the pid.
-            if let client = try? RedisConnection(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeoutSeconds: 1),
+            if let client = try? RedisConnection(
+                endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeoutSeconds: 1),
                 let info = try? client.command("INFO", "server").text
             {
                 if info.contains("process_id:\(child.pid)\r") { return child }
@@ -153,6 +159,9 @@ final class RedisServer: Sendable {
     }
 
     /// A TCP port that nothing listens on right now (the kernel's choice for port 0).
+    ///
+    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
+    /// Another process may take the port before redis-server binds it; `start` then retries.
     private static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }

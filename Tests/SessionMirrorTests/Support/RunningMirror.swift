@@ -34,7 +34,9 @@ final class RunningMirror: Sendable {
         let finished = DispatchSemaphore(value: 0)
     }
 
-    private init(mirror: Mirror, configuration: MirrorConfiguration, log: CapturingLogHandler.Store, lifecycle: Lifecycle) {
+    private init(
+        mirror: Mirror, configuration: MirrorConfiguration, log: CapturingLogHandler.Store, lifecycle: Lifecycle
+    ) {
         self.mirror = mirror
         self.configuration = configuration
         self.log = log
@@ -86,7 +88,8 @@ final class RunningMirror: Sendable {
             let current = lifecycle.state.withLock { $0 }
             if current.ready { return }
             if let code = current.exitCode {
-                throw RunningMirrorError(message: "the mirror stopped with exit code \(code) before it was ready:\n\(log.text)")
+                throw RunningMirrorError(
+                    message: "the mirror stopped with exit code \(code) before it was ready:\n\(log.text)")
             }
             if ContinuousClock.now >= deadline {
                 throw RunningMirrorError(message: "the mirror was not ready after \(timeout):\n\(log.text)")

@@ -28,7 +28,8 @@ func redisKeys(_ client: RedisConnection, prefix: [UInt8]) throws -> [[UInt8]: R
     var cursor = bytes("0")
     repeat {
         let reply = try client.command([bytes("SCAN"), cursor, bytes("COUNT"), bytes("1000")])
-        guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let found = items[1].elements else {
+        guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let found = items[1].elements
+        else {
             throw SnapshotAssertionError(message: "SCAN: unexpected reply \(reply)")
         }
         keys += found.compactMap(\.bytes).filter { $0.starts(with: prefix) }
@@ -97,8 +98,12 @@ func snapshotDifferences(
             differences.append("no row for \(state)")
             continue
         }
-        if row.state != .live { differences.append("row for \(printable(key)) is \(row.state) but the key is in Redis") }
-        if row.type != state.type { differences.append("row for \(printable(key)) has type \(row.type), Redis \(state.type)") }
+        if row.state != .live {
+            differences.append("row for \(printable(key)) is \(row.state) but the key is in Redis")
+        }
+        if row.type != state.type {
+            differences.append("row for \(printable(key)) has type \(row.type), Redis \(state.type)")
+        }
         if row.value != state.value {
             differences.append(
                 "row for \(printable(key)) has value \(printable(Array(row.value.prefix(64)))) (\(row.value.count) bytes), "
@@ -117,7 +122,8 @@ func snapshotDifferences(
         if row.state == .evicted {
             evicted[key] = row
         } else {
-            differences.append("row for \(printable(key)) (\(row.type), \(row.value.count) bytes) but Redis has no such key")
+            differences.append(
+                "row for \(printable(key)) (\(row.type), \(row.value.count) bytes) but Redis has no such key")
         }
     }
     return (differences, evicted)
@@ -151,7 +157,8 @@ func waitUntilSnapshotMatchesRedis(
                 "the snapshot still differs from Redis after \(timeout) (\(differences.count) differences, "
                 + "\(keys.count) keys in Redis, \(rows.count) rows):\n  \(shown)"
             if let log {
-                message += "\nthe mirror's last log lines:\n" + log.all.suffix(30).map(\.description).joined(separator: "\n")
+                message +=
+                    "\nthe mirror's last log lines:\n" + log.all.suffix(30).map(\.description).joined(separator: "\n")
             }
             Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation)
             return SnapshotMatch(liveRows: rows.filter { $0.value.state == .live }, evictedRows: evicted)

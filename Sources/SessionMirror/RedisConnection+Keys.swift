@@ -1,0 +1,31 @@
+import RedisClient
+
+extension RedisConnection {
+    /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock.
+    func serverTimeMilliseconds() throws -> Int64 {
+        let reply = try command("TIME")
+        guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
+            let micros = parts[1].text.flatMap({ Int64($0) })
+        else {
+            throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
+        }
+        return seconds * 1000 + micros / 1000
+    }
+
+    /// Calls `body` with each page of keys under `prefix` (`SCAN … MATCH <escaped prefix>*`).
+    func scanKeys(under prefix: [UInt8], _ body: ([[UInt8]]) throws -> Void) throws {
+        var cursor: [UInt8] = Array("0".utf8)
+        repeat {
+            let reply = try command([
+                Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+                Array("COUNT".utf8), Array("1000".utf8),
+            ])
+            guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements
+            else {
+                throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+            }
+            try body(keys.compactMap(\.bytes))
+            cursor = next
+        } while cursor != Array("0".utf8)
+    }
+}

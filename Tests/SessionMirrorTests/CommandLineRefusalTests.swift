@@ -1,0 +1,175 @@
+import Foundation
+import SnapshotStore
+import Testing
+
+/// The message lines of a refusal: ArgumentParser follows a usage error with a `Usage:` line and a
+/// `See '... --help'` line, which are a hint rather than part of the message.
+private func messageLines(_ output: String) -> [String] {
+    output.split(separator: "\n").map(String.init).filter {
+        !$0.hasPrefix("Usage:") && !$0.trimmingCharacters(in: .whitespaces).hasPrefix("See '")
+    }
+}
+
+/// A URL where nothing listens: if a bad file were accepted, the daemon would retry forever
+/// instead of exiting, and the test would see it still running.
+private let unreachableRedis = "redis://127.0.0.1:1/0"
+
+@Suite("The binary refuses bad input with one clear line and a non-zero exit", .timeLimit(.minutes(1)))
+struct CommandLineRefusalTests {
+    /// A bad command line and a word its one-line message must contain.
+    struct BadArguments: Sendable, CustomTestStringConvertible {
+        let testDescription: String
+        let arguments: [String]
+        let mentions: String
+    }
+
+    static let badArguments: [BadArguments] = [
+        BadArguments(
+            testDescription: "an http:// URL", arguments: ["--redis", "http://127.0.0.1:6379/0"], mentions: "--redis"),
+        BadArguments(
+            testDescription: "a port out of range", arguments: ["--redis", "redis://127.0.0.1:99999/0"],
+            mentions: "port"),
+        BadArguments(
+            testDescription: "a database that is not a number", arguments: ["--redis", "redis://127.0.0.1:6379/x"],
+            mentions: "database"),
+        BadArguments(testDescription: "an unknown option", arguments: ["--bogus"], mentions: "--bogus"),
+        BadArguments(testDescription: "an empty prefix", arguments: ["--prefix", ""], mentions: "--prefix"),
+        BadArguments(
+            testDescription: "a resync guard above 100%", arguments: ["--max-resync-delete", "150%"],
+            mentions: "--max-resync-delete"),
+    ]
+
+    @Test("a bad command line is refused with a one-line message", arguments: badArguments)
+    func badCommandLine(_ bad: BadArguments) async throws {
+        let directory = try TemporaryDirectory(label: "bad-arguments")
+        var arguments = ["run", "--snapshot", directory.file("sessions.db"), "--redis", unreachableRedis]
+        arguments += bad.arguments
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            arguments, in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        let lines = messageLines(output)
+        #expect(lines.count == 1, "expected one line:\n\(output)")
+        #expect(lines.first?.contains(bad.mentions) == true, "the message does not name \(bad.mentions): \(output)")
+        #expect(!FileManager.default.fileExists(atPath: directory.file("sessions.db")), "a snapshot was created")
+    }
+
+    @Test("a snapshot path in a missing directory is refused with a one-line message")
+    func snapshotInMissingDirectory() async throws {
+        let directory = try TemporaryDirectory(label: "missing-dir")
+        let path = directory.file("no-such-directory/sessions.db")
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
+        #expect(output.contains(path), "the message does not name the path: \(output)")
+    }
+
+    @Test("a snapshot path under a regular file is refused with a one-line message")
+    func snapshotUnderAFile() async throws {
+        let directory = try TemporaryDirectory(label: "not-a-dir")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: directory.file("plain-file")))
+        let path = directory.file("plain-file/sessions.db")
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
+        #expect(output.contains(path), "the message does not name the path: \(output)")
+    }
+
+    /// A file at the snapshot path that is not a usable snapshot.
+    struct ForeignFile: Sendable, CustomTestStringConvertible {
+        let testDescription: String
+        let make: @Sendable (String) throws -> Void
+        let mentions: String
+    }
+
+    static let foreignFiles: [ForeignFile] = [
+        ForeignFile(
+            testDescription: "a text file",
+            make: { try Data("DATABASE_URL=postgres://app@db/app\n".utf8).write(to: URL(fileURLWithPath: $0)) },
+            mentions: "not a SessionMirror snapshot"),
+        ForeignFile(
+            testDescription: "another application's SQLite database",
+            make: { try Data(SnapshotFiles.foreignDatabase).write(to: URL(fileURLWithPath: $0)) },
+            mentions: "not a SessionMirror snapshot"),
+        ForeignFile(
+            testDescription: "a SQLite file with a damaged header",
+            make: {
+                try Data(Array("SQLite format 3\0".utf8) + [UInt8](repeating: 0xee, count: 2000)).write(
+                    to: URL(fileURLWithPath: $0))
+            },
+            mentions: "sessions.db"),
+    ]
+
+    @Test("a file that is not a SessionMirror snapshot is refused and left exactly as it was", arguments: foreignFiles)
+    func foreignFileIsLeftAlone(_ foreign: ForeignFile) async throws {
+        let directory = try TemporaryDirectory(label: "foreign")
+        let path = directory.file("sessions.db")
+        try foreign.make(path)
+        _ = chmod(path, 0o644)
+        let before = SnapshotFiles.FileState(path: path)
+        let listing = SnapshotFiles.listing(directory.path)
+
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        let lines = messageLines(output)
+        #expect(lines.count == 1, "expected one line:\n\(output)")
+        #expect(lines.first?.contains(foreign.mentions) == true, "\(output)")
+
+        let after = SnapshotFiles.FileState(path: path)
+        #expect(after.bytes == before.bytes, "the refused file's bytes changed")
+        #expect(
+            after.mode == before.mode,
+            "the refused file's permissions changed from \(String(before.mode ?? 0, radix: 8)) to \(String(after.mode ?? 0, radix: 8))"
+        )
+        let created = Set(SnapshotFiles.listing(directory.path)).subtracting(listing).filter { !$0.hasSuffix(".log") }
+        #expect(created.isEmpty, "files were created next to the refused file: \(created.sorted())")
+    }
+
+    @Test("a snapshot written by a newer format (PRAGMA user_version 99) is refused and left as it was")
+    func newerFormatIsRefused() async throws {
+        let directory = try TemporaryDirectory(label: "newer-format")
+        let path = directory.file("sessions.db")
+        try SnapshotFiles.createSnapshot(at: path)
+        try SnapshotFiles.setUserVersion(99, at: path)
+        let before = SnapshotFiles.FileState(path: path)
+
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        let lines = messageLines(output)
+        #expect(lines.count == 1, "expected one line:\n\(output)")
+        #expect(lines.first?.contains("99") == true, "the message does not name the version: \(output)")
+        #expect(SnapshotFiles.FileState(path: path).bytes == before.bytes, "the refused snapshot's bytes changed")
+        #expect(throws: SnapshotError.self) { try SnapshotStore(path: path, mode: .readOnly) }
+    }
+
+    @Test("a snapshot in use by a running daemon is refused")
+    func snapshotInUse() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "in-use")
+        let first = try MirrorProcess.start(runArguments(redis.url(), directory), in: directory)
+        try await first.waitForEvent("sync_finished")
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            runArguments(redis.url(), directory), in: directory, timeout: .seconds(10))
+        #expect(
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
+        )
+        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
+        #expect(output.contains("in use"), "\(output)")
+        first.signal(SIGTERM)
+        #expect(await first.waitForExit(timeout: .seconds(10)) == .exited(0))
+    }
+}
