@@ -33,8 +33,6 @@ fi
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
 
-"$VENV/bin/python" "$HERE/run_e2e.py" "$@"
-
 # Regression: sessions logged out while the daemon was down must not come back at its next
 # start, in either --on-cache-loss mode (exits 1 if any does).
 if [ "$#" -eq 0 ]; then
@@ -44,3 +42,5 @@ if [ "$#" -eq 0 ]; then
     done
     echo "probe_daemon_down: logged-out sessions stay gone (restore and alert modes)"
 fi
+
+exec "$VENV/bin/python" "$HERE/run_e2e.py" "$@"
