@@ -319,6 +319,7 @@ extension Mirror {
                 "commit_latency_p50_ms": "\(Double(writerStats.latency.quantile(0.5)) / 1000)",
                 "commit_latency_p99_ms": "\(Double(writerStats.latency.quantile(0.99)) / 1000)",
                 "commit_latency_max_ms": "\(Double(writerStats.latency.maxMicroseconds) / 1000)",
+                "late_commits": "\(writerStats.lateCommits)",
                 "reconnects": "\(stats.reconnects)", "full_syncs": "\(stats.fullSyncs)",
                 "cache_losses": "\(stats.cacheLosses)", "restores": "\(stats.restores)",
                 "errors": "\(stats.errors + writerStats.writeErrors)", "connected": "\(phase == .connected)",

@@ -116,7 +116,8 @@ public final class Mirror: @unchecked Sendable {
         }
         canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
         writer = SnapshotWriter(
-            store: store, logger: logger, pruneIntervalSeconds: configuration.pruneIntervalSeconds)
+            store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds)
         subscription = KeyspaceSubscription(
             endpoint: configuration.endpoint, prefixes: configuration.prefixes, dirty: dirty, mirrorLoop: loop,
             callbacks: KeyspaceSubscription.Callbacks(

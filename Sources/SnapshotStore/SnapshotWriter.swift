@@ -41,6 +41,8 @@ public struct WriterStatistics: Sendable {
     public var transactions: UInt64 = 0
     public var writeErrors: UInt64 = 0
     public var rowsPruned: UInt64 = 0
+    /// Changes committed later than the commit interval after their key became dirty.
+    public var lateCommits: UInt64 = 0
     /// Write-to-commit latency of every change committed since the last `takeLatencies`.
     public var latency = LatencyHistogram()
     /// Wall-clock Unix ms of the last commit.
@@ -81,11 +83,21 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let pruneIntervalMilliseconds: Int64
     private let pruneGraceMilliseconds: Int64
+    private let commitIntervalNanoseconds: UInt64
+    private var lastLateWarning: UInt64 = 0
 
     /// Takes ownership of `store` and starts the writer thread.
-    public init(store: SnapshotStore, logger: Logger, pruneIntervalSeconds: Int = 60, pruneGraceSeconds: Int = 60) {
+    ///
+    /// `commitIntervalMilliseconds` is the recovery-point objective: the writer commits as soon as
+    /// it can (group commit), and a change that still waited longer is counted in `lateCommits`
+    /// and reported by a `commit_late` warning (at most once a minute).
+    public init(
+        store: SnapshotStore, logger: Logger, commitIntervalMilliseconds: Int = 100, pruneIntervalSeconds: Int = 60,
+        pruneGraceSeconds: Int = 60
+    ) {
         self.store = store
         self.logger = logger
+        self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
         let thread = Thread { [self] in run() }
@@ -242,6 +254,8 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
         let committed = Clock.monotonicNanoseconds()
         let wallClock = Clock.unixMilliseconds()
+        var late: UInt64 = 0
+        var worst: UInt64 = 0
         stats.withLock { stats in
             stats.rowsUpserted += upserted
             stats.rowsDeleted += deleted
@@ -251,9 +265,24 @@ public final class SnapshotWriter: @unchecked Sendable {
             stats.lastCommitAt = wallClock
             for case .changes(let changes) in items {
                 for change in changes where change.dirtiedAt > 0 && change.dirtiedAt <= committed {
-                    stats.latency.record(microseconds: (committed - change.dirtiedAt) / 1000)
+                    let waited = committed - change.dirtiedAt
+                    stats.latency.record(microseconds: waited / 1000)
+                    if waited > commitIntervalNanoseconds {
+                        late += 1
+                        worst = max(worst, waited)
+                    }
                 }
             }
+            stats.lateCommits += late
+        }
+        if late > 0 && committed - lastLateWarning > 60_000_000_000 {
+            lastLateWarning = committed
+            logger.warning(
+                "changes were committed later than --commit-interval: the snapshot is behind Redis",
+                metadata: [
+                    "event": "commit_late", "changes": "\(late)",
+                    "max_wait_ms": "\(worst / 1_000_000)", "commit_interval_ms": "\(commitIntervalNanoseconds / 1_000_000)",
+                ])
         }
         return after
     }
