@@ -62,7 +62,7 @@ struct RestoreCommandLineTests {
         let text = directory.file("notes.txt")
         try "not a database\n".write(toFile: text, atomically: true, encoding: .utf8)
         let newer = directory.file("newer.db")
-        _ = try SnapshotStore(path: newer, mode: .readWrite)
+        try SnapshotStore(path: newer, mode: .readWrite).close()
         let sqlite = Process()
         sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
         sqlite.arguments = [newer, "PRAGMA user_version = 99"]

@@ -29,8 +29,9 @@ enum SnapshotFiles {
 
     /// Creates a real SessionMirror snapshot (format version 1) at `path` and closes it.
     static func createSnapshot(at path: String) throws {
-        // The store closes (and checkpoints its WAL into the main file) when released.
-        _ = try SnapshotStore(path: path, mode: .readWrite)
+        // Closed explicitly (checkpointing its WAL into the main file and releasing the daemon
+        // lock): a debug build may keep an unnamed value alive until the end of the scope.
+        try SnapshotStore(path: path, mode: .readWrite).close()
     }
 
     /// Overwrites `PRAGMA user_version` in the closed SQLite file at `path`: a big-endian 32-bit
