@@ -42,8 +42,8 @@ struct DirtyQueue {
     /// Marks `key` dirty; the last event decides `evicted`, the first one `dirtiedAt`.
     mutating func mark(_ key: [UInt8], evicted: Bool, at now: UInt64) {
         let wrapped = Key(bytes: key)
-        if entries[wrapped] != nil {
-            entries[wrapped]!.evicted = evicted
+        if let index = entries.index(forKey: wrapped) {
+            entries.values[index].evicted = evicted  // one hash lookup for a key already waiting
             return
         }
         entries[wrapped] = Entry(evicted: evicted, dirtiedAt: now)

@@ -35,7 +35,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private var attempt = 0
     private var confirmed = 0
     private var acceptingEvents = true
-    private var markedSinceWake = false
+    /// Keys of the current I/O phase, marked under one lock acquisition after it.
+    private var pendingKeys: [[UInt8]] = []
+    private var pendingEvicted: [Bool] = []
+    private var pendingTimes: [UInt64] = []
     private var checkHook: LoopCheck?
 
     /// Posted to the mirror's loop.
@@ -141,6 +144,9 @@ final class KeyspaceSubscription: @unchecked Sendable {
 
     private func dropConnection() {
         attempt = -1
+        pendingKeys.removeAll()
+        pendingEvicted.removeAll()
+        pendingTimes.removeAll()
         let old = connection
         connection = nil
         old?.abort()
@@ -154,13 +160,21 @@ final class KeyspaceSubscription: @unchecked Sendable {
             guard acceptingEvents, message.channel.count > channelPrefix.count else { return }
             let key = Array(message.channel[channelPrefix.count...])
             let evicted = message.payload.bytes == KeyspaceSubscription.evictedEvent
-            let now = Clock.monotonicNanoseconds()
-            dirty.state.withLock { $0.mark(key, evicted: evicted, at: now) }
             dirty.eventsReceived.add(1, ordering: .relaxed)
-            markedSinceWake = true
+            // One SET ... EX is two events in a row (`set`, `expire`) for the same key: keep one,
+            // with the last event's eviction flag.
+            if let last = pendingKeys.last, last == key {
+                pendingEvicted[pendingEvicted.count - 1] = evicted
+                return
+            }
+            pendingKeys.append(key)
+            pendingEvicted.append(evicted)
+            pendingTimes.append(Clock.monotonicNanoseconds())
         case .message:
             if message.channel == KeyspaceSubscription.invalidateChannel, message.payload == .null {
-                // Every event before the flush is in the dirty set by now (one connection, in order).
+                // Every event before the flush is in the dirty set once the pending keys are marked
+                // (one connection, in order).
+                markPendingKeys()
                 let sequence = dirty.state.withLock { $0.appendedCount }
                 let (callbacks, attempt) = (callbacks, attempt)
                 mirrorLoop.execute { callbacks.flushed(attempt, sequence) }
@@ -168,6 +182,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)
             if message.channel == KeyspaceSubscription.barrierChannel {
+                markPendingKeys()
                 acceptingEvents = false
                 mirrorLoop.execute { callbacks.barrierReached(attempt) }
                 return
@@ -182,9 +197,22 @@ final class KeyspaceSubscription: @unchecked Sendable {
         }
     }
 
+    /// Marks the keys of this I/O phase dirty, under one lock acquisition.
+    private func markPendingKeys() {
+        guard !pendingKeys.isEmpty else { return }
+        dirty.state.withLock { queue in
+            for index in pendingKeys.indices {
+                queue.mark(pendingKeys[index], evicted: pendingEvicted[index], at: pendingTimes[index])
+            }
+        }
+        pendingKeys.removeAll(keepingCapacity: true)
+        pendingEvicted.removeAll(keepingCapacity: true)
+        pendingTimes.removeAll(keepingCapacity: true)
+    }
+
     private func wakeMirrorIfNeeded() {
-        guard markedSinceWake else { return }
-        markedSinceWake = false
+        guard !pendingKeys.isEmpty else { return }
+        markPendingKeys()
         mirrorLoop.wake()
     }
 }

@@ -50,6 +50,8 @@ public final class Mirror: @unchecked Sendable {
 
     /// Called on the loop thread once, after the first full sync (systemd READY=1).
     public var onReady: (@Sendable () -> Void)?
+    /// Called on the loop thread on SIGHUP (the executable reopens its log file: logrotate).
+    public var onHangup: (@Sendable () -> Void)?
     /// Called on the loop thread after a cache loss was detected, with the reason (for tests and
     /// embedding); `configuration.onCacheLoss` decides whether a restore follows.
     public var cacheLossHandler: (@Sendable (String) -> Void)?
@@ -170,6 +172,7 @@ public final class Mirror: @unchecked Sendable {
                     self?.beginShutdown(reason: number == SIGTERM ? "SIGTERM" : "SIGINT")
                 })
         }
+        signals.append(LoopSignal(loop: loop, signal: SIGHUP) { [weak self] _ in self?.onHangup?() })
         checkHook = LoopCheck(loop: loop) { [weak self] in self?.afterIO() }
         // Resumes reads paused by writer back-pressure when no I/O wakes the loop.
         let tick = LoopTimer(loop: loop) { [weak self] in self?.afterIO() }

@@ -26,7 +26,6 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let sink = try log.bootstrap()
-        _ = sink
         let logger = Logger(label: "sessionmirror")
         var configuration = MirrorConfiguration(
             endpoint: try redis.endpoint(), prefixes: prefix.bytes, snapshotPath: snapshot)
@@ -44,6 +43,7 @@ struct RunCommand: ParsableCommand {
         } catch {
             throw fail("\(error)")
         }
+        mirror.onHangup = { sink.reopen() }
         let code = mirror.run()
         if code != 0 { throw ExitCode(code) }
     }
