@@ -33,9 +33,13 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Starts the loop thread. `body` runs first, on the loop thread, to set up handles.
-    public func start(name: String = "sessionmirror-loop", _ body: @escaping @Sendable () -> Void) {
+    ///
+    /// `niceness` lowers the thread's scheduling priority (Linux nice values are per thread): on a
+    /// busy machine the threads that can fall behind safely yield to the ones that cannot.
+    public func start(name: String = "sessionmirror-loop", niceness: Int32 = 0, _ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             threadID.withLock { $0 = pthread_self() }
+            if niceness != 0 { lowerThreadPriority(by: niceness) }
             body()
             _ = uv_run(loop, UV_RUN_DEFAULT)
             closeAllHandles()
@@ -132,4 +136,11 @@ let loopHandleCloseCallback: @convention(c) (UnsafeMutablePointer<uv_handle_t>?)
         Unmanaged<AnyObject>.fromOpaque(data).release()
     }
     handle.deallocate()
+}
+
+/// Raises the calling thread's nice value (lowers its priority). Linux keeps nice per thread, and
+/// `setpriority(PRIO_PROCESS, 0, …)` applies to the calling thread only. Failure is harmless.
+public func lowerThreadPriority(by niceness: Int32) {
+    let which = __priority_which_t(PRIO_PROCESS.rawValue)
+    _ = setpriority(which, 0, getpriority(which, 0) + niceness)
 }

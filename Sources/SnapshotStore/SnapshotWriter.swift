@@ -158,6 +158,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     // MARK: - Writer thread
 
     private func run() {
+        // The writer may fall behind safely (reads pause and keys coalesce in the dirty set); the
+        // subscription may not (Redis drops it at 32 MB). On a busy machine, the writer yields.
+        let which = __priority_which_t(PRIO_PROCESS.rawValue)
+        _ = setpriority(which, 0, getpriority(which, 0) + 10)
         var lastPrune = Clock.unixMilliseconds()
         var failingSince: UInt64?
         var backoffMilliseconds = 50
