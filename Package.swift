@@ -31,6 +31,8 @@ let package = Package(
             name: "SnapshotStore",
             dependencies: ["CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log")]
         ),
+        // sd_notify spoken over a unix datagram socket: no libsystemd.
+        .target(name: "Systemd"),
         // The mirror engine: pure Swift, no C.
         .target(
             name: "SessionMirror",
@@ -40,6 +42,7 @@ let package = Package(
             name: "sessionmirror",
             dependencies: [
                 "SessionMirror",
+                "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -56,6 +56,13 @@ final class KeyspaceSubscription: @unchecked Sendable {
     }
 
     private let callbacks: Callbacks
+    /// Monotonic ns when the subscription loop last ran a `probe()`: the watchdog's proof of life.
+    let heartbeat = Atomic<UInt64>(0)
+
+    /// Asks the subscription loop to record that it is alive.
+    func probe() {
+        loop.execute { [self] in heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed) }
+    }
     static let invalidateChannel = Array("__redis__:invalidate".utf8)
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
     static let evictedEvent = Array("evicted".utf8)
@@ -71,6 +78,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
         patterns = prefixes.map { KeyspaceNotifications.pattern(database: endpoint.database, keyPrefix: $0) }
         channelPrefix = KeyspaceNotifications.channelPrefix(database: endpoint.database)
         loop.start(name: "sessionmirror-subscription") { [self] in
+            heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
             checkHook = LoopCheck(loop: loop) { [weak self] in self?.wakeMirrorIfNeeded() }
         }

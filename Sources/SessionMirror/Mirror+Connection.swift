@@ -197,6 +197,7 @@ extension Mirror {
                 metadata: ["event": "connected", "redis.run_id": "\(currentRunID ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")"])
         }
         lastReportedFailure = nil
+        onStatus?("connected to \(configuration.endpoint) (run_id \(currentRunID ?? "?")); full sync")
         let reason = everConnected ? "reconnect" : "start"
         everConnected = true
         startFullSync(reason: reason)
@@ -216,6 +217,7 @@ extension Mirror {
         stats.errors += 1
         if lastReportedFailure != error.description {
             lastReportedFailure = error.description
+            onStatus?("Redis unavailable, retrying: \(error.description)")
             logger.error(
                 "cannot use Redis; retrying with backoff",
                 metadata: ["event": "redis_unavailable", "error": "\(error.description)"])
@@ -234,6 +236,7 @@ extension Mirror {
         if wasConnected {
             stats.reconnects += 1
             lastReportedFailure = reason
+            onStatus?("disconnected from Redis, reconnecting: \(reason)")
             logger.warning(
                 "lost the connection to Redis; changes in the gap are recovered by a full sync after reconnecting",
                 metadata: ["event": "disconnected", "error": "\(reason)"])

@@ -187,6 +187,9 @@ extension Mirror {
                 ])
             handleCacheLoss(reason: reason)
         }
+        onStatus?(
+            "mirroring \(configuration.prefixes.count) prefix(es) from \(configuration.endpoint); "
+                + "\(outcome.unexpiredRows - outcome.deleted) sessions in the snapshot")
         if !everSynced {
             everSynced = true
             onReady?()
@@ -262,6 +265,7 @@ extension Mirror {
         reconnectTimer = nil
         sync = nil
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
+        onStopping?()
         // Bounded: exit within 5 s whatever Redis does.
         let deadline = LoopTimer(loop: loop) { [weak self] in self?.finishShutdown() }
         deadline.start(afterMilliseconds: 3000)
@@ -301,29 +305,5 @@ extension Mirror {
         subscribeTimer?.close()
         publishStatistics()
         loop.stop()
-    }
-
-    // MARK: - Metrics
-
-    func logMetrics() {
-        let writerStats = writer.statistics(resetLatency: true)
-        logger.info(
-            "metrics",
-            metadata: [
-                "event": "metrics", "events_received": "\(dirty.eventsReceived.load(ordering: .relaxed))",
-                "keys_read": "\(stats.keysRead)",
-                "rows_upserted": "\(writerStats.rowsUpserted)", "rows_deleted": "\(writerStats.rowsDeleted)",
-                "rows_evicted": "\(writerStats.rowsEvicted)",
-                "dirty_backlog": "\(dirty.state.withLock { $0.count } + keysInFlight)",
-                "writer_queue": "\(writerStats.queuedChanges)",
-                "commit_latency_p50_ms": "\(Double(writerStats.latency.quantile(0.5)) / 1000)",
-                "commit_latency_p99_ms": "\(Double(writerStats.latency.quantile(0.99)) / 1000)",
-                "commit_latency_max_ms": "\(Double(writerStats.latency.maxMicroseconds) / 1000)",
-                "late_commits": "\(writerStats.lateCommits)",
-                "reconnects": "\(stats.reconnects)", "full_syncs": "\(stats.fullSyncs)",
-                "cache_losses": "\(stats.cacheLosses)", "restores": "\(stats.restores)",
-                "errors": "\(stats.errors + writerStats.writeErrors)", "connected": "\(phase == .connected)",
-                "redis.run_id": "\(currentRunID ?? "")",
-            ])
     }
 }

@@ -52,6 +52,18 @@ public final class Mirror: @unchecked Sendable {
     public var onReady: (@Sendable () -> Void)?
     /// Called on the loop thread on SIGHUP (the executable reopens its log file: logrotate).
     public var onHangup: (@Sendable () -> Void)?
+    /// Called on the loop thread with a one-line description whenever the state changes
+    /// (systemd `STATUS=`).
+    public var onStatus: (@Sendable (String) -> Void)?
+    /// Called on the loop thread when shutdown begins (systemd `STOPPING=1`).
+    public var onStopping: (@Sendable () -> Void)?
+    /// Pinged from the loop thread every interval while both loops answer (systemd `WATCHDOG=1`):
+    /// a stuck loop stops the pings and systemd restarts the daemon.
+    public var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)?
+    /// Where to write the metrics in Prometheus text format (node_exporter's textfile collector).
+    public var metricsFile: String?
+    /// The snapshot's row counts and size as the writer last measured them.
+    let snapshotGauges = Mutex<(live: Int, evicted: Int, bytes: Int64)>((0, 0, 0))
     /// Called on the loop thread after a cache loss was detected, with the reason (for tests and
     /// embedding); `configuration.onCacheLoss` decides whether a restore follows.
     public var cacheLossHandler: (@Sendable (String) -> Void)?
@@ -179,6 +191,11 @@ public final class Mirror: @unchecked Sendable {
         let tick = LoopTimer(loop: loop) { [weak self] in self?.afterIO() }
         tick.start(afterMilliseconds: 20, repeatMilliseconds: 20)
         timers.append(tick)
+        if let watchdog {
+            let timer = LoopTimer(loop: loop) { [weak self] in self?.watchdogTick() }
+            timer.start(afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
+            timers.append(timer)
+        }
         if configuration.metricsIntervalSeconds > 0 {
             let interval = UInt64(configuration.metricsIntervalSeconds) * 1000
             let metrics = LoopTimer(loop: loop) { [weak self] in self?.logMetrics() }
@@ -192,7 +209,20 @@ public final class Mirror: @unchecked Sendable {
                 "snapshot.path": "\(configuration.snapshotPath)",
                 "prefixes": "\(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
             ])
+        onStatus?("connecting to \(configuration.endpoint)")
         connect()
+    }
+
+    /// Pings the watchdog only when the subscription's loop answered the previous probe: both
+    /// loops must be turning, not just this one.
+    private func watchdogTick() {
+        guard let watchdog else { return }
+        let now = Clock.monotonicNanoseconds()
+        let heard = subscription.heartbeat.load(ordering: .relaxed)
+        if heard > 0 && now - heard < 2 * watchdog.intervalMilliseconds * 1_000_000 + 1_000_000_000 {
+            watchdog.ping()
+        }
+        subscription.probe()
     }
 
     /// Runs after every I/O phase: turns the events parsed in it into pipelined reads.

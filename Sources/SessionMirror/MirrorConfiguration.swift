@@ -82,10 +82,16 @@ public struct MirrorConfiguration: Sendable {
 /// A configuration value that cannot be used.
 public enum ConfigurationError: Error, CustomStringConvertible {
     case invalid(option: String, reason: String)
+    /// A configuration file that cannot be read or parsed, with the line when there is one.
+    case file(String, line: Int?, String)
+    /// A key of a configuration file with a bad value.
+    case key(file: String, key: String, line: Int, String)
 
     public var description: String {
         switch self {
         case .invalid(let option, let reason): return "\(option): \(reason)"
+        case .file(let path, let line, let reason): return "\(path)\(line.map { ":\($0)" } ?? ""): \(reason)"
+        case .key(let path, let key, let line, let reason): return "\(path):\(line): \(key): \(reason)"
         }
     }
 }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Row counts of a snapshot.
 public struct SnapshotCounts: Sendable, Equatable {
     /// Live rows whose expiry has not passed.
@@ -130,5 +132,32 @@ extension SnapshotStore {
         try statement.bind(2, Int64(prefix.count))
         try statement.step()
         return database.changes
+    }
+}
+
+extension SnapshotStore {
+    /// Row counts by state, cheap enough for every metrics interval: the primary key's index and
+    /// the partial index of evicted rows, no table scan. Expired rows not yet pruned are included.
+    public func quickCounts() throws -> (live: Int, evicted: Int) {
+        let total = Int(try database.integer("SELECT count(*) FROM sessions") ?? 0)
+        let evicted = Int(try database.integer("SELECT count(*) FROM sessions INDEXED BY sessions_evicted WHERE state = 1") ?? 0)
+        return (total - evicted, evicted)
+    }
+
+    /// Bytes on disk: the database file and its WAL.
+    public func fileBytes() -> Int64 {
+        [path, path + "-wal"].reduce(Int64(0)) { total, file in
+            let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.int64Value
+            return total + (size ?? 0)
+        }
+    }
+}
+
+extension SnapshotStore {
+    /// The oldest and newest `changed_at` (Unix ms), nil when the snapshot is empty.
+    public func changeRange() throws -> (oldest: Int64?, newest: Int64?) {
+        let statement = try database.prepare("SELECT min(changed_at), max(changed_at) FROM sessions")
+        try statement.step()
+        return (statement.optionalInt64(0), statement.optionalInt64(1))
     }
 }

@@ -8,7 +8,7 @@ import Foundation
 ///   lets run beside the daemon.
 public final class SnapshotStore {
     /// The schema version this build writes (`PRAGMA user_version`).
-    public static let formatVersion: Int64 = 1
+    public static let formatVersion: Int64 = 2
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
 
@@ -183,6 +183,16 @@ public final class SnapshotStore {
                 PRAGMA user_version = 1;
                 COMMIT;
                 """, step: "create schema version 1")
+        }
+        if version < 2 {
+            // Version 2: counting evicted rows (metrics, status) must not scan the table.
+            try database.execute(
+                """
+                BEGIN IMMEDIATE;
+                CREATE INDEX sessions_evicted ON sessions (key) WHERE state = 1;
+                PRAGMA user_version = 2;
+                COMMIT;
+                """, step: "migrate schema to version 2")
         }
     }
 

@@ -55,9 +55,11 @@ struct LogOptions: ParsableArguments {
 
     /// Bootstraps swift-log (once per process) and returns the sink, for SIGHUP.
     func bootstrap() throws -> LogfmtLogHandler.Sink {
+        try LogOptions.bootstrap(format: format, level: level, file: file)
+    }
+
+    static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws -> LogfmtLogHandler.Sink {
         let sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
-        let format = format
-        let level = level
         LoggingSystem.bootstrap { _ in LogfmtLogHandler(format: format, sink: sink, level: level) }
         return sink
     }

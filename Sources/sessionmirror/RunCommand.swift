@@ -1,61 +1,189 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RedisClient
 import SessionMirror
+import Systemd
+
+/// The options of `run` and `check`: each one overrides the configuration file's key.
+struct RunOptions: ParsableArguments {
+    @Option(help: "A TOML configuration file (see deploy/sessionmirror.toml); flags override it.")
+    var config: String?
+    @Option(name: .customLong("redis"), help: "Redis URL (default redis://127.0.0.1:6379/0).") var redis: String?
+    @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
+    var passwordFile: String?
+    @Option(name: .customLong("prefix"), help: "Key prefix to mirror (repeatable; default Django's :1:django.contrib.sessions.cache).")
+    var prefixes: [String] = []
+    @Option(name: .customLong("django-key-prefix"), help: "Django preset: the cache's KEY_PREFIX (gives the prefixes).")
+    var djangoKeyPrefix: String?
+    @Option(name: .customLong("django-version"), help: "Django preset: the cache's VERSION (default 1).")
+    var djangoVersion: Int?
+    @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
+    var djangoEngine: DjangoPreset.Engine?
+    @Option(help: "The SQLite snapshot file, created 0600 (default ./sessionmirror.db).") var snapshot: String?
+    @Option(name: .customLong("commit-interval"), help: "Recovery-point objective in ms (default 100).")
+    var commitInterval: Int?
+    @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing past this share of rows (default 10%).")
+    var maxResyncDelete: String?
+    @Option(help: "keep (restorable, marked evicted) or delete (default keep).")
+    var evicted: MirrorConfiguration.EvictedPolicy?
+    @Flag(name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make.")
+    var noConfigSet = false
+    @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default alert).")
+    var onCacheLoss: MirrorConfiguration.CacheLossAction?
+    @Option(name: .customLong("metrics-interval"), help: "Seconds between metrics lines (default 10; 0: none).")
+    var metricsInterval: Int?
+    @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
+    var metricsFile: String?
+    @Option(name: .customLong("log-format"), help: "logfmt or json (default logfmt).") var logFormat: LogfmtLogHandler.Format?
+    @Option(name: .customLong("log-level"), help: "trace … critical (default info).") var logLevel: Logger.Level?
+    @Option(name: .customLong("log-file"), help: "Append log lines here instead of stderr; SIGHUP reopens it.")
+    var logFile: String?
+
+    /// The file's settings overridden by the flags.
+    func settings() throws -> RunSettings {
+        var file = RunSettings()
+        if let config { file = try RunSettings.load(path: config) }
+        var flags = RunSettings()
+        flags.redis = redis
+        flags.passwordFile = passwordFile
+        flags.prefixes = prefixes.isEmpty ? nil : prefixes
+        if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
+            var preset = file.django ?? DjangoPreset()
+            if let djangoKeyPrefix { preset.keyPrefix = djangoKeyPrefix }
+            if let djangoVersion { preset.version = djangoVersion }
+            if let djangoEngine { preset.engine = djangoEngine }
+            flags.django = preset
+            if flags.prefixes == nil && file.prefixes != nil { flags.prefixes = preset.prefixes }
+        }
+        flags.snapshot = snapshot
+        flags.commitIntervalMilliseconds = commitInterval
+        flags.maxResyncDelete = maxResyncDelete
+        flags.evicted = evicted
+        flags.configSet = noConfigSet ? false : nil
+        flags.onCacheLoss = onCacheLoss
+        flags.metricsIntervalSeconds = metricsInterval
+        flags.metricsFile = metricsFile
+        flags.logFormat = logFormat?.rawValue
+        flags.logLevel = logLevel?.rawValue
+        flags.logFile = logFile
+        return file.overridden(by: flags)
+    }
+
+    /// The mirror's configuration, validated: every message names the option (and the file).
+    func configuration(_ settings: RunSettings) throws -> MirrorConfiguration {
+        let source = config.map { " (in \($0) or on the command line)" } ?? ""
+        var endpoint: RedisEndpoint
+        do {
+            endpoint = try RedisEndpoint(url: settings.redis ?? "redis://127.0.0.1:6379/0")
+        } catch {
+            throw ConfigurationError.invalid(option: "redis\(source)", reason: "\(error)")
+        }
+        if let passwordFile = settings.passwordFile {
+            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
+                throw ConfigurationError.invalid(option: "password_file\(source)", reason: "cannot read \(passwordFile)")
+            }
+            endpoint.password = String(text.split(whereSeparator: \.isNewline).first ?? "")
+        } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
+            endpoint.password = password
+        }
+        let snapshot = settings.snapshot ?? "./sessionmirror.db"
+        var configuration = MirrorConfiguration(
+            endpoint: endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) }, snapshotPath: snapshot)
+        configuration.commitIntervalMilliseconds = settings.commitIntervalMilliseconds ?? 100
+        if let text = settings.maxResyncDelete {
+            guard let fraction = RunSettings.parseFraction(text) else {
+                throw ConfigurationError.invalid(
+                    option: "max_resync_delete\(source)", reason: "expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
+            }
+            configuration.maxResyncDeleteFraction = fraction
+        }
+        configuration.evictedPolicy = settings.evicted ?? .keep
+        configuration.configureNotifications = settings.configSet ?? true
+        configuration.onCacheLoss = settings.onCacheLoss ?? .alert
+        configuration.metricsIntervalSeconds = settings.metricsIntervalSeconds ?? 10
+        try configuration.validate()
+        try checkWritableDirectory(of: snapshot, option: "snapshot\(source)")
+        if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: "metrics_file\(source)") }
+        if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: "log_file\(source)") }
+        return configuration
+    }
+
+    private func checkWritableDirectory(of path: String, option: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let folder = directory.isEmpty ? "." : directory
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ConfigurationError.invalid(option: option, reason: "directory \(folder) does not exist")
+        }
+        guard access(folder, W_OK) == 0 || (FileManager.default.fileExists(atPath: path) && access(path, W_OK) == 0) else {
+            throw ConfigurationError.invalid(option: option, reason: "\(path) is not writable")
+        }
+    }
+}
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run", abstract: "Mirror session keys from Redis into the snapshot until stopped.")
 
-    @OptionGroup var redis: RedisOptions
-    @OptionGroup var prefix: PrefixOptions
-    @Option(help: "The SQLite snapshot file (created 0600).") var snapshot = "./sessionmirror.db"
-    @Option(name: .customLong("commit-interval"), help: "Longest a change waits before it is committed, in ms.")
-    var commitInterval = 100
-    @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing when more than this share of rows would go (0.1 or 10%).")
-    var maxResyncDelete = "10%"
-    @Option(help: "What an evicted key becomes: keep (marked evicted, restorable) or delete.")
-    var evicted: MirrorConfiguration.EvictedPolicy = .keep
-    @Flag(name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make instead.")
-    var noConfigSet = false
-    @Option(name: .customLong("on-cache-loss"), help: "alert (log cache_loss) or restore (put every valid session back at once).")
-    var onCacheLoss: MirrorConfiguration.CacheLossAction = .alert
-    @Option(name: .customLong("metrics-interval"), help: "Seconds between metrics lines (0: none).")
-    var metricsInterval = 10
-    @OptionGroup var log: LogOptions
+    @OptionGroup var options: RunOptions
+    @Flag(name: .customLong("check-config"), help: "Validate the configuration and exit (like `sessionmirror check`).")
+    var checkConfig = false
 
     func run() throws {
-        let sink = try log.bootstrap()
+        let settings: RunSettings
+        let configuration: MirrorConfiguration
+        do {
+            settings = try options.settings()
+            configuration = try options.configuration(settings)
+        } catch let error as ConfigurationError {
+            throw fail("\(error)")
+        }
+        if checkConfig {
+            print("configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)")
+            return
+        }
+        let sink = try LogOptions.bootstrap(
+            format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? .logfmt,
+            level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? .info, file: settings.logFile)
         let logger = Logger(label: "sessionmirror")
-        var configuration = MirrorConfiguration(
-            endpoint: try redis.endpoint(), prefixes: prefix.bytes, snapshotPath: snapshot)
-        configuration.commitIntervalMilliseconds = commitInterval
-        configuration.maxResyncDeleteFraction = try parseFraction(maxResyncDelete)
-        configuration.evictedPolicy = evicted
-        configuration.configureNotifications = !noConfigSet
-        configuration.onCacheLoss = onCacheLoss
-        configuration.metricsIntervalSeconds = metricsInterval
         let mirror: Mirror
         do {
             mirror = try Mirror(configuration: configuration, logger: logger)
-        } catch let error as ConfigurationError {
-            throw ValidationError("\(error)")
         } catch {
             throw fail("\(error)")
         }
         mirror.onHangup = { sink.reopen() }
+        mirror.metricsFile = settings.metricsFile
+        if let systemd = SystemdNotifier.fromEnvironment() {
+            mirror.onReady = { systemd.notify("READY=1\nSTATUS=mirroring") }
+            mirror.onStatus = { systemd.notify("STATUS=\($0)") }
+            mirror.onStopping = { systemd.notify("STOPPING=1\nSTATUS=stopping") }
+            if let interval = systemd.watchdogIntervalMilliseconds {
+                mirror.watchdog = (interval, { systemd.notify("WATCHDOG=1") })
+            }
+        }
         let code = mirror.run()
         if code != 0 { throw ExitCode(code) }
     }
+}
 
-    private func parseFraction(_ text: String) throws -> Double {
-        let value = text.hasSuffix("%") ? Double(text.dropLast()).map { $0 / 100 } : Double(text)
-        guard let value, (0...1).contains(value) else {
-            throw ValidationError("--max-resync-delete: expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check", abstract: "Validate a configuration (file and flags) without starting: exit 0 or 2.")
+
+    @OptionGroup var options: RunOptions
+
+    func run() throws {
+        do {
+            let configuration = try options.configuration(try options.settings())
+            print("configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)")
+        } catch let error as ConfigurationError {
+            throw fail("\(error)")
         }
-        return value
     }
 }
 
 extension MirrorConfiguration.EvictedPolicy: ExpressibleByArgument {}
 extension MirrorConfiguration.CacheLossAction: ExpressibleByArgument {}
+extension DjangoPreset.Engine: ExpressibleByArgument {}

@@ -6,7 +6,7 @@ struct SessionMirrorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sessionmirror",
         abstract: "Mirrors Redis session keys into a SQLite snapshot and puts them back after a cache loss.",
-        subcommands: [RunCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self]
+        subcommands: [RunCommand.self, CheckCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self, StatusCommand.self, DoctorCommand.self]
     )
 
     static func main() {

@@ -1,0 +1,181 @@
+import Foundation
+import RedisClient
+
+/// One preflight check of `sessionmirror doctor`.
+public struct DoctorCheck: Sendable, Codable, Equatable {
+    public enum Status: String, Sendable, Codable {
+        case ok, warn, fail
+    }
+
+    public var name: String
+    public var status: Status
+    public var detail: String
+    /// What to do about it, for warn and fail.
+    public var fix: String?
+}
+
+/// A preflight an operator runs before installing: can the mirror and restore work against this
+/// Redis with these credentials? Every probe is harmless: it reads, or writes only keys under
+/// `__sessionmirror__:doctor:` that it deletes again (and that expire in 10 s anyway).
+public struct Doctor: Sendable {
+    public let endpoint: RedisEndpoint
+    public let prefixes: [[UInt8]]
+
+    public init(endpoint: RedisEndpoint, prefixes: [[UInt8]]) {
+        self.endpoint = endpoint
+        self.prefixes = prefixes
+    }
+
+    /// The `ACL SETUSER` line for a least-privilege user that can run the mirror, restore, verify
+    /// and purge for these prefixes. Channel patterns are listed exactly as the mirror subscribes,
+    /// because Redis compares a pattern subscription with the user's patterns literally.
+    public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
+        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+        let channels = prefixes.map {
+            "&" + String(decoding: KeyspaceNotifications.pattern(database: database, keyPrefix: $0), as: UTF8.self)
+        }
+        var commands = [
+            "+ping", "+info", "+config|get", "+client|id", "+client|tracking", "+psubscribe", "+subscribe", "+scan",
+            "+eval", "+type", "+get", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
+        ]
+        if database != 0 { commands.append("+select") }
+        return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
+            + ["~__sessionmirror__:*"] + channels + ["&__redis__:invalidate", "&__sessionmirror__:shutdown-barrier", "-@all"]
+            + commands).joined(separator: " ")
+    }
+
+    /// Runs every check; the first failing connect ends the list.
+    public func run() -> [DoctorCheck] {
+        var checks: [DoctorCheck] = []
+        func add(_ name: String, _ status: DoctorCheck.Status, _ detail: String, fix: String? = nil) {
+            checks.append(DoctorCheck(name: name, status: status, detail: detail, fix: fix))
+        }
+        let redis: RedisConnection
+        do {
+            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 5)
+        } catch {
+            add("connect", .fail, "\(error)", fix: "check --redis, the password (--password-file) and that Redis listens there")
+            return checks
+        }
+        defer { redis.close() }
+        add("connect", .ok, "\(endpoint)\(endpoint.password != nil ? " (authenticated)" : "")")
+
+        func reply(_ parts: [String]) -> RedisReply {
+            (try? redis.command(parts.map { Array($0.utf8) })) ?? .error("connection lost")
+        }
+        func permitted(_ r: RedisReply) -> Bool {
+            !(r.errorMessage?.hasPrefix("NOPERM") ?? false) && r.errorMessage != "connection lost"
+        }
+
+        // Version.
+        let info = RedisInfo(reply(["INFO", "server"]).text ?? "")
+        if let major = info.majorVersion {
+            add("version", major >= 7 ? .ok : .fail, "Redis \(info.version ?? "?")",
+                fix: major >= 7 ? nil : "the mirror needs Redis 7.0 or newer (PEXPIRETIME)")
+        } else {
+            add("version", .fail, "INFO server refused", fix: "grant +info")
+        }
+
+        // Keyspace notifications and CONFIG.
+        let current = reply(["CONFIG", "GET", "notify-keyspace-events"])
+        if let value = current.elements?.last?.text {
+            let missing = KeyspaceNotifications.missingFlags(in: value)
+            let setReply = reply(["CONFIG", "SET", "notify-keyspace-events", value])  // the same value: no change
+            let mayConfigure = setReply.errorMessage == nil
+            if missing.isEmpty {
+                add("notifications", .ok, "notify-keyspace-events is '\(value)'")
+            } else if mayConfigure {
+                add("notifications", .warn, "notify-keyspace-events '\(value)' lacks '\(missing)'; the daemon will add it at each connect",
+                    fix: KeyspaceNotifications.operatorHint(current: value))
+            } else {
+                add("notifications", .fail, "notify-keyspace-events '\(value)' lacks '\(missing)' and CONFIG SET is refused",
+                    fix: KeyspaceNotifications.operatorHint(current: value) + ", then run with --no-config-set")
+            }
+            add("config set", mayConfigure ? .ok : .warn,
+                mayConfigure ? "CONFIG SET allowed (the daemon re-applies the flags after a Redis restart)" : "CONFIG SET refused",
+                fix: mayConfigure ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
+        } else {
+            add("notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
+                fix: KeyspaceNotifications.operatorHint(current: nil) + ", then run with --no-config-set")
+        }
+
+        // Subscriptions, on a second connection (a subscribed connection takes no other commands).
+        if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
+            defer { subscriber.close() }
+            for prefix in prefixes {
+                let pattern = KeyspaceNotifications.pattern(database: endpoint.database, keyPrefix: prefix)
+                let answer = (try? subscriber.command([Array("PSUBSCRIBE".utf8), pattern])) ?? .error("connection lost")
+                let shown = String(decoding: pattern, as: UTF8.self)
+                if answer.elements?.first?.text == "psubscribe" {
+                    add("subscribe", .ok, "PSUBSCRIBE \(shown)")
+                } else {
+                    add("subscribe", .fail, "PSUBSCRIBE \(shown): \(answer.errorMessage ?? "refused")",
+                        fix: "grant +psubscribe and the channel pattern &\(shown) exactly (see the ACL line below)")
+                }
+            }
+            let invalidate = (try? subscriber.command("SUBSCRIBE", "__redis__:invalidate")) ?? .error("connection lost")
+            add("flush detection", invalidate.elements?.first?.text == "subscribe" ? .ok : .warn,
+                "SUBSCRIBE __redis__:invalidate: \(invalidate.errorMessage ?? "ok")",
+                fix: "grant +subscribe and &__redis__:invalidate, or FLUSHALL is only noticed at the next reconnect")
+        }
+
+        // The reads: the mirror's script on a probe key, SCAN, CLIENT TRACKING.
+        let probe = "__sessionmirror__:doctor:\(UInt32.random(in: 0...UInt32.max))"
+        let setProbe = reply(["SET", probe, "probe", "PX", "10000", "NX"])
+        add("write", setProbe.errorMessage == nil ? .ok : .fail, "SET … PXAT … NX (restore, canary): \(setProbe.errorMessage ?? "ok")",
+            fix: "grant +set on the session prefixes and ~__sessionmirror__:*")
+        let read = (try? redis.command(KeyReader.command(for: [Array(probe.utf8)]))) ?? .error("connection lost")
+        add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
+            "EVAL of the read script (TYPE, GET, PEXPIRETIME): \(read.errorMessage ?? "ok")",
+            fix: "grant +eval +type +get +dump +pexpiretime: commands inside scripts are checked too")
+        let dump = reply(["DUMP", probe])
+        if let payload = dump.bytes {
+            let restored = (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))
+                ?? .error("connection lost")
+            add("restore", restored.errorMessage == nil ? .ok : .warn, "RESTORE (sessions that are not strings): \(restored.errorMessage ?? "ok")",
+                fix: "grant +restore")
+        } else {
+            add("restore", .warn, "DUMP refused: \(dump.errorMessage ?? "?")", fix: "grant +dump +restore")
+        }
+        let unlink = reply(["UNLINK", probe, probe + ":r"])
+        add("delete", permitted(unlink) ? .ok : .warn, "UNLINK (purge): \(unlink.errorMessage ?? "ok")", fix: "grant +unlink")
+        for prefix in prefixes {
+            let scan = (try? redis.command([
+                Array("SCAN".utf8), Array("0".utf8), Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+                Array("COUNT".utf8), Array("10".utf8),
+            ])) ?? .error("connection lost")
+            add("scan", scan.elements != nil ? .ok : .fail, "SCAN MATCH \(String(decoding: prefix, as: UTF8.self))*: \(scan.errorMessage ?? "ok")",
+                fix: "grant +scan")
+        }
+        let tracking = reply(["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "__sessionmirror__:doctor:"])
+        _ = reply(["CLIENT", "TRACKING", "off"])
+        add("client tracking", tracking.errorMessage == nil ? .ok : .warn, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
+            fix: "grant +client|tracking +client|id, or FLUSHALL is only noticed at the next reconnect")
+        let time = reply(["TIME"])
+        add("time", time.elements != nil ? .ok : .fail, "TIME (restore judges expiry by Redis's clock): \(time.errorMessage ?? "ok")",
+            fix: "grant +time")
+
+        // Memory policy and the subscriber's output buffer.
+        if let policy = reply(["CONFIG", "GET", "maxmemory-policy"]).elements?.last?.text {
+            if policy.hasPrefix("allkeys") {
+                add("maxmemory-policy", .warn, "\(policy): any key may be evicted, the sessions among them",
+                    fix: "prefer volatile-lru (only keys with a TTL) or noeviction; an evicted session is kept by the mirror for a restore")
+            } else {
+                add("maxmemory-policy", .ok, policy)
+            }
+        }
+        if let limits = reply(["CONFIG", "GET", "client-output-buffer-limit"]).elements?.last?.text {
+            let pubsub = limits.components(separatedBy: "pubsub ").last.map { "pubsub " + $0 } ?? limits
+            add("pubsub buffer", .ok, "\(pubsub): Redis drops a subscriber that falls this far behind; the mirror then resyncs")
+        }
+
+        // A write rate estimate over one second.
+        let before = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap { Int($0) }
+        Thread.sleep(forTimeInterval: 1)
+        let after = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap { Int($0) }
+        if let before, let after {
+            add("load", .ok, "about \(max(after - before - 2, 0)) commands/s right now (all commands, all clients)")
+        }
+        return checks
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import SnapshotStore
+
+extension Mirror {
+    /// One `event=metrics` line (and, with a metrics file, the same numbers for Prometheus).
+    func logMetrics() {
+        let writerStats = writer.statistics(resetLatency: true)
+        let gauges = snapshotGauges.withLock { $0 }
+        // The counts for the next line come from the writer, which owns the connection.
+        writer.enqueue { [self] store in
+            let counts = try store.quickCounts()
+            let bytes = store.fileBytes()
+            snapshotGauges.withLock { $0 = (counts.live, counts.evicted, bytes) }
+            return nil
+        }
+        let fields: [(String, String)] = [
+            ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
+            ("keys_read", "\(stats.keysRead)"),
+            ("rows_upserted", "\(writerStats.rowsUpserted)"),
+            ("rows_deleted", "\(writerStats.rowsDeleted)"),
+            ("rows_evicted", "\(writerStats.rowsEvicted)"),
+            ("dirty_backlog", "\(dirty.state.withLock { $0.count } + keysInFlight)"),
+            ("writer_queue", "\(writerStats.queuedChanges)"),
+            ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
+            ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
+            ("commit_latency_max_ms", "\(Double(writerStats.latency.maxMicroseconds) / 1000)"),
+            ("late_commits", "\(writerStats.lateCommits)"),
+            ("snapshot_rows_live", "\(gauges.live)"),
+            ("snapshot_rows_evicted", "\(gauges.evicted)"),
+            ("snapshot_bytes", "\(gauges.bytes)"),
+            ("reconnects", "\(stats.reconnects)"),
+            ("full_syncs", "\(stats.fullSyncs)"),
+            ("cache_losses", "\(stats.cacheLosses)"),
+            ("restores", "\(stats.restores)"),
+            ("errors", "\(stats.errors + writerStats.writeErrors)"),
+            ("connected", "\(phase == .connected)"),
+            ("redis.run_id", "\(currentRunID ?? "")"),
+        ]
+        var metadata: Logger.Metadata = ["event": "metrics"]
+        for (key, value) in fields { metadata[key] = "\(value)" }
+        logger.info("metrics", metadata: metadata)
+        if let metricsFile {
+            let text = Mirror.prometheusText(fields)
+            // Off the loop: a file write may wait for the disk.
+            DispatchQueue.global(qos: .utility).async { [logger] in
+                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
+            }
+        }
+    }
+
+    /// The metrics in Prometheus text format (https://prometheus.io/docs/instrumenting/exposition_formats/).
+    static func prometheusText(_ fields: [(String, String)]) -> String {
+        let values = Dictionary(fields, uniquingKeysWith: { $1 })
+        var lines: [String] = []
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String?)]) {
+            lines.append("# HELP sessionmirror_\(name) \(help)")
+            lines.append("# TYPE sessionmirror_\(name) \(type)")
+            for (labels, value) in samples { lines.append("sessionmirror_\(name)\(labels) \(value ?? "0")") }
+        }
+        func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
+        metric("events_received_total", "counter", "Keyspace events received.", [("", values["events_received"])])
+        metric("keys_read_total", "counter", "Keys read back from Redis.", [("", values["keys_read"])])
+        metric("rows_written_total", "counter", "Snapshot rows written, by kind.", [
+            ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),
+            ("{kind=\"evicted\"}", values["rows_evicted"]),
+        ])
+        metric("dirty_backlog", "gauge", "Keys waiting to be read or being read.", [("", values["dirty_backlog"])])
+        metric("writer_queue", "gauge", "Changes waiting for the writer.", [("", values["writer_queue"])])
+        metric("commit_latency_seconds", "gauge", "Event-to-commit latency over the last interval.", [
+            ("{quantile=\"0.5\"}", seconds("commit_latency_p50_ms")), ("{quantile=\"0.99\"}", seconds("commit_latency_p99_ms")),
+            ("{quantile=\"1\"}", seconds("commit_latency_max_ms")),
+        ])
+        metric("late_commits_total", "counter", "Changes committed later than --commit-interval.", [("", values["late_commits"])])
+        metric("snapshot_rows", "gauge", "Rows in the snapshot, by state.", [
+            ("{state=\"live\"}", values["snapshot_rows_live"]), ("{state=\"evicted\"}", values["snapshot_rows_evicted"]),
+        ])
+        metric("snapshot_bytes", "gauge", "Snapshot database and WAL size.", [("", values["snapshot_bytes"])])
+        metric("reconnects_total", "counter", "Connections to Redis lost and made again.", [("", values["reconnects"])])
+        metric("full_syncs_total", "counter", "Full syncs (SCAN) started.", [("", values["full_syncs"])])
+        metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
+        metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])
+        metric("errors_total", "counter", "Errors (Redis and snapshot).", [("", values["errors"])])
+        metric("connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Writes `text` to a temporary file beside `path`, then renames it over `path`, so that a
+    /// collector never reads half a file.
+    static func writeAtomically(_ text: String, to path: String, logger: Logger) {
+        let temporary = path + ".tmp.\(getpid())"
+        do {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+            _ = chmod(temporary, 0o644)  // metrics are not secret; node_exporter reads them
+            if rename(temporary, path) != 0 { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        } catch {
+            unlink(temporary)
+            logger.warning(
+                "cannot write the metrics file", metadata: ["event": "metrics_file_failed", "error": "\(error)", "path": "\(path)"])
+        }
+    }
+}

@@ -1,0 +1,178 @@
+import Foundation
+
+/// The settings of `sessionmirror run` as a configuration file or the command line gives them:
+/// every field optional, so that flags override the file and the file overrides the defaults.
+public struct RunSettings: Sendable, Equatable {
+    public var redis: String?
+    public var passwordFile: String?
+    public var prefixes: [String]?
+    public var snapshot: String?
+    public var commitIntervalMilliseconds: Int?
+    public var maxResyncDelete: String?
+    public var evicted: MirrorConfiguration.EvictedPolicy?
+    public var configSet: Bool?
+    public var onCacheLoss: MirrorConfiguration.CacheLossAction?
+    public var metricsIntervalSeconds: Int?
+    public var metricsFile: String?
+    public var logFormat: String?
+    public var logLevel: String?
+    public var logFile: String?
+    public var django: DjangoPreset?
+
+    public init() {}
+
+    /// `other`'s values where it has them, ours elsewhere.
+    public func overridden(by other: RunSettings) -> RunSettings {
+        var merged = self
+        merged.redis = other.redis ?? redis
+        merged.passwordFile = other.passwordFile ?? passwordFile
+        merged.prefixes = other.prefixes ?? prefixes
+        merged.snapshot = other.snapshot ?? snapshot
+        merged.commitIntervalMilliseconds = other.commitIntervalMilliseconds ?? commitIntervalMilliseconds
+        merged.maxResyncDelete = other.maxResyncDelete ?? maxResyncDelete
+        merged.evicted = other.evicted ?? evicted
+        merged.configSet = other.configSet ?? configSet
+        merged.onCacheLoss = other.onCacheLoss ?? onCacheLoss
+        merged.metricsIntervalSeconds = other.metricsIntervalSeconds ?? metricsIntervalSeconds
+        merged.metricsFile = other.metricsFile ?? metricsFile
+        merged.logFormat = other.logFormat ?? logFormat
+        merged.logLevel = other.logLevel ?? logLevel
+        merged.logFile = other.logFile ?? logFile
+        merged.django = other.django ?? django
+        return merged
+    }
+
+    /// The key prefixes: explicit ones, else the Django preset's, else Django's default.
+    public var effectivePrefixes: [String] {
+        if let prefixes, !prefixes.isEmpty { return prefixes }
+        if let django { return django.prefixes }
+        return [MirrorConfiguration.djangoDefaultPrefix]
+    }
+
+    /// `0.1` or `10%` as a fraction.
+    public static func parseFraction(_ text: String) -> Double? {
+        let value = text.hasSuffix("%") ? Double(text.dropLast()).map { $0 / 100 } : Double(text)
+        guard let value, (0...1).contains(value) else { return nil }
+        return value
+    }
+
+    /// Reads a TOML configuration file. An unknown key, a wrong type or a bad value is an error
+    /// that names the key, the file and the line.
+    public static func load(path: String) throws -> RunSettings {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError.file(path, line: nil, "cannot read the configuration file")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationError.file(path, line: nil, "not UTF-8 text")
+        }
+        let document = try TOMLDocument(parsing: text, source: path)
+        var settings = RunSettings()
+        var django = DjangoPreset()
+        var sawDjango = false
+        for key in document.values.keys.sorted() {
+            let (value, line) = document.values[key]!
+            func fail(_ reason: String) -> ConfigurationError { .key(file: path, key: key, line: line, reason) }
+            func string() throws -> String {
+                guard case .string(let text) = value else { throw fail("expected a string, got \(value.typeName)") }
+                return text
+            }
+            func integer(_ range: ClosedRange<Int64>) throws -> Int {
+                guard case .integer(let number) = value else { throw fail("expected an integer, got \(value.typeName)") }
+                guard range.contains(number) else { throw fail("must be between \(range.lowerBound) and \(range.upperBound)") }
+                return Int(number)
+            }
+            func choice<T: RawRepresentable>(_ type: T.Type, _ all: [T]) throws -> T where T.RawValue == String {
+                let text = try string()
+                guard let result = T(rawValue: text) else {
+                    throw fail("expected one of \(all.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \"\(text)\"")
+                }
+                return result
+            }
+            switch key {
+            case "redis": settings.redis = try string()
+            case "password_file": settings.passwordFile = try string()
+            case "prefixes":
+                guard case .array(let items) = value else { throw fail("expected an array of strings, got \(value.typeName)") }
+                settings.prefixes = try items.map {
+                    guard case .string(let text) = $0, !text.isEmpty else { throw fail("expected non-empty strings") }
+                    return text
+                }
+            case "snapshot": settings.snapshot = try string()
+            case "commit_interval_ms": settings.commitIntervalMilliseconds = try integer(1...60_000)
+            case "max_resync_delete":
+                let text: String
+                switch value {
+                case .string(let s): text = s
+                case .float(let f): text = String(f)
+                case .integer(let i): text = String(i)
+                default: throw fail("expected a fraction like 0.1 or a percentage like \"10%\"")
+                }
+                guard parseFraction(text) != nil else { throw fail("expected a fraction like 0.1 or a percentage like \"10%\"") }
+                settings.maxResyncDelete = text
+            case "evicted": settings.evicted = try choice(MirrorConfiguration.EvictedPolicy.self, MirrorConfiguration.EvictedPolicy.allCases)
+            case "config_set":
+                guard case .boolean(let flag) = value else { throw fail("expected true or false, got \(value.typeName)") }
+                settings.configSet = flag
+            case "on_cache_loss":
+                settings.onCacheLoss = try choice(MirrorConfiguration.CacheLossAction.self, MirrorConfiguration.CacheLossAction.allCases)
+            case "metrics_interval_s": settings.metricsIntervalSeconds = try integer(0...86_400)
+            case "metrics_file": settings.metricsFile = try string()
+            case "log_format":
+                let text = try string()
+                guard ["logfmt", "json"].contains(text) else { throw fail("expected \"logfmt\" or \"json\", got \"\(text)\"") }
+                settings.logFormat = text
+            case "log_level":
+                let text = try string()
+                let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+                guard levels.contains(text) else { throw fail("expected one of \(levels.joined(separator: ", ")), got \"\(text)\"") }
+                settings.logLevel = text
+            case "log_file": settings.logFile = try string()
+            case "django.key_prefix":
+                django.keyPrefix = try string()
+                sawDjango = true
+            case "django.version":
+                django.version = try integer(0...Int64(Int32.max))
+                sawDjango = true
+            case "django.engine":
+                django.engine = try choice(DjangoPreset.Engine.self, DjangoPreset.Engine.allCases)
+                sawDjango = true
+            default:
+                throw fail("unknown key (see deploy/sessionmirror.toml for every key)")
+            }
+        }
+        if sawDjango { settings.django = django }
+        return settings
+    }
+}
+
+/// Django's session keys from its settings: `<KEY_PREFIX>:<VERSION>:django.contrib.sessions.<engine>`.
+public struct DjangoPreset: Sendable, Equatable {
+    /// `SESSION_ENGINE`: `django.contrib.sessions.backends.cache`, `.cached_db`, or both in use.
+    public enum Engine: String, Sendable, CaseIterable {
+        case cache
+        case cachedDB = "cached_db"
+        case both
+    }
+
+    /// The cache's `KEY_PREFIX` (default empty).
+    public var keyPrefix = ""
+    /// The cache's `VERSION` (default 1). A restore must use the same version.
+    public var version = 1
+    public var engine = Engine.cache
+
+    public init(keyPrefix: String = "", version: Int = 1, engine: Engine = .cache) {
+        self.keyPrefix = keyPrefix
+        self.version = version
+        self.engine = engine
+    }
+
+    /// The key prefixes to mirror. `…sessions.cache` also matches `…sessions.cached_db<id>`, so
+    /// `both` needs only that one pattern.
+    public var prefixes: [String] {
+        let base = "\(keyPrefix):\(version):django.contrib.sessions."
+        switch engine {
+        case .cache, .both: return [base + "cache"]
+        case .cachedDB: return [base + "cached_db"]
+        }
+    }
+}

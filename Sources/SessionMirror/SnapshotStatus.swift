@@ -1,0 +1,56 @@
+import Foundation
+import SnapshotStore
+
+/// What `sessionmirror status` reports about a snapshot file.
+public struct SnapshotStatus: Sendable, Codable, Equatable {
+    public var path: String
+    public var formatVersion: Int64
+    public var rowsLive: Int
+    public var rowsEvicted: Int
+    /// Rows whose expiry passed and that the daemon has not pruned yet.
+    public var rowsExpired: Int
+    /// Oldest and newest `changed_at` of a row (Unix ms).
+    public var oldestChangeAt: Int64?
+    public var newestChangeAt: Int64?
+    /// When the file last changed on disk (Unix ms): the last commit.
+    public var lastCommitAt: Int64?
+    public var lastFullSyncAt: Int64?
+    public var redisRunID: String?
+    public var fileBytes: Int64
+    /// SQLite's `quick_check`: "ok" or what is wrong.
+    public var quickCheck: String
+
+    enum CodingKeys: String, CodingKey {
+        case path
+        case formatVersion = "format_version"
+        case rowsLive = "rows_live"
+        case rowsEvicted = "rows_evicted"
+        case rowsExpired = "rows_expired"
+        case oldestChangeAt = "oldest_change_at_ms"
+        case newestChangeAt = "newest_change_at_ms"
+        case lastCommitAt = "last_commit_at_ms"
+        case lastFullSyncAt = "last_full_sync_at_ms"
+        case redisRunID = "redis_run_id"
+        case fileBytes = "file_bytes"
+        case quickCheck = "quick_check"
+    }
+
+    /// Reads the status of the snapshot at `path` (read-only; safe while `run` runs).
+    public static func read(path: String, now: Int64 = Clock.unixMilliseconds()) throws -> SnapshotStatus {
+        let store = try SnapshotStore(path: path, mode: .readOnly)
+        defer { store.close() }
+        let counts = try store.counts(now: now)
+        let range = try store.changeRange()
+        var lastCommit: Int64?
+        for file in [path, path + "-wal"] {
+            if let date = (try? FileManager.default.attributesOfItem(atPath: file))?[.modificationDate] as? Date {
+                lastCommit = max(lastCommit ?? 0, Int64(date.timeIntervalSince1970 * 1000))
+            }
+        }
+        return SnapshotStatus(
+            path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
+            rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
+            lastCommitAt: lastCommit, lastFullSyncAt: try store.metadata("last_full_sync_at").flatMap { Int64($0) },
+            redisRunID: try store.metadata("redis_run_id"), fileBytes: store.fileBytes(), quickCheck: try store.quickCheck())
+    }
+}

@@ -1,0 +1,248 @@
+/// The subset of TOML a configuration file needs: `key = value` lines, `[table]` headers,
+/// comments, strings (basic with escapes, and literal), integers, floats, booleans, and arrays of
+/// those (on one line or several).
+///
+/// Written here rather than taken from a package: this is all SessionMirror reads, and a TOML
+/// library would add minutes to every build on two cores.
+public struct TOMLDocument: Sendable {
+    public enum Value: Sendable, Equatable {
+        case string(String)
+        case integer(Int64)
+        case float(Double)
+        case boolean(Bool)
+        case array([Value])
+
+        /// A short name of the type, for error messages.
+        public var typeName: String {
+            switch self {
+            case .string: return "a string"
+            case .integer: return "an integer"
+            case .float: return "a number"
+            case .boolean: return "a boolean"
+            case .array: return "an array"
+            }
+        }
+    }
+
+    /// Every value by its dotted key (`django.engine`), with the line it was set on.
+    public private(set) var values: [String: (value: Value, line: Int)] = [:]
+
+    /// Parses `text`; `source` names the file in error messages.
+    public init(parsing text: String, source: String) throws {
+        var table = ""
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)[...]
+        var number = 0
+        while let raw = lines.popFirst() {
+            number += 1
+            let lineNumber = number
+            var line = TOMLDocument.stripComment(raw).trimmingWhitespace()
+            if line.isEmpty { continue }
+            if line.hasPrefix("[") {
+                guard line.hasSuffix("]"), !line.hasPrefix("[[") else {
+                    throw ConfigurationError.file(source, line: lineNumber, "expected a table header like [django]")
+                }
+                table = String(line.dropFirst().dropLast()).trimmingWhitespace()
+                guard TOMLDocument.isBareKey(table) else {
+                    throw ConfigurationError.file(source, line: lineNumber, "invalid table name '\(table)'")
+                }
+                continue
+            }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw ConfigurationError.file(source, line: lineNumber, "expected key = value")
+            }
+            let key = String(line[..<equals]).trimmingWhitespace()
+            guard TOMLDocument.isBareKey(key) else {
+                throw ConfigurationError.file(source, line: lineNumber, "invalid key '\(key)'")
+            }
+            var valueText = String(line[line.index(after: equals)...]).trimmingWhitespace()
+            // An array may continue on the next lines until its brackets balance.
+            while valueText.hasPrefix("[") && !TOMLDocument.bracketsBalanced(valueText), let next = lines.popFirst() {
+                number += 1
+                valueText += " " + TOMLDocument.stripComment(next).trimmingWhitespace()
+            }
+            line = valueText
+            var scanner = Scanner(text: Array(line.unicodeScalars), source: source, line: lineNumber)
+            let value = try scanner.value()
+            scanner.skipSpaces()
+            guard scanner.atEnd else {
+                throw ConfigurationError.file(source, line: lineNumber, "unexpected text after the value of '\(key)'")
+            }
+            let fullKey = table.isEmpty ? key : "\(table).\(key)"
+            if values[fullKey] != nil {
+                throw ConfigurationError.file(source, line: lineNumber, "'\(fullKey)' is set twice")
+            }
+            values[fullKey] = (value, lineNumber)
+        }
+    }
+
+    private static func isBareKey(_ key: String) -> Bool {
+        !key.isEmpty && key.unicodeScalars.allSatisfy { $0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
+
+    /// Drops a `#` comment that is not inside a string.
+    private static func stripComment(_ line: String) -> String {
+        var quote: Character?
+        var escaped = false
+        for (offset, character) in line.enumerated() {
+            if let open = quote {
+                if escaped {
+                    escaped = false
+                } else if character == "\\" && open == "\"" {
+                    escaped = true
+                } else if character == open {
+                    quote = nil
+                }
+            } else if character == "\"" || character == "'" {
+                quote = character
+            } else if character == "#" {
+                return String(line.prefix(offset))
+            }
+        }
+        return line
+    }
+
+    private static func bracketsBalanced(_ text: String) -> Bool {
+        var depth = 0
+        var quote: Character?
+        var escaped = false
+        for character in text {
+            if let open = quote {
+                if escaped { escaped = false } else if character == "\\" && open == "\"" { escaped = true } else if character == open { quote = nil }
+                continue
+            }
+            switch character {
+            case "\"", "'": quote = character
+            case "[": depth += 1
+            case "]": depth -= 1
+            default: break
+            }
+        }
+        return depth <= 0
+    }
+
+    private struct Scanner {
+        let text: [Unicode.Scalar]
+        let source: String
+        let line: Int
+        var index = 0
+
+        init(text: [Unicode.Scalar], source: String, line: Int) {
+            self.text = text
+            self.source = source
+            self.line = line
+        }
+
+        var atEnd: Bool { index >= text.count }
+
+        mutating func skipSpaces() {
+            while index < text.count && (text[index] == " " || text[index] == "\t") { index += 1 }
+        }
+
+        func error(_ message: String) -> ConfigurationError { .file(source, line: line, message) }
+
+        mutating func value() throws -> Value {
+            skipSpaces()
+            guard index < text.count else { throw error("a value is missing") }
+            switch text[index] {
+            case "\"": return .string(try basicString())
+            case "'": return .string(try literalString())
+            case "[": return try array()
+            default: return try scalar()
+            }
+        }
+
+        mutating func basicString() throws -> String {
+            index += 1
+            var out = String.UnicodeScalarView()
+            while index < text.count {
+                let c = text[index]
+                index += 1
+                if c == "\"" { return String(out) }
+                if c == "\\" {
+                    guard index < text.count else { break }
+                    let e = text[index]
+                    index += 1
+                    switch e {
+                    case "\"": out.append("\"")
+                    case "\\": out.append("\\")
+                    case "n": out.append("\n")
+                    case "t": out.append("\t")
+                    case "r": out.append("\r")
+                    case "u", "U":
+                        let digits = e == "u" ? 4 : 8
+                        guard index + digits <= text.count,
+                            let code = UInt32(String(String.UnicodeScalarView(text[index..<index + digits])), radix: 16),
+                            let scalar = Unicode.Scalar(code)
+                        else { throw error("invalid \\\(e) escape") }
+                        out.append(scalar)
+                        index += digits
+                    default: throw error("invalid escape \\\(e)")
+                    }
+                } else {
+                    out.append(c)
+                }
+            }
+            throw error("unterminated string")
+        }
+
+        mutating func literalString() throws -> String {
+            index += 1
+            let start = index
+            while index < text.count {
+                if text[index] == "'" {
+                    let value = String(String.UnicodeScalarView(text[start..<index]))
+                    index += 1
+                    return value
+                }
+                index += 1
+            }
+            throw error("unterminated string")
+        }
+
+        mutating func array() throws -> Value {
+            index += 1
+            var items: [Value] = []
+            while true {
+                skipSpaces()
+                guard index < text.count else { throw error("unterminated array") }
+                if text[index] == "]" {
+                    index += 1
+                    return .array(items)
+                }
+                items.append(try value())
+                skipSpaces()
+                guard index < text.count else { throw error("unterminated array") }
+                if text[index] == "," {
+                    index += 1
+                } else if text[index] != "]" {
+                    throw error("expected , or ] in an array")
+                }
+            }
+        }
+
+        mutating func scalar() throws -> Value {
+            let start = index
+            while index < text.count && !(" \t,]".unicodeScalars.contains(text[index])) { index += 1 }
+            let word = String(String.UnicodeScalarView(text[start..<index])).replacingUnderscores()
+            if word == "true" { return .boolean(true) }
+            if word == "false" { return .boolean(false) }
+            if let integer = Int64(word) { return .integer(integer) }
+            if let float = Double(word), word.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) { return .float(float) }
+            throw error("'\(word)' is not a value (strings need quotes)")
+        }
+    }
+}
+
+extension String {
+    fileprivate func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { $0 != " " && $0 != "\t" && $0 != "\r" }) else { return "" }
+        let last = scalars.lastIndex(where: { $0 != " " && $0 != "\t" && $0 != "\r" })!
+        return String(scalars[first...last])
+    }
+
+    fileprivate func replacingUnderscores() -> String {
+        // TOML allows 1_000_000.
+        String(unicodeScalars.filter { $0 != "_" })
+    }
+}

@@ -1,0 +1,41 @@
+import ArgumentParser
+import Foundation
+import SessionMirror
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Describe a snapshot: rows, changes, last commit and sync, Redis run_id, size, integrity.")
+
+    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        let status: SnapshotStatus
+        do {
+            status = try SnapshotStatus.read(path: snapshot)
+        } catch {
+            throw fail("\(error)")
+        }
+        if json {
+            printJSON(status)
+        } else {
+            func time(_ ms: Int64?) -> String {
+                guard let ms else { return "never" }
+                let formatter = ISO8601DateFormatter()
+                return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+            }
+            print(
+                """
+                snapshot        \(status.path) (format \(status.formatVersion), \(status.fileBytes) bytes)
+                rows            \(status.rowsLive) live, \(status.rowsEvicted) evicted, \(status.rowsExpired) expired not yet pruned
+                changes         oldest \(time(status.oldestChangeAt)), newest \(time(status.newestChangeAt))
+                last commit     \(time(status.lastCommitAt))
+                last full sync  \(time(status.lastFullSyncAt))
+                redis run_id    \(status.redisRunID ?? "none yet")
+                quick_check     \(status.quickCheck)
+                """)
+        }
+        if status.quickCheck != "ok" { throw ExitCode(1) }
+    }
+}
