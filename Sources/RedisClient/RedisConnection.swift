@@ -74,6 +74,19 @@ public final class RedisConnection {
         pendingReplies += 1
     }
 
+    /// Queues `commandCount` commands already encoded with `RESP` (no formatting by hiredis).
+    public func appendEncoded(_ bytes: [UInt8], commandCount: Int) throws {
+        guard let context else { throw RedisError.io("connection is closed") }
+        guard !bytes.isEmpty else { return }
+        let status = bytes.withUnsafeBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
+                redisAppendFormattedCommand(context, $0, buffer.count)
+            }
+        }
+        guard status == REDIS_OK else { throw RedisError.io(RedisConnection.errorString(context)) }
+        pendingReplies += commandCount
+    }
+
     /// Reads the next reply of the pipeline, flushing queued commands first.
     public func readReply() throws -> RedisReply {
         guard let context else { throw RedisError.io("connection is closed") }

@@ -25,13 +25,15 @@ public struct ReconcileOutcome: Sendable, Equatable {
 }
 
 extension SnapshotStore {
-    /// Calls `body` for every row, in key order, inside one read transaction (a consistent view even
-    /// while the daemon writes). Stops early when `body` returns false.
+    /// Calls `body` for every row, in table order (a sequential scan: ordering by key would look
+    /// every row up through the key index, the largest cost of a restore), inside one read
+    /// transaction (a consistent view even while the daemon writes). Stops early when `body`
+    /// returns false.
     public func forEachRecord(_ body: (SnapshotRecord) throws -> Bool) throws {
         try database.execute("BEGIN", step: "begin read")
         defer { try? database.execute("COMMIT") }
         let statement = try database.prepare(
-            "SELECT key, type, value, expires_at, state, changed_at FROM sessions ORDER BY key")
+            "SELECT key, type, value, expires_at, state, changed_at FROM sessions")
         while try statement.step() {
             let record = SnapshotRecord(
                 key: statement.blob(0), type: statement.text(1), value: statement.blob(2),

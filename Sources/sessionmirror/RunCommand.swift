@@ -72,16 +72,17 @@ struct RunOptions: ParsableArguments {
 
     /// The mirror's configuration, validated: every message names the option (and the file).
     func configuration(_ settings: RunSettings) throws -> MirrorConfiguration {
-        let source = config.map { " (in \($0) or on the command line)" } ?? ""
+        // Name the flag, and the file's key too when there is a file.
+        func option(_ flag: String, _ key: String) -> String { config.map { "\(flag) (or \(key) in \($0))" } ?? flag }
         var endpoint: RedisEndpoint
         do {
             endpoint = try RedisEndpoint(url: settings.redis ?? "redis://127.0.0.1:6379/0")
         } catch {
-            throw ConfigurationError.invalid(option: "redis\(source)", reason: "\(error)")
+            throw ConfigurationError.invalid(option: option("--redis", "redis"), reason: "\(error)")
         }
         if let passwordFile = settings.passwordFile {
             guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
-                throw ConfigurationError.invalid(option: "password_file\(source)", reason: "cannot read \(passwordFile)")
+                throw ConfigurationError.invalid(option: option("--password-file", "password_file"), reason: "cannot read \(passwordFile)")
             }
             endpoint.password = String(text.split(whereSeparator: \.isNewline).first ?? "")
         } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
@@ -94,7 +95,7 @@ struct RunOptions: ParsableArguments {
         if let text = settings.maxResyncDelete {
             guard let fraction = RunSettings.parseFraction(text) else {
                 throw ConfigurationError.invalid(
-                    option: "max_resync_delete\(source)", reason: "expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
+                    option: option("--max-resync-delete", "max_resync_delete"), reason: "expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
             }
             configuration.maxResyncDeleteFraction = fraction
         }
@@ -103,9 +104,9 @@ struct RunOptions: ParsableArguments {
         configuration.onCacheLoss = settings.onCacheLoss ?? .alert
         configuration.metricsIntervalSeconds = settings.metricsIntervalSeconds ?? 10
         try configuration.validate()
-        try checkWritableDirectory(of: snapshot, option: "snapshot\(source)")
-        if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: "metrics_file\(source)") }
-        if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: "log_file\(source)") }
+        try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
+        if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
+        if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file")) }
         return configuration
     }
 
@@ -114,7 +115,7 @@ struct RunOptions: ParsableArguments {
         let folder = directory.isEmpty ? "." : directory
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ConfigurationError.invalid(option: option, reason: "directory \(folder) does not exist")
+            throw ConfigurationError.invalid(option: option, reason: "cannot create \(path): directory \(folder) does not exist")
         }
         guard access(folder, W_OK) == 0 || (FileManager.default.fileExists(atPath: path) && access(path, W_OK) == 0) else {
             throw ConfigurationError.invalid(option: option, reason: "\(path) is not writable")
