@@ -20,16 +20,25 @@ struct RedisOptions: ParsableArguments {
         } catch {
             throw ValidationError("--redis: \(error)")
         }
-        if let passwordFile {
-            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
-                throw ValidationError("--password-file: cannot read \(passwordFile)")
-            }
-            endpoint.password = String(text.split(whereSeparator: \.isNewline).first ?? "")
-        } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
-            endpoint.password = password
+        guard applyPassword(file: passwordFile, to: &endpoint) else {
+            throw ValidationError("--password-file: cannot read \(passwordFile ?? "")")
         }
         return endpoint
     }
+}
+
+/// Sets the password from, in order: `file` (its first line; an empty file means none, so that a
+/// systemd unit can always load the credential), `$SESSIONMIRROR_REDIS_PASSWORD`, else leaves the
+/// URL's. False when the file cannot be read.
+func applyPassword(file: String?, to endpoint: inout RedisEndpoint) -> Bool {
+    if let file {
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { return false }
+        let password = String(text.split(whereSeparator: \.isNewline).first ?? "")
+        endpoint.password = password.isEmpty ? nil : password
+    } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
+        endpoint.password = password
+    }
+    return true
 }
 
 /// Which keys are sessions.

@@ -80,13 +80,9 @@ struct RunOptions: ParsableArguments {
         } catch {
             throw ConfigurationError.invalid(option: option("--redis", "redis"), reason: "\(error)")
         }
-        if let passwordFile = settings.passwordFile {
-            guard let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
-                throw ConfigurationError.invalid(option: option("--password-file", "password_file"), reason: "cannot read \(passwordFile)")
-            }
-            endpoint.password = String(text.split(whereSeparator: \.isNewline).first ?? "")
-        } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
-            endpoint.password = password
+        guard applyPassword(file: settings.passwordFile, to: &endpoint) else {
+            throw ConfigurationError.invalid(
+                option: option("--password-file", "password_file"), reason: "cannot read \(settings.passwordFile ?? "")")
         }
         let snapshot = settings.snapshot ?? "./sessionmirror.db"
         var configuration = MirrorConfiguration(
