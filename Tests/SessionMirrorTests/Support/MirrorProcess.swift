@@ -30,14 +30,24 @@ final class MirrorProcess: Sendable {
 
     /// Starts `sessionmirror` with `arguments`; its output goes to `<directory>/sessionmirror.log`
     /// (or `logName`).
-    static func start(_ arguments: [String], in directory: TemporaryDirectory, logName: String = "sessionmirror.log")
-        throws -> MirrorProcess
-    {
+    ///
+    /// The child inherits the test runner's environment plus `environment` (which wins), except
+    /// the sd_notify variables: a test runner started by systemd must not have every daemon the
+    /// tests start report to its service manager. A test that wants them passes them here.
+    static func start(
+        _ arguments: [String], in directory: TemporaryDirectory, logName: String = "sessionmirror.log",
+        environment: [String: String] = [:]
+    ) throws -> MirrorProcess {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw ChildProcessError(message: "\(executable) does not exist: run `swift build` before `swift test`")
         }
+        var childEnvironment = ProcessInfo.processInfo.environment
+        for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { childEnvironment[name] = nil }
+        childEnvironment.merge(environment) { _, added in added }
         return MirrorProcess(
-            process: try ChildProcess(executable: executable, arguments: arguments, outputPath: directory.file(logName))
+            process: try ChildProcess(
+                executable: executable, arguments: arguments, outputPath: directory.file(logName),
+                environment: childEnvironment)
         )
     }
 

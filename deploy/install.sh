@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Installs SessionMirror as a systemd service on Debian 12, from this checkout.
+#
+#   sudo bash deploy/install.sh                      # build (swift build -c release) and install
+#   sudo bash deploy/install.sh --binary PATH        # install a binary built elsewhere
+#
+# What it does, each step safe to repeat:
+#   1. apt packages: the shared libraries the daemon links (and their -dev packages to build);
+#   2. builds a release binary with the Swift runtime linked in (needs Swift 6 in PATH);
+#   3. creates the system user and group `sessionmirror` (no shell, no login);
+#   4. installs /usr/local/bin/sessionmirror, /etc/systemd/system/sessionmirror.service,
+#      /etc/logrotate.d/sessionmirror and the docs in /usr/local/share/doc/sessionmirror;
+#   5. installs /etc/sessionmirror/sessionmirror.toml only if there is none (an existing file is
+#      never touched; the new example goes next to it as sessionmirror.toml.example), and an empty
+#      /etc/sessionmirror/redis-password (no password) if there is none;
+#   6. systemctl daemon-reload, `sessionmirror check` of the configuration, then prints what to do
+#      next. It never starts, enables or restarts the service.
+set -euo pipefail
+
+usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+
+invocation="$0${*:+ $*}"
+binary=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "install.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: this installs a system service, so it needs root. Run: sudo bash $invocation" >&2
+    exit 1
+fi
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { printf '==> %s\n' "$*"; }
+
+if ! grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+    echo "install.sh: written for Debian 12 (bookworm); continuing, but package names may differ." >&2
+fi
+
+# 1. Packages. The daemon links hiredis 0.14, libuv and SQLite; -dev packages only to build.
+packages=(libhiredis0.14 libuv1 libsqlite3-0 logrotate)
+if [ -z "$binary" ]; then packages+=(libhiredis-dev libuv1-dev libsqlite3-dev pkg-config); fi
+missing=()
+for package in "${packages[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
+    [ "$status" = "install ok installed" ] || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. Build. --static-swift-stdlib links the Swift runtime and Foundation into the binary: without
+# it, the binary loads them from the toolchain's directory, which may be under /home (hidden from
+# the service by ProtectHome=yes) and goes away with the toolchain.
+if [ -z "$binary" ]; then
+    swift_path="$(command -v swift || true)"
+    if [ -z "$swift_path" ]; then
+        cat >&2 <<EOF
+install.sh: swift is not in root's PATH. Either install Swift 6 (https://www.swift.org/install/linux/)
+or build as yourself and install that binary:
+    swift build -c release --static-swift-stdlib
+    sudo bash deploy/install.sh --binary .build/release/sessionmirror
+EOF
+        exit 1
+    fi
+    # Build as the user who ran sudo, so that .build/ in their checkout stays theirs.
+    builder="${SUDO_USER:-root}"
+    say "swift build -c release --static-swift-stdlib (as $builder; a few minutes on two cores)"
+    if [ "$builder" = root ]; then
+        "$swift_path" build -c release --static-swift-stdlib --package-path "$repo"
+    else
+        sudo -u "$builder" -H "$swift_path" build -c release --static-swift-stdlib --package-path "$repo"
+    fi
+    binary="$repo/.build/release/sessionmirror"
+fi
+if [ ! -x "$binary" ]; then
+    echo "install.sh: $binary is not an executable file" >&2
+    exit 1
+fi
+# ldd exits 1 for a fully static binary: that is fine, there is nothing to check then.
+libraries="$(ldd "$binary" 2>&1 || true)"
+if grep -q 'not found' <<<"$libraries"; then
+    echo "install.sh: $binary needs libraries that are not installed:" >&2
+    grep 'not found' <<<"$libraries" >&2
+    exit 1
+fi
+if runtime="$(grep -o '=> [^ ]*/libswiftCore\.so' <<<"$libraries" | cut -c4-)"; then
+    echo "install.sh: warning: $binary loads the Swift runtime from $runtime;" \
+        "rebuild with --static-swift-stdlib so that it does not depend on the toolchain." >&2
+    case "$runtime" in
+        /home/* | /root/*)
+            echo "install.sh: the service cannot read $runtime (ProtectHome=yes): refusing." >&2
+            exit 1
+            ;;
+    esac
+fi
+
+# 3. The system user: no home directory of its own, no shell.
+if ! getent group sessionmirror >/dev/null; then
+    say "groupadd --system sessionmirror"
+    groupadd --system sessionmirror
+fi
+if ! getent passwd sessionmirror >/dev/null; then
+    say "useradd --system sessionmirror"
+    useradd --system --gid sessionmirror --home-dir /var/lib/sessionmirror --no-create-home \
+        --shell /usr/sbin/nologin --comment "SessionMirror daemon" sessionmirror
+fi
+
+# 4. Binary (copied beside the old one, then renamed over it: a running daemon keeps its file),
+# unit, logrotate and docs. These belong to the package: local changes go into
+# `systemctl edit sessionmirror` and the TOML file, not here.
+say "installing /usr/local/bin/sessionmirror"
+install -m 0755 "$binary" /usr/local/bin/.sessionmirror.new
+mv -f /usr/local/bin/.sessionmirror.new /usr/local/bin/sessionmirror
+install -m 0644 "$repo/deploy/sessionmirror.service" /etc/systemd/system/sessionmirror.service
+install -m 0644 "$repo/deploy/logrotate/sessionmirror" /etc/logrotate.d/sessionmirror
+install -d -m 0755 /usr/local/share/doc/sessionmirror
+install -m 0644 "$repo"/README.md "$repo"/docs/*.md /usr/local/share/doc/sessionmirror/
+
+# 5. Configuration: root owns it, the daemon's group may read it, nobody else. The password is
+# not in it (systemd hands it over as a credential from /etc/sessionmirror/redis-password).
+install -d -m 0750 -o root -g sessionmirror /etc/sessionmirror
+if [ -e /etc/sessionmirror/sessionmirror.toml ]; then
+    say "keeping /etc/sessionmirror/sessionmirror.toml; the new example is sessionmirror.toml.example"
+    install -m 0640 -o root -g sessionmirror "$repo/deploy/sessionmirror.toml" /etc/sessionmirror/sessionmirror.toml.example
+else
+    say "installing /etc/sessionmirror/sessionmirror.toml (the example: edit it)"
+    install -m 0640 -o root -g sessionmirror "$repo/deploy/sessionmirror.toml" /etc/sessionmirror/sessionmirror.toml
+fi
+# The unit always loads this file as a credential; empty means no password. Never overwritten.
+if [ ! -e /etc/sessionmirror/redis-password ]; then
+    say "creating an empty /etc/sessionmirror/redis-password (no password until you write one)"
+    install -m 0600 -o root -g root /dev/null /etc/sessionmirror/redis-password
+fi
+# systemd creates the state directory at the first start; creating it now lets `check` below see it.
+install -d -m 0700 -o sessionmirror -g sessionmirror /var/lib/sessionmirror
+
+# 6. systemd and a check of the configuration, as the user the service runs as.
+if [ -d /run/systemd/system ]; then
+    say "systemctl daemon-reload"
+    systemctl daemon-reload
+else
+    echo "install.sh: systemd is not running here (a container?); skipped systemctl daemon-reload." >&2
+fi
+say "sessionmirror check --config /etc/sessionmirror/sessionmirror.toml"
+if ! runuser -u sessionmirror -- /usr/local/bin/sessionmirror check --config /etc/sessionmirror/sessionmirror.toml; then
+    echo "install.sh: the configuration has a problem (above); fix it before starting the service." >&2
+fi
+
+cat <<EOF
+
+SessionMirror is installed; the service is not started. Next:
+
+  1. The Redis password of the daemon's ACL user goes into /etc/sessionmirror/redis-password (root
+     only; systemd hands it to the service as a credential; left empty, no password is sent). Read
+     without echo, so that it lands in no history file:
+       sudo bash -c 'umask 077; read -r -s -p "Redis password: " p; echo; printf "%s\\n" "\$p" > /etc/sessionmirror/redis-password'
+  2. Redis: put 'notify-keyspace-events Kg\$hxe' in redis.conf (a CONFIG SET is lost at restart) and
+     create the least-privilege user (docs/security.md explains each permission; a TLS-only Redis
+     needs the local tunnel described there). 'sessionmirror doctor' prints the exact ACL SETUSER
+     line for your prefixes; run it again as the new user to see that every check passes:
+       sudo sessionmirror doctor --redis redis://sessionmirror@HOST:6379/0 --password-file /etc/sessionmirror/redis-password
+  3. Edit /etc/sessionmirror/sessionmirror.toml (redis, the [django] preset; config_set = false for
+     the least-privilege user), then check it as the service's user:
+       sudo runuser -u sessionmirror -- sessionmirror check --config /etc/sessionmirror/sessionmirror.toml
+  4. Start it now and at every boot. This returns after the first full sync (READY=1); add
+     --no-block not to wait:
+       sudo systemctl enable --now sessionmirror
+  5. Watch it:
+       journalctl -u sessionmirror -f
+       sudo sessionmirror status --snapshot /var/lib/sessionmirror/sessions.db
+     After a cache loss: the restore runbook in docs/operations.md (also in /usr/local/share/doc/sessionmirror).
+EOF
