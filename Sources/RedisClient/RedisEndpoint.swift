@@ -1,6 +1,6 @@
 /// Where and how to reach a Redis server, parsed from a URL.
 ///
-/// Accepted forms: `redis://[user[:password]@]host[:port][/db]` and `unix:///path/redis.sock[?db=N]`.
+/// Accepted forms: `redis://[user[:password]@]host[:port][/db]` and `unix://[user@]/path/redis.sock[?db=N]`.
 /// A password in the URL is accepted for convenience, but operators should prefer
 /// `--password-file` or the environment so that it never appears on a command line.
 public struct RedisEndpoint: Sendable, Equatable {
@@ -100,6 +100,13 @@ public struct RedisEndpoint: Sendable, Equatable {
 
     private init(unixURL rest: String) throws {
         var path = Substring(rest)
+        // unix://user@/path/redis.sock: an ACL user name (the password comes from a file or the
+        // environment).
+        var username: String?
+        if let at = path.firstIndex(of: "@"), let slash = path.firstIndex(of: "/"), at < slash {
+            username = String(path[..<at]).removingPercentEncodingIfPossible
+            path = path[path.index(after: at)...]
+        }
         var database = 0
         if let question = path.firstIndex(of: "?") {
             let query = path[path.index(after: question)...]
@@ -115,7 +122,7 @@ public struct RedisEndpoint: Sendable, Equatable {
         guard path.hasPrefix("/") else {
             throw RedisEndpointError.invalid("unix socket path must be absolute: unix:///path/redis.sock")
         }
-        self.init(address: .unix(path: String(path)), database: database)
+        self.init(address: .unix(path: String(path)), database: database, username: username)
     }
 }
 
@@ -128,7 +135,7 @@ extension RedisEndpoint: CustomStringConvertible {
             let shownHost = host.contains(":") ? "[\(host)]" : host
             return "redis://\(user)\(shownHost):\(port)/\(database)"
         case .unix(let path):
-            return "unix://\(path)?db=\(database)"
+            return "unix://\(username.map { "\($0)@" } ?? "")\(path)?db=\(database)"
         }
     }
 }

@@ -29,14 +29,18 @@ public struct Doctor: Sendable {
     /// The `ACL SETUSER` line for a least-privilege user that can run the mirror, restore, verify
     /// and purge for these prefixes. Channel patterns are listed exactly as the mirror subscribes,
     /// because Redis compares a pattern subscription with the user's patterns literally.
+    ///
+    /// No `CONFIG`: on Redis 7.0 `CONFIG GET` cannot be limited to one parameter and would show
+    /// `requirepass` and `masterauth`. Such a user runs the daemon with `config_set = false` and
+    /// `notify-keyspace-events` set in redis.conf.
     public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
         let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let channels = prefixes.map {
             "&" + String(decoding: KeyspaceNotifications.pattern(database: database, keyPrefix: $0), as: UTF8.self)
-        }
+        } + ["&__keyspace@\(database)__:__sessionmirror__:canary:*"]
         var commands = [
-            "+ping", "+info", "+config|get", "+client|id", "+client|tracking", "+psubscribe", "+subscribe", "+scan",
-            "+eval", "+type", "+get", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
+            "+ping", "+info", "+client|id", "+client|tracking", "+psubscribe", "+subscribe", "+scan",
+            "+eval_ro", "+type", "+get", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
         ]
         if database != 0 { commands.append("+select") }
         return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
@@ -96,7 +100,7 @@ public struct Doctor: Sendable {
                 fix: mayConfigure ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
         } else {
             add("notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
-                fix: KeyspaceNotifications.operatorHint(current: nil) + ", then run with --no-config-set")
+                fix: KeyspaceNotifications.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
         }
 
         // Subscriptions, on a second connection (a subscribed connection takes no other commands).
@@ -127,7 +131,7 @@ public struct Doctor: Sendable {
         let read = (try? redis.command(KeyReader.command(for: [Array(probe.utf8)]))) ?? .error("connection lost")
         add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
             "EVAL of the read script (TYPE, GET, PEXPIRETIME): \(read.errorMessage ?? "ok")",
-            fix: "grant +eval +type +get +dump +pexpiretime: commands inside scripts are checked too")
+            fix: "grant +eval_ro +type +get +dump +pexpiretime: commands inside scripts are checked too")
         let dump = reply(["DUMP", probe])
         if let payload = dump.bytes {
             let restored = (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))

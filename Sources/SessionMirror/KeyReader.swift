@@ -21,10 +21,12 @@ enum KeyReader {
         return out
         """
 
-    /// The EVAL command reading `keys`. EVAL rather than EVALSHA: Redis caches the compiled script
-    /// by its hash either way, and EVAL cannot fail with NOSCRIPT after a SCRIPT FLUSH or a restart.
+    /// The EVAL_RO command reading `keys`. EVAL_RO (Redis 7.0) because the script only reads: an ACL
+    /// can then give the mirror read-only key access (`%R~`), which plain EVAL does not allow since
+    /// Redis treats its keys as written. Not EVALSHA: Redis caches the compiled script by its hash
+    /// either way, and EVAL_RO cannot fail with NOSCRIPT after a SCRIPT FLUSH or a restart.
     static func command(for keys: [[UInt8]]) -> [[UInt8]] {
-        var args: [[UInt8]] = [Array("EVAL".utf8), Array(script.utf8), Array(String(keys.count).utf8)]
+        var args: [[UInt8]] = [Array("EVAL_RO".utf8), Array(script.utf8), Array(String(keys.count).utf8)]
         args.reserveCapacity(keys.count + 3)
         args.append(contentsOf: keys)
         return args

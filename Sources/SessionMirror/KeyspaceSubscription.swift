@@ -34,6 +34,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private var connection: AsyncRedisConnection?
     private var attempt = 0
     private var confirmed = 0
+    private var invalidateConfirmed = false
+    /// `set` events of the canary key seen on this connection.
+    private var canaryWrites = 0
+    private let canaryChannel: [UInt8]
     private var acceptingEvents = true
     /// Keys of the current I/O phase, marked under one lock acquisition after it.
     private var pendingKeys: [[UInt8]] = []
@@ -45,12 +49,14 @@ final class KeyspaceSubscription: @unchecked Sendable {
     struct Callbacks: Sendable {
         /// The connection is up (or failed: the error).
         var connected: @Sendable (_ attempt: Int, _ error: RedisError?) -> Void
-        /// Every pattern and the invalidation channel are subscribed; the client id is for tracking.
-        var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64?) -> Void
+        /// Every pattern is subscribed; `flushChannel` says whether `__redis__:invalidate` is too
+        /// (an ACL may refuse it: then a flush is only noticed at the next reconnect).
+        var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64?, _ flushChannel: Bool) -> Void
         /// The connection dropped after it was up.
         var lost: @Sendable (_ attempt: Int, _ reason: String) -> Void
-        /// FLUSHALL / FLUSHDB (of any database): keys dirtied up to `sequence` came before it.
-        var flushed: @Sendable (_ attempt: Int, _ sequence: UInt64) -> Void
+        /// FLUSHALL / FLUSHDB (of any database): keys dirtied up to `sequence` came before it, and
+        /// so did `canaryWrites` writes of the canary key (in Redis's own order: one connection).
+        var flushed: @Sendable (_ attempt: Int, _ sequence: UInt64, _ canaryWrites: Int) -> Void
         /// Every event Redis had queued before the shutdown barrier is in the dirty set.
         var barrierReached: @Sendable (_ attempt: Int) -> Void
     }
@@ -68,9 +74,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
     static let evictedEvent = Array("evicted".utf8)
 
     init(
-        endpoint: RedisEndpoint, prefixes: [[UInt8]], dirty: SharedDirtyQueue, mirrorLoop: EventLoop,
-        callbacks: Callbacks
+        endpoint: RedisEndpoint, prefixes: [[UInt8]], canaryKey: [UInt8], dirty: SharedDirtyQueue,
+        mirrorLoop: EventLoop, callbacks: Callbacks
     ) {
+        canaryChannel = KeyspaceNotifications.channelPrefix(database: endpoint.database) + canaryKey
         self.endpoint = endpoint
         self.dirty = dirty
         self.mirrorLoop = mirrorLoop
@@ -90,6 +97,8 @@ final class KeyspaceSubscription: @unchecked Sendable {
             dropConnection()
             self.attempt = attempt
             confirmed = 0
+            invalidateConfirmed = false
+            canaryWrites = 0
             acceptingEvents = true
             let callbacks = callbacks
             let mirrorLoop = mirrorLoop
@@ -114,6 +123,9 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 self.clientID = reply.integer
                 let handler: (PubSubMessage) -> Void = { [weak self] in self?.handle($0) }
                 connection.subscribe([Array("SUBSCRIBE".utf8), KeyspaceSubscription.invalidateChannel], onMessage: handler)
+                // The canary's own keyspace channel: its `set` events arrive in order with the flush
+                // message, which tells whether a canary write ran before or after a flush.
+                connection.subscribe([Array("SUBSCRIBE".utf8), self.canaryChannel], onMessage: handler)
                 connection.subscribe([Array("PSUBSCRIBE".utf8)] + self.patterns, onMessage: handler)
             }
         }
@@ -184,8 +196,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 // (one connection, in order).
                 markPendingKeys()
                 let sequence = dirty.state.withLock { $0.appendedCount }
-                let (callbacks, attempt) = (callbacks, attempt)
-                mirrorLoop.execute { callbacks.flushed(attempt, sequence) }
+                let (callbacks, attempt, canaryWrites) = (callbacks, attempt, canaryWrites)
+                mirrorLoop.execute { callbacks.flushed(attempt, sequence, canaryWrites) }
+            } else if message.channel == canaryChannel, message.payload.bytes == Array("set".utf8) {
+                canaryWrites += 1
             }
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)
@@ -195,10 +209,18 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 mirrorLoop.execute { callbacks.barrierReached(attempt) }
                 return
             }
+            if message.channel == KeyspaceSubscription.invalidateChannel {
+                invalidateConfirmed = true
+                return
+            }
+            if message.channel == canaryChannel { return }
+            // SUBSCRIBE to the invalidation channel went first: replies come in order, so by the
+            // last pattern's confirmation we know whether it was refused (hiredis 0.14 drops the
+            // error reply of a subscribe command; its absence is the signal).
             confirmed += 1
-            if confirmed == patterns.count + 1 {
-                let clientID = clientID
-                mirrorLoop.execute { callbacks.subscribed(attempt, clientID) }
+            if confirmed == patterns.count {
+                let (clientID, flushChannel) = (clientID, invalidateConfirmed)
+                mirrorLoop.execute { callbacks.subscribed(attempt, clientID, flushChannel) }
             }
         case .unsubscribed, .other:
             break

@@ -19,6 +19,7 @@ extension Mirror {
         let attempt = attempt
         readerUp = false
         subscriberUp = false
+        canaryWritesSent = 0
         reader = AsyncRedisConnection(
             loop: loop, endpoint: configuration.endpoint,
             onConnect: { [weak self] error in
@@ -159,19 +160,27 @@ extension Mirror {
             guard let self, self.phase == .connecting else { return }
             self.connectFailed(
                 MirrorSetupError(
-                    description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs "
-                        + "channel permission &__keyspace@\(self.configuration.endpoint.database)__:* (see docs/security.md)",
+                    description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs +psubscribe and "
+                        + "the channel patterns exactly as the mirror subscribes ("
+                        + self.configuration.prefixes.map {
+                            "&" + String(decoding: KeyspaceNotifications.pattern(database: self.configuration.endpoint.database, keyPrefix: $0), as: UTF8.self)
+                        }.joined(separator: " ") + "; `sessionmirror doctor` prints the whole ACL line)",
                     permanent: true))
         }
         timer.start(afterMilliseconds: 5000)
         subscribeTimer = timer
     }
 
-    func subscriptionsReady(_ attempt: Int, clientID: Int64?) {
+    func subscriptionsReady(_ attempt: Int, clientID: Int64?, flushChannel: Bool) {
         guard attempt == self.attempt, phase == .connecting else { return }
         subscribeTimer?.close()
         subscribeTimer = nil
-        if let clientID {
+        if !flushChannel {
+            logger.warning(
+                "FLUSHALL/FLUSHDB cannot be detected while connected (SUBSCRIBE __redis__:invalidate refused); losses are still found on reconnect",
+                metadata: ["event": "flush_detection_unavailable", "fix": "grant &__redis__:invalidate"])
+        }
+        if let clientID, flushChannel {
             reader?.send(
                 .command(
                     "CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST", "PREFIX",
@@ -186,7 +195,6 @@ extension Mirror {
             }
         }
         phase = .connected
-        reconnectAttempt = 0
         if lastReportedFailure != nil || everConnected {
             logger.notice(
                 "connected to Redis",

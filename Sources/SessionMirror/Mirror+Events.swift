@@ -43,6 +43,15 @@ extension Mirror {
         guard let results = KeyReader.parse(reply, count: batch.keys.count) else {
             stats.errors += 1
             let why = reply.errorMessage ?? "unexpected reply shape"
+            if why.hasPrefix("NOPERM") {
+                // An operator's error: at start it ends the process; later it is retried with backoff.
+                connectFailed(
+                    MirrorSetupError(
+                        description: "reading keys was refused (\(why)): the Redis user needs +eval_ro +type +get +dump +pexpiretime "
+                            + "on the session keys; `sessionmirror doctor` prints the whole ACL line",
+                        permanent: !everSynced))
+                return
+            }
             logger.error("reading keys failed; reconnecting to resync", metadata: ["event": "read_failed", "error": "\(why)"])
             connectionLost("read failed: \(why)")
             return
@@ -165,6 +174,9 @@ extension Mirror {
     }
 
     private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, previousRunID: String?) {
+        // Backoff resets only once a connection proved useful: one that connects and then fails
+        // every read (an ACL refusing the script) must not reconnect in a tight loop.
+        reconnectAttempt = 0
         storedRunID = currentRunID
         storedEvictedKeys = evictedKeysAtConnect
         if outcome.refusedReason == nil { writeCanary() }
@@ -199,7 +211,10 @@ extension Mirror {
     /// The snapshot agrees with Redis: (re)write the canary, so that the next reconnect can tell
     /// logouts in the gap from a loss.
     private func writeCanary() {
-        reader?.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
+        // Not while a flush is being attributed: the canary must show the state before it.
+        guard flushChecks.isEmpty, let reader else { return }
+        canaryWritesSent += 1
+        reader.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
             guard let self, let reply else { return }
             if let refusal = reply.errorMessage, !self.canaryWriteRefused {
                 self.canaryWriteRefused = true
@@ -216,13 +231,17 @@ extension Mirror {
     /// database. Whether ours was flushed, the canary says: asked on the reader connection, its
     /// answer comes after every read issued before it. Until then, deletes of keys dirtied before
     /// the flush are held back.
-    func flushSignalled(upTo sequence: UInt64) {
+    func flushSignalled(upTo sequence: UInt64, canaryWritesBefore: Int) {
         flushChecks.append(FlushCheck(sequence: sequence))
         guard let reader else { return }
+        // Every canary write we sent must have run before the flush (its `set` event came before
+        // the flush message on the subscription). One that ran after would make the canary's
+        // presence meaningless: then the flush counts as ours, at the cost of a harmless NX restore.
+        let canaryPredatesFlush = canaryWritesBefore == canaryWritesSent
         reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
             guard let self, reply != nil, !self.flushChecks.isEmpty else { return }
             let check = self.flushChecks.removeFirst()
-            if reply?.integer == 1 {
+            if reply?.integer == 1 && canaryPredatesFlush {
                 // Another database was flushed: the held deletes were real.
                 if self.flushChecks.isEmpty {
                     self.writer.enqueue(check.deferred)

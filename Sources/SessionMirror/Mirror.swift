@@ -90,6 +90,9 @@ public final class Mirror: @unchecked Sendable {
     var canaryPresentAtConnect: Bool?
     var evictedKeysAtConnect: Int64?
     var canaryWriteRefused = false
+    /// Canary writes sent on the current connection (compared with the `set` events seen before a
+    /// flush message).
+    var canaryWritesSent = 0
     var currentRunID: String?
     var sync: SyncState?
     var everConnected = false
@@ -133,17 +136,20 @@ public final class Mirror: @unchecked Sendable {
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
             pruneIntervalSeconds: configuration.pruneIntervalSeconds)
         subscription = KeyspaceSubscription(
-            endpoint: configuration.endpoint, prefixes: configuration.prefixes, dirty: dirty, mirrorLoop: loop,
+            endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,
+            mirrorLoop: loop,
             callbacks: KeyspaceSubscription.Callbacks(
                 connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
-                subscribed: { [weak self] attempt, clientID in self?.subscriptionsReady(attempt, clientID: clientID) },
+                subscribed: { [weak self] attempt, clientID, flushChannel in
+                    self?.subscriptionsReady(attempt, clientID: clientID, flushChannel: flushChannel)
+                },
                 lost: { [weak self] attempt, reason in
                     guard let self, attempt == self.attempt else { return }
                     self.connectionLost(reason)
                 },
-                flushed: { [weak self] attempt, sequence in
+                flushed: { [weak self] attempt, sequence, canaryWrites in
                     guard let self, attempt == self.attempt else { return }
-                    self.flushSignalled(upTo: sequence)
+                    self.flushSignalled(upTo: sequence, canaryWritesBefore: canaryWrites)
                 },
                 barrierReached: { [weak self] attempt in
                     guard let self, attempt == self.attempt else { return }

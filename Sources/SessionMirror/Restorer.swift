@@ -169,7 +169,13 @@ public struct Restorer: Sendable {
     }
 
     private func renamed(_ key: [UInt8]) -> [UInt8] {
-        guard let rename = options.renamePrefix, key.starts(with: rename.old) else { return key }
+        // A key already under the new prefix stays as it is: `…cache` is a prefix of `…cached_db`,
+        // so renaming cache=cached_db would otherwise turn `…cached_db<id>` into `…cached_dbd_db<id>`.
+        guard let rename = options.renamePrefix, key.starts(with: rename.old),
+            !(rename.new.starts(with: rename.old) && key.starts(with: rename.new))
+        else {
+            return key
+        }
         return rename.new + key.dropFirst(rename.old.count)
     }
 

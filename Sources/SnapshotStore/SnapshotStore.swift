@@ -112,9 +112,17 @@ public final class SnapshotStore {
         let lockPath = path + ".lock"
         let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         if fd < 0 { throw .cannotCreate(path: lockPath, reason: String(cString: strerror(errno))) }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            Glibc.close(fd)
-            throw .locked(path: path)
+        // A lock just released can linger for a moment: a child forked by another thread holds a
+        // copy of the descriptor until its exec closes it (O_CLOEXEC). A second daemon holds it for
+        // good; one second tells the two apart.
+        var attempts = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            attempts += 1
+            if attempts == 100 {
+                Glibc.close(fd)
+                throw .locked(path: path)
+            }
+            usleep(10_000)
         }
         lockDescriptor = fd
     }

@@ -6,7 +6,7 @@ import SessionMirror
 
 /// How to reach Redis; the password never has to be on a command line.
 struct RedisOptions: ParsableArguments {
-    @Option(name: .customLong("redis"), help: "Redis URL: redis://[user@]host:port/db or unix:///path/redis.sock?db=N.")
+    @Option(name: .customLong("redis"), help: "Redis URL: redis://[user@]host:port/db or unix://[user@]/path/redis.sock?db=N.")
     var url = "redis://127.0.0.1:6379/0"
 
     @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")

@@ -3,13 +3,15 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import Synchronization
 import Systemd
 
 /// The options of `run` and `check`: each one overrides the configuration file's key.
 struct RunOptions: ParsableArguments {
     @Option(help: "A TOML configuration file (see deploy/sessionmirror.toml); flags override it.")
     var config: String?
-    @Option(name: .customLong("redis"), help: "Redis URL (default redis://127.0.0.1:6379/0).") var redis: String?
+    @Option(name: .customLong("redis"), help: "redis://[user@]host:port/db or unix://[user@]/path?db=N (default redis://127.0.0.1:6379/0).")
+    var redis: String?
     @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
     var passwordFile: String?
     @Option(name: .customLong("prefix"), help: "Key prefix to mirror (repeatable; default Django's :1:django.contrib.sessions.cache).")
@@ -153,8 +155,13 @@ struct RunCommand: ParsableCommand {
         mirror.onHangup = { sink.reopen() }
         mirror.metricsFile = settings.metricsFile
         if let systemd = SystemdNotifier.fromEnvironment() {
-            mirror.onReady = { systemd.notify("READY=1\nSTATUS=mirroring") }
-            mirror.onStatus = { systemd.notify("STATUS=\($0)") }
+            // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
+            let latestStatus = Mutex("mirroring")
+            mirror.onReady = { systemd.notify("READY=1\nSTATUS=\(latestStatus.withLock { $0 })") }
+            mirror.onStatus = { status in
+                latestStatus.withLock { $0 = status }
+                systemd.notify("STATUS=\(status)")
+            }
             mirror.onStopping = { systemd.notify("STOPPING=1\nSTATUS=stopping") }
             if let interval = systemd.watchdogIntervalMilliseconds {
                 mirror.watchdog = (interval, { systemd.notify("WATCHDOG=1") })

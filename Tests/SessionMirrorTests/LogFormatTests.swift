@@ -63,7 +63,12 @@ struct LogFormatTests {
         #expect(await eventually(timeout: .seconds(20)) { process.output.contains("sync_finished") })
         try redis.client().checked("SET", "session:a b", "v", "EX", "60")
         try redis.client().checked("FLUSHALL")
-        #expect(await eventually { process.output.contains("cache_loss") && process.output.contains("metrics") })
+        // The cache_loss line itself, not the cache_losses field of a metrics line.
+        #expect(await eventually(timeout: .seconds(20)) {
+            let output = process.output
+            return (output.contains(" event=cache_loss ") || output.contains("\"event\":\"cache_loss\""))
+                && output.contains("metrics")
+        })
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(10)) == .exited(0))
         return process.lines

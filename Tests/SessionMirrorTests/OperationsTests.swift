@@ -138,6 +138,7 @@ struct StatusDoctorMetricsTests {
         let path = directory.file("s.db")
         var configuration = MirrorConfiguration(endpoint: endpoint, prefixes: [prefix], snapshotPath: path)
         configuration.metricsIntervalSeconds = 0
+        configuration.configureNotifications = false  // no CONFIG for this user: flags are in the server's config
         let mirror = try RunningMirror.start(configuration: configuration)
         defer { mirror.stop() }
         try await mirror.waitUntilReady()
