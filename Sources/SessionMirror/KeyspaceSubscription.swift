@@ -71,7 +71,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
     }
     static let invalidateChannel = Array("__redis__:invalidate".utf8)
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
-    static let evictedEvent = Array("evicted".utf8)
+    static let evictedTag = PubSubMessage.tag("evicted")
 
     init(
         endpoint: RedisEndpoint, prefixes: [[UInt8]], canaryKey: [UInt8], dirty: SharedDirtyQueue,
@@ -102,7 +102,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
             acceptingEvents = true
             let callbacks = callbacks
             let mirrorLoop = mirrorLoop
-            connection = AsyncRedisConnection(
+            let connection = AsyncRedisConnection(
                 loop: loop, endpoint: endpoint, selectDatabase: false,
                 onConnect: { error in mirrorLoop.execute { callbacks.connected(attempt, error) } },
                 onDisconnect: { [weak self] error in
@@ -111,6 +111,8 @@ final class KeyspaceSubscription: @unchecked Sendable {
                     let reason = error.map { "\($0)" } ?? "connection closed"
                     mirrorLoop.execute { callbacks.lost(attempt, reason) }
                 })
+            connection.patternChannelPrefixLength = channelPrefix.count
+            self.connection = connection
         }
     }
 
@@ -177,9 +179,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private func handle(_ message: PubSubMessage) {
         switch message.kind {
         case .patternMessage:
-            guard acceptingEvents, message.channel.count > channelPrefix.count else { return }
-            let key = Array(message.channel[channelPrefix.count...])
-            let evicted = message.payload.bytes == KeyspaceSubscription.evictedEvent
+            // The connection already dropped the `__keyspace@<db>__:` prefix from the channel.
+            guard acceptingEvents, !message.channel.isEmpty else { return }
+            let key = message.channel
+            let evicted = message.payloadTag == KeyspaceSubscription.evictedTag
             dirty.eventsReceived.add(1, ordering: .relaxed)
             // One SET ... EX is two events in a row (`set`, `expire`) for the same key: keep one,
             // with the last event's eviction flag.

@@ -163,7 +163,7 @@ public final class Mirror: @unchecked Sendable {
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
         // Below the subscription thread (nice 0), above the writer (nice 10): see docs/architecture.md.
-        loop.start(niceness: 4) { [self] in start() }
+        loop.start(niceness: 0) { [self] in start() }
         loop.join()
         subscription.stop()
         if !writer.stop(timeoutSeconds: 4) {
