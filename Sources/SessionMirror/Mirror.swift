@@ -162,8 +162,9 @@ public final class Mirror: @unchecked Sendable {
     ///
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
-        // Below the subscription thread (nice 0), above the writer (nice 10): see docs/architecture.md.
-        loop.start(niceness: 0) { [self] in start() }
+        // At the subscription's priority: at nice 4 it held the dirty set's lock while preempted
+        // and the subscription waited. Only the writer yields (nice 10, docs/architecture.md).
+        loop.start { [self] in start() }
         loop.join()
         subscription.stop()
         if !writer.stop(timeoutSeconds: 4) {
