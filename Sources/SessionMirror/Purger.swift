@@ -28,15 +28,7 @@ public struct Purger {
     }
 
     public func run() throws -> Summary {
-        let store: SnapshotStore
-        let redis: RedisConnection
-        do {
-            // Opened first, so that a bad snapshot path stops the purge before Redis is touched.
-            store = try SnapshotStore(path: snapshotPath, mode: .maintenance)
-            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
-        } catch {
-            throw RestoreError(description: "\(error)")
-        }
+        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
         // also removes evicted rows and rows of keys Redis had already lost.

@@ -1,4 +1,5 @@
 import RedisClient
+import SnapshotStore
 
 extension RedisConnection {
     /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock.
@@ -27,5 +28,19 @@ extension RedisConnection {
             try body(keys.compactMap(\.bytes))
             cursor = next
         } while cursor != Array("0".utf8)
+    }
+}
+
+/// Opens the snapshot and connects to Redis for a one-shot command (restore, verify, purge), the
+/// snapshot first so that a bad path stops the command before Redis is touched. Errors become a
+/// `RestoreError` with the message to print.
+func openSnapshotAndRedis(
+    snapshotPath: String, mode: SnapshotStore.Mode, endpoint: RedisEndpoint
+) throws -> (SnapshotStore, RedisConnection) {
+    do {
+        let store = try SnapshotStore(path: snapshotPath, mode: mode)
+        return (store, try RedisConnection(endpoint: endpoint, timeoutSeconds: 10))
+    } catch {
+        throw RestoreError(description: "\(error)")
     }
 }

@@ -87,18 +87,7 @@ public struct Restorer: Sendable {
     /// Runs the restore. `progress` gets (rows done) now and then.
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
         let started = Clock.monotonicNanoseconds()
-        let store: SnapshotStore
-        do {
-            store = try SnapshotStore(path: snapshotPath, mode: .readOnly)
-        } catch {
-            throw RestoreError(description: "\(error)")
-        }
-        let redis: RedisConnection
-        do {
-            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
-        } catch {
-            throw RestoreError(description: "\(error)")
-        }
+        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
         let now = try redis.serverTimeMilliseconds()
         var summary = RestoreSummary()
         summary.dryRun = options.dryRun

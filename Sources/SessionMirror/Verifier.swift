@@ -44,14 +44,7 @@ public struct Verifier {
     }
 
     public func run() throws -> VerifyReport {
-        let store: SnapshotStore
-        let redis: RedisConnection
-        do {
-            store = try SnapshotStore(path: snapshotPath, mode: .readOnly)
-            redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 10)
-        } catch {
-            throw RestoreError(description: "\(error)")
-        }
+        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
         var report = VerifyReport()
         let now = try redis.serverTimeMilliseconds()
         var snapshotKeys = Set<[UInt8]>()

@@ -6,8 +6,8 @@ import SnapshotStore
 import Testing
 
 /// Writes rows straight into a new snapshot (no daemon), for restore tests that need exact rows:
-/// expired ones, evicted ones, rows under other prefixes.
-private func makeSnapshot(_ path: String, _ rows: [SnapshotRecord]) throws {
+/// expired ones, evicted ones, rows under other prefixes. The store is closed on return.
+func makeSnapshot(_ path: String, _ rows: [SnapshotRecord]) throws {
     let store = try SnapshotStore(path: path, mode: .readWrite)
     try store.begin()
     for row in rows {
@@ -15,6 +15,7 @@ private func makeSnapshot(_ path: String, _ rows: [SnapshotRecord]) throws {
         if row.state == .evicted { try store.markEvicted(key: row.key, changedAt: 1, generation: 1) }
     }
     try store.commit()
+    store.close()
 }
 
 private func restore(

@@ -87,10 +87,7 @@ struct RestoreCommandLineTests {
         defer { redis.stop() }
         let directory = try TemporaryDirectory(label: "cli")
         let path = directory.file("s.db")
-        let store = try SnapshotStore(path: path, mode: .readWrite)
-        try store.begin()
-        try store.upsert(SnapshotRecord(key: bytes(":1:django.contrib.sessions.cacheabc"), type: "string", value: bytes("v"), expiresAt: nil), changedAt: 1, generation: 1)
-        try store.commit()
+        try makeSnapshot(path, [SnapshotRecord(key: bytes(":1:django.contrib.sessions.cacheabc"), type: "string", value: bytes("v"), expiresAt: nil)])
         let (ended, output) = try await MirrorProcess.runToCompletion(
             ["restore", "--snapshot", path, "--redis", redis.url(), "--prefix", ":2:django.contrib.sessions.cache"], in: directory)
         #expect(ended == .exited(2), "\(output)")
@@ -104,11 +101,8 @@ struct RestoreCommandLineTests {
         defer { redis.stop() }
         let directory = try TemporaryDirectory(label: "cli")
         let path = directory.file("s.db")
-        let store = try SnapshotStore(path: path, mode: .readWrite)
-        try store.begin()
         let secret = "s:0123456789abcdefghijklmnopqrstuv"
-        try store.upsert(SnapshotRecord(key: bytes(secret), type: "string", value: bytes("v"), expiresAt: nil), changedAt: 1, generation: 1)
-        try store.commit()
+        try makeSnapshot(path, [SnapshotRecord(key: bytes(secret), type: "string", value: bytes("v"), expiresAt: nil)])
         try redis.client().checked("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@read", "+time")
         let (ended, output) = try await MirrorProcess.runToCompletion(
             ["restore", "--snapshot", path, "--redis", redis.url(username: "reader", password: "pw"), "--prefix", "s:", "--json"],
@@ -126,10 +120,7 @@ struct RestoreCommandLineTests {
         defer { redis.stop() }
         let directory = try TemporaryDirectory(label: "cli")
         let path = directory.file("s.db")
-        let store = try SnapshotStore(path: path, mode: .readWrite)
-        try store.begin()
-        try store.upsert(SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: nil), changedAt: 1, generation: 1)
-        try store.commit()
+        try makeSnapshot(path, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: nil)])
         try redis.client().checked("SET", "s:a", "v")
         let same = try await MirrorProcess.runToCompletion(
             ["verify", "--snapshot", path, "--redis", redis.url(), "--prefix", "s:", "--json"], in: directory)
