@@ -228,7 +228,14 @@ extension Mirror {
     // MARK: - Flush detection
 
     /// Redis sent the flush message every tracking client gets on FLUSHALL, and on FLUSHDB of any
-    /// database. Whether ours was flushed, the canary says: asked on the reader connection, its
+    /// database.
+    ///
+    /// - Important: a narrow race remains. A read that ran after the flush but whose reply reached
+    ///   this loop before the flush message (they travel on different connections and threads) has
+    ///   already applied its delete. It takes a read in flight at the instant of the flush; the rows
+    ///   it deletes were sessions Redis had just lost. Closing it would mean holding every delete
+    ///   until the subscription has caught up with the read, which under load costs seconds of
+    ///   recovery point for every logout. Whether ours was flushed, the canary says: asked on the reader connection, its
     /// answer comes after every read issued before it. Until then, deletes of keys dirtied before
     /// the flush are held back.
     func flushSignalled(upTo sequence: UInt64, canaryWritesBefore: Int) {
