@@ -163,16 +163,6 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         }
     }
 
-    /// Closes the connection once pending replies are in (`redisAsyncDisconnect`); `onDisconnect`
-    /// then gets nil.
-    public func close() {
-        closedByUs = true
-        connectTimer?.close()
-        connectTimer = nil
-        guard let context else { return }
-        redisAsyncDisconnect(context)
-    }
-
     /// Drops the connection at once: pending callbacks get nil (`redisAsyncFree`).
     public func abort() {
         closedByUs = true

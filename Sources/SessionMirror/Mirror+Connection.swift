@@ -223,14 +223,16 @@ extension Mirror {
             return
         }
         stats.errors += 1
-        if lastReportedFailure != error.description {
-            lastReportedFailure = error.description
-            onStatus?("Redis unavailable, retrying: \(error.description)")
-            logger.error(
-                "cannot use Redis; retrying with backoff",
-                metadata: ["event": "redis_unavailable", "error": "\(error.description)"])
-        }
+        reportUnavailable(error.description)
         scheduleReconnect()
+    }
+
+    /// Logs (and tells systemd) that Redis cannot be used, once per distinct reason.
+    private func reportUnavailable(_ reason: String) {
+        guard lastReportedFailure != reason else { return }
+        lastReportedFailure = reason
+        onStatus?("Redis unavailable, retrying: \(reason)")
+        logger.error("cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
     }
 
     func connectionLost(_ reason: String) {
@@ -248,9 +250,8 @@ extension Mirror {
             logger.warning(
                 "lost the connection to Redis; changes in the gap are recovered by a full sync after reconnecting",
                 metadata: ["event": "disconnected", "error": "\(reason)"])
-        } else if lastReportedFailure != reason {
-            lastReportedFailure = reason
-            logger.error("cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
+        } else {
+            reportUnavailable(reason)
         }
         scheduleReconnect()
     }

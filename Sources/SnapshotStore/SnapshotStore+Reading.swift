@@ -43,18 +43,6 @@ extension SnapshotStore {
         }
     }
 
-    /// Reads one row.
-    public func record(forKey key: [UInt8]) throws -> SnapshotRecord? {
-        let statement = try database.prepare(
-            "SELECT key, type, value, expires_at, state, changed_at FROM sessions WHERE key = ?1")
-        try statement.bind(1, blob: key)
-        guard try statement.step() else { return nil }
-        return SnapshotRecord(
-            key: statement.blob(0), type: statement.text(1), value: statement.blob(2),
-            expiresAt: statement.optionalInt64(3), state: RowState(rawValue: statement.int64(4)) ?? .live,
-            changedAt: statement.int64(5))
-    }
-
     /// Counts rows by state, relative to `now` (Unix ms).
     public func counts(now: Int64) throws -> SnapshotCounts {
         let statement = try database.prepare(

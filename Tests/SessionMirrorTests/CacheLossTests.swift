@@ -4,6 +4,19 @@ import SessionMirror
 import SnapshotStore
 import Testing
 
+/// Writes 18 sessions, runs a mirror until its snapshot equals Redis, then stops it cleanly: the
+/// starting point of the "while the daemon was down" tests.
+private func mirrorEighteenSessionsThenStop(
+    _ redis: RedisServer, snapshotPath path: String, configure: (inout MirrorConfiguration) -> Void = { _ in }
+) async throws {
+    let client = try redis.client()
+    for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
+    let mirror = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path, configure: configure)
+    try await mirror.waitUntilReady()
+    try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
+    #expect(mirror.stop() == 0)
+}
+
 @Suite("detecting a cache loss")
 struct CacheLossTests {
     @Test("FLUSHALL is detected while connected and, with --on-cache-loss restore, every session comes back by itself")
@@ -62,13 +75,7 @@ struct CacheLossTests {
         let directory = try TemporaryDirectory(label: "down")
         let path = directory.file("s.db")
         let client = try redis.client()
-        for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
-        let first = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path) {
-            $0.onCacheLoss = .restore
-        }
-        try await first.waitUntilReady()
-        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
-        #expect(first.stop() == 0)
+        try await mirrorEighteenSessionsThenStop(redis, snapshotPath: path) { $0.onCacheLoss = .restore }
 
         for index in 0..<5 { try client.checked("DEL", "session:u\(index)") }  // 28% logged out
 
@@ -89,11 +96,7 @@ struct CacheLossTests {
         let directory = try TemporaryDirectory(label: "down")
         let path = directory.file("s.db")
         let client = try redis.client()
-        for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
-        let first = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path)
-        try await first.waitUntilReady()
-        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
-        #expect(first.stop() == 0)
+        try await mirrorEighteenSessionsThenStop(redis, snapshotPath: path)
 
         try client.checked("FLUSHALL")
 
