@@ -5,27 +5,10 @@ import Glibc
 public struct PubSubMessage {
     /// The first element of the push: `pmessage`, `message`, `psubscribe`, `subscribe`, ...
     public var kind: Kind
-    /// The channel the message was published on (for confirmations: the channel or pattern). For a
-    /// `pmessage`, without its first `patternChannelPrefixLength` bytes (the keyspace prefix).
+    /// The channel the message was published on (for confirmations: the channel or pattern).
     public var channel: [UInt8]
-    /// The payload: `.null` for a flush on `__redis__:invalidate`. For a `pmessage` it is not
-    /// copied (one allocation less per keyspace event): read `payloadTag` instead.
+    /// The payload: for `__redis__:invalidate`, an array of keys, or `.null` for a flush.
     public var payload: RedisReply
-    /// A `pmessage` payload of at most 8 bytes (a keyspace event name), packed little-endian with
-    /// its length in the top byte; 0 otherwise. Compare with `PubSubMessage.tag(_:)`.
-    public var payloadTag: UInt64
-
-    /// The `payloadTag` of a short payload such as `"evicted"`.
-    public static func tag(_ text: StaticString) -> UInt64 {
-        tag(UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
-    }
-
-    static func tag(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
-        guard bytes.count <= 7 else { return 0 }
-        var value = UInt64(bytes.count) << 56
-        for (index, byte) in bytes.enumerated() { value |= UInt64(byte) << (8 * UInt64(index)) }
-        return value
-    }
 
     public enum Kind: Equatable, Sendable {
         case message, patternMessage, subscribed, unsubscribed, other
@@ -44,9 +27,6 @@ public final class AsyncRedisConnection: @unchecked Sendable {
     public typealias ReplyHandler = (RedisReply?) -> Void
 
     public let endpoint: RedisEndpoint
-    /// Bytes dropped from the front of every `pmessage` channel (`__keyspace@0__:`): the key is
-    /// then copied once.
-    public var patternChannelPrefixLength = 0
     private let eventLoop: EventLoop
     private var context: UnsafeMutablePointer<redisAsyncContext>?
     private var replyHandlers: [ReplyHandler?] = []
@@ -257,7 +237,7 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         guard let messageHandler else { return }
         let r = reply.pointee
         guard r.type == REDIS_REPLY_ARRAY, r.elements >= 3, let first = r.element[0] else { return }
-        // Compared in place: this runs once per keyspace event, so no allocation it can avoid.
+        // Compared in place: this runs once per message, so no allocation it can avoid.
         let kind: PubSubMessage.Kind
         var channelIndex = 1
         if AsyncRedisConnection.equals(first, "pmessage") {
@@ -275,22 +255,11 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         guard r.elements > channelIndex + 1, let channel = r.element[channelIndex],
             let payload = r.element[channelIndex + 1]
         else { return }
-        if kind == .patternMessage {
-            let drop = min(patternChannelPrefixLength, channel.pointee.len)
-            let key = channel.pointee.str.map { RedisReply.copyBytes($0 + drop, channel.pointee.len - drop) } ?? []
-            let tag = payload.pointee.str.map { pointer in
-                pointer.withMemoryRebound(to: UInt8.self, capacity: payload.pointee.len) {
-                    PubSubMessage.tag(UnsafeBufferPointer(start: $0, count: payload.pointee.len))
-                }
-            } ?? 0
-            messageHandler(PubSubMessage(kind: kind, channel: key, payload: .null, payloadTag: tag))
-            return
-        }
         messageHandler(
             PubSubMessage(
                 kind: kind,
                 channel: RedisReply.copyBytes(channel.pointee.str, channel.pointee.len),
-                payload: RedisReply(copying: payload), payloadTag: 0))
+                payload: RedisReply(copying: payload)))
     }
 
     private static func equals(_ element: UnsafeMutablePointer<redisReply>, _ text: StaticString) -> Bool {

@@ -32,14 +32,12 @@ public final class EventLoop: @unchecked Sendable {
         wakeup.deallocate()
     }
 
-    /// Starts the loop thread. `body` runs first, on the loop thread, to set up handles.
-    ///
-    /// `niceness` lowers the thread's scheduling priority (Linux nice values are per thread): on a
-    /// busy machine the threads that can fall behind safely yield to the ones that cannot.
-    public func start(name: String = "sessionmirror-loop", niceness: Int32 = 0, _ body: @escaping @Sendable () -> Void) {
+    /// Starts the loop thread. `body` runs first, on the loop thread, to set up handles. The
+    /// kernel's thread name (`top -H`, `/proc/<pid>/task/*/comm`) is `name` cut to 15 bytes.
+    public func start(name: String = "sm-loop", _ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             threadID.withLock { $0 = pthread_self() }
-            if niceness != 0 { lowerThreadPriority(by: niceness) }
+            try? String(name.utf8.prefix(15))?.write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
             body()
             _ = uv_run(loop, UV_RUN_DEFAULT)
             closeAllHandles()
@@ -136,11 +134,4 @@ let loopHandleCloseCallback: @convention(c) (UnsafeMutablePointer<uv_handle_t>?)
         Unmanaged<AnyObject>.fromOpaque(data).release()
     }
     handle.deallocate()
-}
-
-/// Raises the calling thread's nice value (lowers its priority). Linux keeps nice per thread, and
-/// `setpriority(PRIO_PROCESS, 0, …)` applies to the calling thread only. Failure is harmless.
-public func lowerThreadPriority(by niceness: Int32) {
-    let which = __priority_which_t(PRIO_PROCESS.rawValue)
-    _ = setpriority(which, 0, getpriority(which, 0) + niceness)
 }

@@ -5,9 +5,20 @@ import Foundation
 ///
 /// - Important: loop thread only.
 struct DirtyQueue {
+    /// Why a key that reads as missing is gone. Only a keyevent says so; a key that is gone without
+    /// one (a flush, a restart without persistence) keeps its row.
+    enum Gone {
+        /// No event said: keep the row as it is.
+        case unexplained
+        /// `del`, `expired`, `rename_from`, `move_from`: delete the row.
+        case deleted
+        /// `evicted`: a valid login Redis dropped under memory pressure.
+        case evicted
+    }
+
     struct Entry {
-        /// The last event for the key was `evicted` (a missing key is then kept, marked evicted).
-        var evicted: Bool
+        /// The last keyevent for the key since it was last taken.
+        var gone: Gone
         /// Monotonic ns when the key first became dirty; 0 for keys found by a full sync.
         var dirtiedAt: UInt64
     }
@@ -51,14 +62,17 @@ struct DirtyQueue {
     var count: Int { entries.count }
     var isEmpty: Bool { entries.isEmpty }
 
-    /// Marks `key` dirty; the last event decides `evicted`, the first one `dirtiedAt`.
-    mutating func mark(_ key: [UInt8], evicted: Bool, at now: UInt64) {
+    /// Marks `key` dirty; a keyevent (`gone` not nil) replaces what an earlier one said, a tracking
+    /// invalidation (`gone` nil) keeps it: Redis sends the invalidation of a pass of its event
+    /// loop after that pass's keyevents, so the `del` of a logout comes before the invalidation
+    /// of the same change and must survive it.
+    mutating func mark(_ key: [UInt8], gone: Gone?, at now: UInt64) {
         let wrapped = Key(bytes: key)
         if let index = entries.index(forKey: wrapped) {
-            entries.values[index].evicted = evicted  // one hash lookup for a key already waiting
+            if let gone { entries.values[index].gone = gone }  // one hash lookup for a key already waiting
             return
         }
-        entries[wrapped] = Entry(evicted: evicted, dirtiedAt: now)
+        entries[wrapped] = Entry(gone: gone ?? .unexplained, dirtiedAt: now)
         order.append(wrapped)
         appendedCount += 1
     }
@@ -68,13 +82,10 @@ struct DirtyQueue {
     mutating func markFound(_ key: [UInt8]) {
         let wrapped = Key(bytes: key)
         guard entries[wrapped] == nil else { return }
-        entries[wrapped] = Entry(evicted: false, dirtiedAt: 0)
+        entries[wrapped] = Entry(gone: .unexplained, dirtiedAt: 0)
         order.append(wrapped)
         appendedCount += 1
     }
-
-    /// The pending entry for `key`, if any.
-    func entry(for key: [UInt8]) -> Entry? { entries[Key(bytes: key)] }
 
     /// Removes and returns up to `limit` keys, oldest first.
     mutating func take(_ limit: Int) -> [(key: [UInt8], entry: Entry)] {

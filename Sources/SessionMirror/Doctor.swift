@@ -27,25 +27,28 @@ public struct Doctor: Sendable {
     }
 
     /// The `ACL SETUSER` line for a least-privilege user that can run the mirror, restore, verify
-    /// and purge for these prefixes. Channel patterns are listed exactly as the mirror subscribes,
-    /// because Redis compares a pattern subscription with the user's patterns literally.
+    /// and purge for these prefixes: its channels are the ones the mirror subscribes to, exactly.
     ///
     /// No `CONFIG`: on Redis 7.0 `CONFIG GET` cannot be limited to one parameter and would show
     /// `requirepass` and `masterauth`. Such a user runs the daemon with `config_set = false` and
     /// `notify-keyspace-events` set in redis.conf.
     public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
         let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
-        let channels = prefixes.map {
-            "&" + String(decoding: KeyspaceNotifications.pattern(database: database, keyPrefix: $0), as: UTF8.self)
-        } + ["&__keyspace@\(database)__:__sessionmirror__:canary:*"]
+        let channels = Doctor.channels(database: database).map { "&" + $0 }
         var commands = [
-            "+ping", "+info", "+client|id", "+client|tracking", "+psubscribe", "+subscribe", "+scan",
+            "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
             "+eval_ro", "+type", "+get", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
         ]
         if database != 0 { commands.append("+select") }
         return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
-            + ["~__sessionmirror__:*"] + channels + ["&__redis__:invalidate", "&__sessionmirror__:shutdown-barrier", "-@all"]
+            + ["~__sessionmirror__:*"] + channels + ["&__sessionmirror__:shutdown-barrier", "-@all"]
             + commands).joined(separator: " ")
+    }
+
+    /// The channels the mirror subscribes to: client tracking's, then the keyevents.
+    static func channels(database: Int) -> [String] {
+        ([KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: database))
+            .map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Runs every check; the first failing connect ends the list.
@@ -106,21 +109,14 @@ public struct Doctor: Sendable {
         // Subscriptions, on a second connection (a subscribed connection takes no other commands).
         if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
             defer { subscriber.close() }
-            for prefix in prefixes {
-                let pattern = KeyspaceNotifications.pattern(database: endpoint.database, keyPrefix: prefix)
-                let answer = (try? subscriber.command([Array("PSUBSCRIBE".utf8), pattern])) ?? .error("connection lost")
-                let shown = String(decoding: pattern, as: UTF8.self)
-                if answer.elements?.first?.text == "psubscribe" {
-                    add("subscribe", .ok, "PSUBSCRIBE \(shown)")
-                } else {
-                    add("subscribe", .fail, "PSUBSCRIBE \(shown): \(answer.errorMessage ?? "refused")",
-                        fix: "grant +psubscribe and the channel pattern &\(shown) exactly (see the ACL line below)")
-                }
+            let channels = Doctor.channels(database: endpoint.database)
+            let answer = (try? subscriber.command([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })) ?? .error("connection lost")
+            if answer.elements?.first?.text == "subscribe" {
+                add("subscribe", .ok, "SUBSCRIBE \(channels.joined(separator: " "))")
+            } else {
+                add("subscribe", .fail, "SUBSCRIBE \(channels.joined(separator: " ")): \(answer.errorMessage ?? "refused")",
+                    fix: "grant +subscribe and the channels \(channels.map { "&" + $0 }.joined(separator: " ")) (see the ACL line below)")
             }
-            let invalidate = (try? subscriber.command("SUBSCRIBE", "__redis__:invalidate")) ?? .error("connection lost")
-            add("flush detection", invalidate.elements?.first?.text == "subscribe" ? .ok : .warn,
-                "SUBSCRIBE __redis__:invalidate: \(invalidate.errorMessage ?? "ok")",
-                fix: "grant +subscribe and &__redis__:invalidate, or FLUSHALL is only noticed at the next reconnect")
         }
 
         // The reads: the mirror's script on a probe key, SCAN, CLIENT TRACKING.
@@ -153,8 +149,8 @@ public struct Doctor: Sendable {
         }
         let tracking = reply(["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "__sessionmirror__:doctor:"])
         _ = reply(["CLIENT", "TRACKING", "off"])
-        add("client tracking", tracking.errorMessage == nil ? .ok : .warn, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
-            fix: "grant +client|tracking +client|id, or FLUSHALL is only noticed at the next reconnect")
+        add("client tracking", tracking.errorMessage == nil ? .ok : .fail, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
+            fix: "grant +client|tracking +client|id: the mirror learns of changed keys through it")
         let time = reply(["TIME"])
         add("time", time.elements != nil ? .ok : .fail, "TIME (restore judges expiry by Redis's clock): \(time.errorMessage ?? "ok")",
             fix: "grant +time")

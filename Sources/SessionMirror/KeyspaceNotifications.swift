@@ -1,8 +1,31 @@
-/// What the mirror needs from Redis's `notify-keyspace-events`, and how to ask for it.
+/// What the mirror needs from Redis to learn which keys changed, and how to ask for it.
+///
+/// Two sources, both on the subscription connection and so in Redis's own order:
+/// - `CLIENT TRACKING on REDIRECT <subscriber> BCAST PREFIX <prefix>…`: Redis collects the keys
+///   under the prefixes that changed during one pass of its event loop and sends them as one
+///   array on `__redis__:invalidate` (a key written twice in the pass once), and a null on every
+///   FLUSHALL / FLUSHDB. About 70 bytes per changed key, against about 340 for the `set` and
+///   `expire` keyspace messages of one session save (REDIS_FACTS): under `redis-benchmark -P 16`
+///   that is the difference between a subscriber Redis drops at its 32 MB buffer limit and one it
+///   does not.
+/// - Keyevent channels (`__keyevent@<db>__:<event>`, exact channels, payload = the key) for the
+///   few events that say why a key is gone: `del` (logout, also `EXPIRE k 0`, `GETDEL`, …),
+///   `expired`, `rename_from`, `move_from`, and `evicted` (a valid login Redis dropped, kept for a
+///   restore). A key that is gone without one of them (a flush, a restart) keeps its row.
 public enum KeyspaceNotifications {
-    /// K: keyspace channels; g: del/expire/rename/...; $: string writes; h: hash writes;
-    /// x: expired; e: evicted. `K` alone fires nothing.
-    public static let requiredFlags = "Kg$hxe"
+    /// E: keyevent channels; g: del/expire/rename/move/…; x: expired; e: evicted. `E` alone fires
+    /// nothing, and writes need no flag at all: they arrive through client tracking.
+    public static let requiredFlags = "Egxe"
+
+    /// The keyevent channels the mirror subscribes to, and whether the event means evicted.
+    public static let events: [(name: String, evicted: Bool)] = [
+        ("del", false), ("expired", false), ("rename_from", false), ("move_from", false), ("evicted", true),
+    ]
+
+    /// `__keyevent@<db>__:<event>` for every event in `events`, in that order.
+    public static func eventChannels(database: Int) -> [[UInt8]] {
+        events.map { Array("__keyevent@\(database)__:\($0.name)".utf8) }
+    }
 
     /// The flags of `current` that `requiredFlags` still lacks (`A` counts as `g$lshzxet`).
     public static func missingFlags(in current: String) -> String {
@@ -22,14 +45,16 @@ public enum KeyspaceNotifications {
         return "set notify-keyspace-events to include \(requiredFlags) (for example: CONFIG SET notify-keyspace-events \(value), and notify-keyspace-events \(value) in redis.conf so that it survives a restart)"
     }
 
-    /// `__keyspace@<db>__:` as bytes: the channel prefix in front of every key.
-    public static func channelPrefix(database: Int) -> [UInt8] {
-        Array("__keyspace@\(database)__:".utf8)
-    }
-
-    /// The PSUBSCRIBE pattern for a key prefix, with glob characters escaped.
-    public static func pattern(database: Int, keyPrefix: [UInt8]) -> [UInt8] {
-        channelPrefix(database: database) + escapeGlob(keyPrefix) + [UInt8(ascii: "*")]
+    /// The prefixes for `CLIENT TRACKING … BCAST`: Redis refuses overlapping prefixes, so a prefix
+    /// that another one already covers is left out (`:1:django.contrib.sessions.cache` covers
+    /// `…cached_db`). Prefixes are never empty (the configuration refuses it).
+    public static func trackingPrefixes(_ prefixes: [[UInt8]]) -> [[UInt8]] {
+        var kept: [[UInt8]] = []
+        for prefix in prefixes.sorted(by: { $0.count < $1.count }) {
+            if kept.contains(where: { prefix.starts(with: $0) }) { continue }
+            kept.append(prefix)
+        }
+        return kept
     }
 
     /// The SCAN MATCH pattern for a key prefix.

@@ -12,10 +12,12 @@ final class SharedDirtyQueue: Sendable {
     let eventsReceived = Atomic<UInt64>(0)
 }
 
-/// The keyspace subscription on a thread and libuv loop of its own.
+/// The subscription on a thread and libuv loop of its own: the `__redis__:invalidate` channel that
+/// client tracking redirects to (the keys that changed), and the keyevent channels that say why a
+/// key is gone (`KeyspaceNotifications`).
 ///
 /// Redis drops a subscriber whose output buffer passes 32 MB (REDIS_FACTS), and a stalled
-/// subscriber's buffer counts against maxmemory. So this loop does nothing but read events and
+/// subscriber's buffer counts against maxmemory. So this loop does nothing but read messages and
 /// mark keys dirty: the reads, the writer hand-off and the full syncs run on the mirror's loop,
 /// and a burst of work there never delays the drain here.
 ///
@@ -27,21 +29,22 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private let mirrorLoop: EventLoop
     private let dirty: SharedDirtyQueue
     private let endpoint: RedisEndpoint
-    private let patterns: [[UInt8]]
-    private let channelPrefix: [UInt8]
+    private let prefixes: [[UInt8]]
+    /// `__redis__:invalidate`, then the keyevent channels in `KeyspaceNotifications.events` order.
+    private let channels: [[UInt8]]
+    private let canaryKey: [UInt8]
 
     // Subscription-loop state.
     private var connection: AsyncRedisConnection?
     private var attempt = 0
     private var confirmed = 0
-    private var invalidateConfirmed = false
-    /// `set` events of the canary key seen on this connection.
+    private var clientID: Int64?
+    /// Invalidations of the canary key seen on this connection (its writes, in Redis's order).
     private var canaryWrites = 0
-    private let canaryChannel: [UInt8]
     private var acceptingEvents = true
     /// Keys of the current I/O phase, marked under one lock acquisition after it.
     private var pendingKeys: [[UInt8]] = []
-    private var pendingEvicted: [Bool] = []
+    private var pendingGone: [DirtyQueue.Gone?] = []
     private var pendingTimes: [UInt64] = []
     private var checkHook: LoopCheck?
 
@@ -49,15 +52,15 @@ final class KeyspaceSubscription: @unchecked Sendable {
     struct Callbacks: Sendable {
         /// The connection is up (or failed: the error).
         var connected: @Sendable (_ attempt: Int, _ error: RedisError?) -> Void
-        /// Every pattern is subscribed; `flushChannel` says whether `__redis__:invalidate` is too
-        /// (an ACL may refuse it: then a flush is only noticed at the next reconnect).
-        var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64?, _ flushChannel: Bool) -> Void
+        /// Every channel is subscribed: the reader may now turn client tracking on, redirected to
+        /// `clientID`.
+        var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64) -> Void
         /// The connection dropped after it was up.
         var lost: @Sendable (_ attempt: Int, _ reason: String) -> Void
-        /// FLUSHALL / FLUSHDB (of any database): keys dirtied up to `sequence` came before it, and
-        /// so did `canaryWrites` writes of the canary key (in Redis's own order: one connection).
-        var flushed: @Sendable (_ attempt: Int, _ sequence: UInt64, _ canaryWrites: Int) -> Void
-        /// Every event Redis had queued before the shutdown barrier is in the dirty set.
+        /// FLUSHALL / FLUSHDB (of any database): `canaryWrites` invalidations of the canary key came
+        /// before it (in Redis's own order: one connection).
+        var flushed: @Sendable (_ attempt: Int, _ canaryWrites: Int) -> Void
+        /// Every message Redis had queued before the shutdown barrier is in the dirty set.
         var barrierReached: @Sendable (_ attempt: Int) -> Void
     }
 
@@ -71,20 +74,19 @@ final class KeyspaceSubscription: @unchecked Sendable {
     }
     static let invalidateChannel = Array("__redis__:invalidate".utf8)
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
-    static let evictedTag = PubSubMessage.tag("evicted")
 
     init(
         endpoint: RedisEndpoint, prefixes: [[UInt8]], canaryKey: [UInt8], dirty: SharedDirtyQueue,
         mirrorLoop: EventLoop, callbacks: Callbacks
     ) {
-        canaryChannel = KeyspaceNotifications.channelPrefix(database: endpoint.database) + canaryKey
+        self.canaryKey = canaryKey
         self.endpoint = endpoint
         self.dirty = dirty
         self.mirrorLoop = mirrorLoop
         self.callbacks = callbacks
-        patterns = prefixes.map { KeyspaceNotifications.pattern(database: endpoint.database, keyPrefix: $0) }
-        channelPrefix = KeyspaceNotifications.channelPrefix(database: endpoint.database)
-        loop.start(name: "sessionmirror-subscription") { [self] in
+        self.prefixes = prefixes
+        channels = [KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: endpoint.database)
+        loop.start(name: "sm-subscription") { [self] in
             heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
             checkHook = LoopCheck(loop: loop) { [weak self] in self?.wakeMirrorIfNeeded() }
@@ -97,7 +99,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
             dropConnection()
             self.attempt = attempt
             confirmed = 0
-            invalidateConfirmed = false
+            clientID = nil
             canaryWrites = 0
             acceptingEvents = true
             let callbacks = callbacks
@@ -111,29 +113,23 @@ final class KeyspaceSubscription: @unchecked Sendable {
                     let reason = error.map { "\($0)" } ?? "connection closed"
                     mirrorLoop.execute { callbacks.lost(attempt, reason) }
                 })
-            connection.patternChannelPrefixLength = channelPrefix.count
             self.connection = connection
         }
     }
 
-    /// Asks for the client id, then subscribes to the invalidation channel and every pattern.
+    /// Asks for the client id (client tracking redirects to it), then subscribes to every channel
+    /// in one command: an ACL that refuses one refuses all, and no confirmation comes (hiredis 0.14
+    /// drops the error reply of a subscribe; the mirror's timer reports it).
     func subscribe(attempt: Int) {
         loop.execute { [self] in
             guard self.attempt == attempt, let connection else { return }
             connection.send(.command("CLIENT", "ID")) { [weak self] reply in
                 guard let self, self.attempt == attempt, let reply, let connection = self.connection else { return }
                 self.clientID = reply.integer
-                let handler: (PubSubMessage) -> Void = { [weak self] in self?.handle($0) }
-                connection.subscribe([Array("SUBSCRIBE".utf8), KeyspaceSubscription.invalidateChannel], onMessage: handler)
-                // The canary's own keyspace channel: its `set` events arrive in order with the flush
-                // message, which tells whether a canary write ran before or after a flush.
-                connection.subscribe([Array("SUBSCRIBE".utf8), self.canaryChannel], onMessage: handler)
-                connection.subscribe([Array("PSUBSCRIBE".utf8)] + self.patterns, onMessage: handler)
+                connection.subscribe([Array("SUBSCRIBE".utf8)] + self.channels) { [weak self] in self?.handle($0) }
             }
         }
     }
-
-    private var clientID: Int64?
 
     /// Subscribes to a private channel: its confirmation comes after every event queued before it.
     func sendBarrier(attempt: Int) {
@@ -167,7 +163,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private func dropConnection() {
         attempt = -1
         pendingKeys.removeAll()
-        pendingEvicted.removeAll()
+        pendingGone.removeAll()
         pendingTimes.removeAll()
         let old = connection
         connection = nil
@@ -178,32 +174,41 @@ final class KeyspaceSubscription: @unchecked Sendable {
 
     private func handle(_ message: PubSubMessage) {
         switch message.kind {
-        case .patternMessage:
-            // The connection already dropped the `__keyspace@<db>__:` prefix from the channel.
-            guard acceptingEvents, !message.channel.isEmpty else { return }
-            let key = message.channel
-            let evicted = message.payloadTag == KeyspaceSubscription.evictedTag
-            dirty.eventsReceived.add(1, ordering: .relaxed)
-            // One SET ... EX is two events in a row (`set`, `expire`) for the same key: keep one,
-            // with the last event's eviction flag.
-            if let last = pendingKeys.last, last == key {
-                pendingEvicted[pendingEvicted.count - 1] = evicted
+        case .message:
+            guard acceptingEvents else { return }
+            if message.channel == KeyspaceSubscription.invalidateChannel {
+                switch message.payload {
+                case .array(let keys):
+                    let now = Clock.monotonicNanoseconds()
+                    for case .bulk(let key) in keys {
+                        if key == canaryKey {
+                            canaryWrites += 1
+                            continue
+                        }
+                        pendingKeys.append(key)
+                        pendingGone.append(nil)
+                        pendingTimes.append(now)
+                    }
+                    dirty.eventsReceived.add(UInt64(keys.count), ordering: .relaxed)
+                case .null:
+                    // Every change before the flush is in the dirty set once the pending keys are
+                    // marked (one connection, in order).
+                    markPendingKeys()
+                    let (callbacks, attempt, canaryWrites) = (callbacks, attempt, canaryWrites)
+                    mirrorLoop.execute { callbacks.flushed(attempt, canaryWrites) }
+                default:
+                    break
+                }
                 return
             }
+            // A keyevent: the payload is the key, from any key of the database.
+            guard let event = channels.firstIndex(of: message.channel), event > 0, case .bulk(let key) = message.payload,
+                prefixes.contains(where: { key.starts(with: $0) })
+            else { return }
+            dirty.eventsReceived.add(1, ordering: .relaxed)
             pendingKeys.append(key)
-            pendingEvicted.append(evicted)
+            pendingGone.append(KeyspaceNotifications.events[event - 1].evicted ? .evicted : .deleted)
             pendingTimes.append(Clock.monotonicNanoseconds())
-        case .message:
-            if message.channel == KeyspaceSubscription.invalidateChannel, message.payload == .null {
-                // Every event before the flush is in the dirty set once the pending keys are marked
-                // (one connection, in order).
-                markPendingKeys()
-                let sequence = dirty.state.withLock { $0.appendedCount }
-                let (callbacks, attempt, canaryWrites) = (callbacks, attempt, canaryWrites)
-                mirrorLoop.execute { callbacks.flushed(attempt, sequence, canaryWrites) }
-            } else if message.channel == canaryChannel, message.payload.bytes == Array("set".utf8) {
-                canaryWrites += 1
-            }
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)
             if message.channel == KeyspaceSubscription.barrierChannel {
@@ -212,20 +217,11 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 mirrorLoop.execute { callbacks.barrierReached(attempt) }
                 return
             }
-            if message.channel == KeyspaceSubscription.invalidateChannel {
-                invalidateConfirmed = true
-                return
-            }
-            if message.channel == canaryChannel { return }
-            // SUBSCRIBE to the invalidation channel went first: replies come in order, so by the
-            // last pattern's confirmation we know whether it was refused (hiredis 0.14 drops the
-            // error reply of a subscribe command; its absence is the signal).
             confirmed += 1
-            if confirmed == patterns.count {
-                let (clientID, flushChannel) = (clientID, invalidateConfirmed)
-                mirrorLoop.execute { callbacks.subscribed(attempt, clientID, flushChannel) }
+            if confirmed == channels.count, let clientID {
+                mirrorLoop.execute { callbacks.subscribed(attempt, clientID) }
             }
-        case .unsubscribed, .other:
+        case .patternMessage, .unsubscribed, .other:
             break
         }
     }
@@ -235,11 +231,11 @@ final class KeyspaceSubscription: @unchecked Sendable {
         guard !pendingKeys.isEmpty else { return }
         dirty.state.withLock { queue in
             for index in pendingKeys.indices {
-                queue.mark(pendingKeys[index], evicted: pendingEvicted[index], at: pendingTimes[index])
+                queue.mark(pendingKeys[index], gone: pendingGone[index], at: pendingTimes[index])
             }
         }
         pendingKeys.removeAll(keepingCapacity: true)
-        pendingEvicted.removeAll(keepingCapacity: true)
+        pendingGone.removeAll(keepingCapacity: true)
         pendingTimes.removeAll(keepingCapacity: true)
     }
 

@@ -154,46 +154,48 @@ extension Mirror {
     private func subscribe(version: String) {
         pendingServerVersion = version
         subscription.subscribe(attempt: attempt)
-        // hiredis 0.14 drops an error reply to PSUBSCRIBE (an ACL without channel permission), so a
+        // hiredis 0.14 drops an error reply to SUBSCRIBE (an ACL without the channels), so a
         // missing confirmation is how we learn of it.
+        let channels = ([KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: configuration.endpoint.database))
+            .map { "&" + String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
         let timer = LoopTimer(loop: loop) { [weak self] in
             guard let self, self.phase == .connecting else { return }
             self.connectFailed(
                 MirrorSetupError(
-                    description: "PSUBSCRIBE to the keyspace channels was not confirmed: the Redis user needs +psubscribe and "
-                        + "the channel patterns exactly as the mirror subscribes ("
-                        + self.configuration.prefixes.map {
-                            "&" + String(decoding: KeyspaceNotifications.pattern(database: self.configuration.endpoint.database, keyPrefix: $0), as: UTF8.self)
-                        }.joined(separator: " ") + "; `sessionmirror doctor` prints the whole ACL line)",
+                    description: "SUBSCRIBE was not confirmed: the Redis user needs +subscribe and the channels \(channels) "
+                        + "(`sessionmirror doctor` prints the whole ACL line)",
                     permanent: true))
         }
         timer.start(afterMilliseconds: 5000)
         subscribeTimer = timer
     }
 
-    func subscriptionsReady(_ attempt: Int, clientID: Int64?, flushChannel: Bool) {
-        guard attempt == self.attempt, phase == .connecting else { return }
+    /// The subscriber listens: turn client tracking on for the prefixes and the canary key,
+    /// redirected to it. From the reply on, every change under them reaches the subscriber; the
+    /// full sync starts after it on the same connection, so nothing falls between the two.
+    func subscriptionsReady(_ attempt: Int, clientID: Int64) {
+        guard attempt == self.attempt, phase == .connecting, let reader else { return }
         subscribeTimer?.close()
         subscribeTimer = nil
-        if !flushChannel {
-            logger.warning(
-                "FLUSHALL/FLUSHDB cannot be detected while connected (SUBSCRIBE __redis__:invalidate refused); losses are still found on reconnect",
-                metadata: ["event": "flush_detection_unavailable", "fix": "grant &__redis__:invalidate"])
+        var command = ["CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST"].map { Array($0.utf8) }
+        for prefix in KeyspaceNotifications.trackingPrefixes(configuration.prefixes + [canaryKey]) {
+            command += [Array("PREFIX".utf8), prefix]
         }
-        if let clientID, flushChannel {
-            reader?.send(
-                .command(
-                    "CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST", "PREFIX",
-                    Mirror.trackingProbePrefix)
-            ) { [weak self] reply in
-                guard let self, let reply else { return }
-                if let refusal = reply.errorMessage {
-                    self.logger.warning(
-                        "FLUSHALL/FLUSHDB cannot be detected while connected (CLIENT TRACKING refused); losses are still found on reconnect",
-                        metadata: ["event": "flush_detection_unavailable", "error": "\(refusal)"])
-                }
+        reader.send(command) { [weak self] reply in
+            guard let self, let reply, attempt == self.attempt, self.phase == .connecting else { return }
+            if let refusal = reply.errorMessage {
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "CLIENT TRACKING was refused (\(refusal)): the mirror learns of changed keys through it; "
+                            + "the Redis user needs +client|tracking +client|id (`sessionmirror doctor` prints the whole ACL line)",
+                        permanent: true))
+                return
             }
+            self.trackingEnabled()
         }
+    }
+
+    private func trackingEnabled() {
         phase = .connected
         if lastReportedFailure != nil || everConnected {
             logger.notice(
@@ -268,8 +270,7 @@ extension Mirror {
         dirty.state.withLock { $0.removeAll() }
         keysInFlight = 0
         sync = nil
-        // Held deletes are dropped (the rows stay); the full sync after the reconnect decides.
-        flushChecks = []
+        flushChecksPending = 0
         if phase != .stopping { phase = .idle }
     }
 

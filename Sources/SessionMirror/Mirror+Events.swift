@@ -65,15 +65,17 @@ extension Mirror {
             case .present(let type, let value, let expiresAt):
                 kind = .upsert(SnapshotRecord(key: key, type: type, value: value, expiresAt: expiresAt))
             case .missing:
-                let sequence = batch.startSequence + UInt64(index) + 1
-                if sequence <= keepMissingUpTo {
-                    continue  // Dirtied before a flush of our database: "missing" says nothing of a logout.
-                }
-                let evicted = entry.evicted || dirty.state.withLock { $0.entry(for: key)?.evicted == true }
-                kind = evicted && configuration.evictedPolicy == .keep ? .evicted(key: key) : .delete(key: key)
-                if let check = flushChecks.firstIndex(where: { sequence <= $0.sequence }) {
-                    flushChecks[check].deferred.append(
-                        SnapshotChange(kind: kind, dirtiedAt: entry.dirtiedAt, generation: batch.generation))
+                switch entry.gone {
+                case .deleted:
+                    kind = .delete(key: key)
+                case .evicted:
+                    kind = configuration.evictedPolicy == .keep ? .evicted(key: key) : .delete(key: key)
+                case .unexplained:
+                    // No `del`, `expired` or `evicted` came for it (yet): a flush or a restart took
+                    // it, which is a loss, not a logout. Or the event is still on its way (the
+                    // subscription and this reply travel on different connections): then it marks
+                    // the key again and the next read applies it.
+                    stats.keysVanished += 1
                     continue
                 }
             }
@@ -212,7 +214,7 @@ extension Mirror {
     /// logouts in the gap from a loss.
     private func writeCanary() {
         // Not while a flush is being attributed: the canary must show the state before it.
-        guard flushChecks.isEmpty, let reader else { return }
+        guard flushChecksPending == 0, let reader else { return }
         canaryWritesSent += 1
         reader.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
             guard let self, let reply else { return }
@@ -228,36 +230,21 @@ extension Mirror {
     // MARK: - Flush detection
 
     /// Redis sent the flush message every tracking client gets on FLUSHALL, and on FLUSHDB of any
-    /// database.
-    ///
-    /// - Important: a narrow race remains. A read that ran after the flush but whose reply reached
-    ///   this loop before the flush message (they travel on different connections and threads) has
-    ///   already applied its delete. It takes a read in flight at the instant of the flush; the rows
-    ///   it deletes were sessions Redis had just lost. Closing it would mean holding every delete
-    ///   until the subscription has caught up with the read, which under load costs seconds of
-    ///   recovery point for every logout. Whether ours was flushed, the canary says: asked on the reader connection, its
-    /// answer comes after every read issued before it. Until then, deletes of keys dirtied before
-    /// the flush are held back.
-    func flushSignalled(upTo sequence: UInt64, canaryWritesBefore: Int) {
-        flushChecks.append(FlushCheck(sequence: sequence))
+    /// database. Whether ours was flushed, the canary says: asked on the reader connection, its
+    /// answer comes after every read issued before it. No row is at risk meanwhile: a key found
+    /// missing is deleted only on its own `del` / `expired` event (`readFinished`).
+    func flushSignalled(canaryWritesBefore: Int) {
         guard let reader else { return }
-        // Every canary write we sent must have run before the flush (its `set` event came before
-        // the flush message on the subscription). One that ran after would make the canary's
+        flushChecksPending += 1
+        // Every canary write we sent must have run before the flush (its invalidation came before
+        // the flush message on the subscription). One that may have run after (Redis sends the
+        // invalidations of a pass of its loop after a flush in the same pass) makes the canary's
         // presence meaningless: then the flush counts as ours, at the cost of a harmless NX restore.
         let canaryPredatesFlush = canaryWritesBefore == canaryWritesSent
         reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
-            guard let self, reply != nil, !self.flushChecks.isEmpty else { return }
-            let check = self.flushChecks.removeFirst()
-            if reply?.integer == 1 && canaryPredatesFlush {
-                // Another database was flushed: the held deletes were real.
-                if self.flushChecks.isEmpty {
-                    self.writer.enqueue(check.deferred)
-                } else {
-                    self.flushChecks[0].deferred += check.deferred
-                }
-                return
-            }
-            self.keepMissingUpTo = max(self.keepMissingUpTo, check.sequence)
+            guard let self, reply != nil, self.flushChecksPending > 0 else { return }
+            self.flushChecksPending -= 1
+            if reply?.integer == 1 && canaryPredatesFlush { return }  // Another database was flushed.
             self.flushDetected()
         }
     }

@@ -17,6 +17,7 @@ extension Mirror {
         let fields: [(String, String)] = [
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
             ("keys_read", "\(stats.keysRead)"),
+            ("keys_vanished", "\(stats.keysVanished)"),
             ("rows_upserted", "\(writerStats.rowsUpserted)"),
             ("rows_deleted", "\(writerStats.rowsDeleted)"),
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
@@ -59,7 +60,8 @@ extension Mirror {
             for (labels, value) in samples { lines.append("sessionmirror_\(name)\(labels) \(value ?? "0")") }
         }
         func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
-        metric("events_received_total", "counter", "Keyspace events received.", [("", values["events_received"])])
+        metric("events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).", [("", values["events_received"])])
+        metric("keys_vanished_total", "counter", "Keys found missing without a del, expired or evicted event (rows kept).", [("", values["keys_vanished"])])
         metric("keys_read_total", "counter", "Keys read back from Redis.", [("", values["keys_read"])])
         metric("rows_written_total", "counter", "Snapshot rows written, by kind.", [
             ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),

@@ -33,14 +33,6 @@ public final class Mirror: @unchecked Sendable {
         let generation: Int64
     }
 
-    /// A flush signal not yet attributed: Redis sends it for FLUSHDB of any database.
-    struct FlushCheck {
-        /// Keys dirtied up to here came before the flush.
-        let sequence: UInt64
-        /// Deletes of such keys, held until we know whether our database was flushed.
-        var deferred: [SnapshotChange] = []
-    }
-
     let configuration: MirrorConfiguration
     let logger: Logger
     let loop = EventLoop()
@@ -90,16 +82,15 @@ public final class Mirror: @unchecked Sendable {
     var canaryPresentAtConnect: Bool?
     var evictedKeysAtConnect: Int64?
     var canaryWriteRefused = false
-    /// Canary writes sent on the current connection (compared with the `set` events seen before a
-    /// flush message).
+    /// Canary writes sent on the current connection (compared with the canary invalidations seen
+    /// before a flush message).
     var canaryWritesSent = 0
     var currentRunID: String?
     var sync: SyncState?
     var everConnected = false
     var everSynced = false
-    var flushChecks: [FlushCheck] = []
-    /// A key dirtied up to here and found missing is kept: our database was flushed after it.
-    var keepMissingUpTo: UInt64 = 0
+    /// Flush messages whose attribution (our database or another one) is still being asked.
+    var flushChecksPending = 0
     var restoreRunning = false
     var restoreWanted = false
     var shutdownBarrierReached = false
@@ -112,9 +103,6 @@ public final class Mirror: @unchecked Sendable {
     var pendingServerVersion: String?
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
-    /// A tracking prefix that matches no key: we only want the null message Redis sends every
-    /// tracking client on FLUSHALL / FLUSHDB, not an invalidation per write.
-    static let trackingProbePrefix = "__sessionmirror__:flush-probe:"
 
     /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
     public init(configuration: MirrorConfiguration, logger: Logger) throws {
@@ -140,16 +128,14 @@ public final class Mirror: @unchecked Sendable {
             mirrorLoop: loop,
             callbacks: KeyspaceSubscription.Callbacks(
                 connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
-                subscribed: { [weak self] attempt, clientID, flushChannel in
-                    self?.subscriptionsReady(attempt, clientID: clientID, flushChannel: flushChannel)
-                },
+                subscribed: { [weak self] attempt, clientID in self?.subscriptionsReady(attempt, clientID: clientID) },
                 lost: { [weak self] attempt, reason in
                     guard let self, attempt == self.attempt else { return }
                     self.connectionLost(reason)
                 },
-                flushed: { [weak self] attempt, sequence, canaryWrites in
+                flushed: { [weak self] attempt, canaryWrites in
                     guard let self, attempt == self.attempt else { return }
-                    self.flushSignalled(upTo: sequence, canaryWritesBefore: canaryWrites)
+                    self.flushSignalled(canaryWritesBefore: canaryWrites)
                 },
                 barrierReached: { [weak self] attempt in
                     guard let self, attempt == self.attempt else { return }
@@ -163,7 +149,7 @@ public final class Mirror: @unchecked Sendable {
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
         // At the subscription's priority: at nice 4 it held the dirty set's lock while preempted
-        // and the subscription waited. Only the writer yields (nice 10, docs/architecture.md).
+        // and the subscription waited.
         loop.start { [self] in start() }
         loop.join()
         subscription.stop()

@@ -2,6 +2,8 @@
 public struct MirrorStatistics: Sendable {
     public var eventsReceived: UInt64 = 0
     public var keysRead: UInt64 = 0
+    /// Keys read as missing with no `del`/`expired`/`evicted` event: their rows were kept.
+    public var keysVanished: UInt64 = 0
     public var reconnects: UInt64 = 0
     public var fullSyncs: UInt64 = 0
     public var cacheLosses: UInt64 = 0

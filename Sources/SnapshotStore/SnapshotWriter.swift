@@ -25,6 +25,14 @@ public struct SnapshotChange: Sendable {
         self.generation = generation
     }
 
+    /// The key the change is about.
+    var key: [UInt8] {
+        switch kind {
+        case .upsert(let record): return record.key
+        case .delete(let key), .evicted(let key): return key
+        }
+    }
+
     var approximateBytes: Int {
         switch kind {
         case .upsert(let record): return record.key.count + record.value.count + 64
@@ -100,7 +108,11 @@ public final class SnapshotWriter: @unchecked Sendable {
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in
+            // The kernel's thread name, for top -H and /proc/<pid>/task/*/comm.
+            try? "sm-writer".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+            run()
+        }
         thread.name = "sessionmirror-writer"
         thread.start()
     }
@@ -158,10 +170,9 @@ public final class SnapshotWriter: @unchecked Sendable {
     // MARK: - Writer thread
 
     private func run() {
-        // The writer may fall behind safely (reads pause and keys coalesce in the dirty set); the
-        // subscription may not (Redis drops it at 32 MB). On a busy machine, the writer yields.
-        let which = __priority_which_t(PRIO_PROCESS.rawValue)
-        _ = setpriority(which, 0, getpriority(which, 0) + 10)
+        // At the same priority as the loops: at nice +10 (the choice while the keyspace messages
+        // kept the subscription thread busy) the write-to-commit p99 under an unpipelined load
+        // that saturates 2 cores was 0.9 s, at nice 0 0.15 s (docs/benchmarks.md).
         var lastPrune = Clock.unixMilliseconds()
         var failingSince: UInt64?
         var backoffMilliseconds = 50
@@ -230,26 +241,37 @@ public final class SnapshotWriter: @unchecked Sendable {
         let changedAt = Clock.unixMilliseconds()
         try store.begin()
         do {
+            // Changes between two tasks are applied in key order: the rows are stored in key order
+            // (format 3), so a large batch updates neighbouring rows page by page instead of
+            // hopping across the file (docs/benchmarks.md). A task sees every change queued
+            // before it.
+            var run: [SnapshotChange] = []
+            func applyRun() throws {
+                for change in SnapshotWriter.inKeyOrder(run) {
+                    switch change.kind {
+                    case .upsert(let record):
+                        try store.upsert(record, changedAt: changedAt, generation: change.generation)
+                        upserted += 1
+                    case .delete(let key):
+                        try store.delete(key: key)
+                        deleted += 1
+                    case .evicted(let key):
+                        try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
+                        evicted += 1
+                    }
+                }
+                run.removeAll(keepingCapacity: true)
+            }
             for item in items {
                 switch item {
                 case .changes(let changes):
-                    for change in changes {
-                        switch change.kind {
-                        case .upsert(let record):
-                            try store.upsert(record, changedAt: changedAt, generation: change.generation)
-                            upserted += 1
-                        case .delete(let key):
-                            try store.delete(key: key)
-                            deleted += 1
-                        case .evicted(let key):
-                            try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
-                            evicted += 1
-                        }
-                    }
+                    run += changes
                 case .task(let task):
+                    try applyRun()
                     if let action = try task(store) { after.append(action) }
                 }
             }
+            try applyRun()
             if let pruneBefore { pruned = try store.pruneExpired(before: pruneBefore) }
             try store.commit()
         } catch {
@@ -289,5 +311,20 @@ public final class SnapshotWriter: @unchecked Sendable {
                 ])
         }
         return after
+    }
+
+    /// `changes` sorted by key (memcmp order, then length, as SQLite compares BLOBs), keeping the
+    /// order of the changes of one key. Small batches stay as they are: their rows are far apart
+    /// anyway.
+    static func inKeyOrder(_ changes: [SnapshotChange]) -> [SnapshotChange] {
+        guard changes.count >= 512 else { return changes }
+        let order = changes.indices.sorted { a, b in
+            let (l, r) = (changes[a].key, changes[b].key)
+            let common = min(l.count, r.count)
+            let c = l.withUnsafeBytes { lp in r.withUnsafeBytes { rp in memcmp(lp.baseAddress!, rp.baseAddress!, common) } }
+            if c != 0 { return c < 0 }
+            return l.count != r.count ? l.count < r.count : a < b
+        }
+        return order.map { changes[$0] }
     }
 }

@@ -5,7 +5,7 @@ import Testing
 @Suite("Keys and values are mirrored byte for byte", .timeLimit(.minutes(1)))
 struct BinaryKeyTests {
     /// NUL, 0xff, a newline and every glob character: the prefix must match itself literally in
-    /// both the PSUBSCRIBE pattern and the SCAN MATCH pattern.
+    /// the SCAN MATCH pattern.
     static let prefix: [UInt8] = bytes("s*?[ab]") + [0x00, 0xff, 0x0a] + bytes("\\x:")
     /// A key that the prefix matches when read as an unescaped glob, but not literally.
     static let decoy: [UInt8] = bytes("sZZZQa") + [0x00, 0xff, 0x0a] + bytes("x:decoy")

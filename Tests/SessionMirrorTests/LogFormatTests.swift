@@ -42,7 +42,7 @@ private func parseLogfmt(_ line: String) -> [String: String]? {
 
 /// The fields docs/metrics.md documents for `event=metrics`.
 private let metricsFields = [
-    "events_received", "keys_read", "rows_upserted", "rows_deleted", "rows_evicted", "dirty_backlog", "writer_queue",
+    "events_received", "keys_read", "keys_vanished", "rows_upserted", "rows_deleted", "rows_evicted", "dirty_backlog", "writer_queue",
     "commit_latency_p50_ms", "commit_latency_p99_ms", "commit_latency_max_ms", "late_commits", "snapshot_rows_live",
     "snapshot_rows_evicted", "snapshot_bytes", "reconnects", "full_syncs", "cache_losses", "restores", "errors",
     "connected", "redis.run_id",

@@ -69,6 +69,43 @@ struct RedisRestartAndFlushTests {
         }
     }
 
+    @Test("flushes in the middle of write bursts delete no row; only the logouts before them do")
+    func flushesAmidWritesDeleteOnlyLogouts() async throws {
+        try await withMirroredRedis(seed: { try seedSessions($0, count: 200) }) { env in
+            try await env.waitUntilSnapshotMatchesRedis()
+            // Each round, in one pipeline: rewrite every session, log one user out, flush, and
+            // write half of the sessions again. Reads of the other half race the flush.
+            for round in 0..<5 {
+                // The user who logs out this round has a session in Redis and in the snapshot (the
+                // previous round's flush took every key).
+                let logout = bytes("session:logout-\(round)")
+                try env.client.checked([bytes("SET"), logout, bytes("v"), bytes("EX"), bytes("3600")])
+                let mirrored = try await eventually { try env.rows()[logout] != nil }
+                try #require(mirrored, "round \(round): the session that logs out was not mirrored")
+                var commands: [[[UInt8]]] = (0..<200).map {
+                    [bytes("SET"), bytes("session:\($0)"), bytes("before-flush-\(round)"), bytes("EX"), bytes("3600")]
+                }
+                commands.append([bytes("DEL"), logout])
+                commands.append([bytes("FLUSHALL")])
+                commands += (0..<100).map {
+                    [bytes("SET"), bytes("session:\($0)"), bytes("after-flush-\(round)"), bytes("EX"), bytes("3600")]
+                }
+                #expect(try env.client.pipeline(commands).allSatisfy { $0.errorMessage == nil })
+            }
+            let settled = try await eventually {
+                let rows = try env.rows()
+                return (0..<100).allSatisfy { rows[bytes("session:\($0)")]?.value == bytes("after-flush-4") }
+            }
+            #expect(settled, "the writes after the last flush were not mirrored")
+            let rows = try env.rows()
+            let lost = (100..<200).filter { rows[bytes("session:\($0)")] == nil }
+            #expect(lost.isEmpty, "rows deleted by a flush: \(lost.count) of 100")
+            let loggedOut = (0..<5).filter { rows[bytes("session:logout-\($0)")] != nil }
+            #expect(loggedOut.isEmpty, "logged-out sessions still in the snapshot: rounds \(loggedOut)")
+            #expect(env.mirror.mirror.statistics().cacheLosses >= 1)
+        }
+    }
+
     @Test("a logout just before FLUSHDB of another database still deletes its row")
     func logoutBeforeFlushOfAnotherDatabase() async throws {
         try await withMirroredRedis(seed: { try seedSessions($0, count: 20) }) { env in

@@ -1,0 +1,58 @@
+import Foundation
+import SnapshotStore
+import Testing
+
+@Suite("Snapshots of an older format are upgraded in place", .timeLimit(.minutes(1)))
+struct SnapshotFormatTests {
+    /// Format 2 exactly as earlier releases created it (a rowid table with a key index).
+    static let formatTwo = """
+        CREATE TABLE sessions (
+            key BLOB PRIMARY KEY NOT NULL, type TEXT NOT NULL, value BLOB NOT NULL, expires_at INTEGER,
+            changed_at INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0, sync_generation INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE metadata (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+        CREATE INDEX sessions_evicted ON sessions (key) WHERE state = 1;
+        INSERT INTO sessions VALUES (X'3a313a6b00ff', 'string', X'8005deadbeef', 1900000000000, 1, 0, 4);
+        INSERT INTO sessions VALUES (X'3a313a6b02', 'string', X'', NULL, 2, 1, 4);
+        INSERT INTO sessions VALUES (X'3a313a6b01', 'hash', X'0a0b0c', 1800000000000, 3, 0, 3);
+        INSERT INTO metadata VALUES ('canary_token', 'abc123');
+        PRAGMA application_id = 1397573970;
+        PRAGMA user_version = 2;
+        """
+
+    @Test("a format 2 snapshot becomes format 3 (rows in key order) with every row, state and metadata kept")
+    func formatTwoIsUpgraded() throws {
+        let directory = try TemporaryDirectory(label: "format")
+        let path = directory.file("old.db")
+        #expect(try sqlite3(path, SnapshotFormatTests.formatTwo) == "")
+
+        let store = try SnapshotStore(path: path, mode: .readWrite)
+        #expect(try store.formatVersion() == SnapshotStore.formatVersion)
+        #expect(try store.metadata("canary_token") == "abc123")
+        store.close()
+
+        #expect(try sqlite3(path, "SELECT sql LIKE '%WITHOUT ROWID' FROM sqlite_master WHERE name = 'sessions';") == "1")
+        let rows = try snapshotRows(at: path)
+        #expect(rows.count == 3)
+        let first = try #require(rows[[0x3a, 0x31, 0x3a, 0x6b, 0x00, 0xff]])
+        #expect(first.value == [0x80, 0x05, 0xde, 0xad, 0xbe, 0xef] && first.expiresAt == 1_900_000_000_000)
+        #expect(first.type == "string" && first.state == .live)
+        let evicted = try #require(rows[[0x3a, 0x31, 0x3a, 0x6b, 0x02]])
+        #expect(evicted.state == .evicted && evicted.value.isEmpty && evicted.expiresAt == nil)
+        let hash = try #require(rows[[0x3a, 0x31, 0x3a, 0x6b, 0x01]])
+        #expect(hash.type == "hash" && hash.value == [0x0a, 0x0b, 0x0c])
+    }
+}
+
+/// Runs `sql` with the sqlite3 command-line shell on `path`; returns its output, trimmed.
+private func sqlite3(_ path: String, _ sql: String) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+    process.arguments = [path, sql]
+    let output = Pipe()
+    process.standardOutput = output
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+}
