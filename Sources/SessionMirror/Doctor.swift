@@ -37,7 +37,7 @@ public struct Doctor: Sendable {
         let channels = Doctor.channels(database: database).map { "&" + $0 }
         var commands = [
             "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
-            "+eval_ro", "+type", "+get", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
+            "+eval_ro", "+type", "+mget", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
         ]
         if database != 0 { commands.append("+select") }
         return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
@@ -126,8 +126,8 @@ public struct Doctor: Sendable {
             fix: "grant +set on the session prefixes and ~__sessionmirror__:*")
         let read = (try? redis.command(KeyReader.command(for: [Array(probe.utf8)]))) ?? .error("connection lost")
         add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
-            "EVAL of the read script (TYPE, GET, PEXPIRETIME): \(read.errorMessage ?? "ok")",
-            fix: "grant +eval_ro +type +get +dump +pexpiretime: commands inside scripts are checked too")
+            "EVAL_RO of the read script (PEXPIRETIME, MGET, TYPE, DUMP): \(read.errorMessage ?? "ok")",
+            fix: "grant +eval_ro +pexpiretime +mget +type +dump: commands inside scripts are checked too")
         let dump = reply(["DUMP", probe])
         if let payload = dump.bytes {
             let restored = (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))

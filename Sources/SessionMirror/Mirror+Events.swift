@@ -47,7 +47,7 @@ extension Mirror {
                 // An operator's error: at start it ends the process; later it is retried with backoff.
                 connectFailed(
                     MirrorSetupError(
-                        description: "reading keys was refused (\(why)): the Redis user needs +eval_ro +type +get +dump +pexpiretime "
+                        description: "reading keys was refused (\(why)): the Redis user needs +eval_ro +pexpiretime +mget +type +dump "
                             + "on the session keys; `sessionmirror doctor` prints the whole ACL line",
                         permanent: !everSynced))
                 return
