@@ -8,7 +8,7 @@ import Foundation
 ///   lets run beside the daemon.
 public final class SnapshotStore {
     /// The schema version this build writes (`PRAGMA user_version`).
-    public static let formatVersion: Int64 = 3
+    public static let formatVersion: Int64 = 2
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
 
@@ -207,32 +207,6 @@ public final class SnapshotStore {
                 PRAGMA user_version = 2;
                 COMMIT;
                 """, step: "migrate schema to version 2")
-        }
-        if version < 3 {
-            // Version 3: rows stored in key order (WITHOUT ROWID): one B-tree instead of a table and
-            // a key index, so an upsert rewrites one page instead of two, and a batch applied in key
-            // order updates neighbouring rows (docs/benchmarks.md). The copy takes a few seconds per
-            // million rows, once.
-            try database.execute(
-                """
-                BEGIN IMMEDIATE;
-                CREATE TABLE sessions_v3 (
-                    key BLOB PRIMARY KEY NOT NULL,
-                    type TEXT NOT NULL,
-                    value BLOB NOT NULL,
-                    expires_at INTEGER,
-                    changed_at INTEGER NOT NULL,
-                    state INTEGER NOT NULL DEFAULT 0,
-                    sync_generation INTEGER NOT NULL DEFAULT 0
-                ) WITHOUT ROWID;
-                INSERT INTO sessions_v3 (key, type, value, expires_at, changed_at, state, sync_generation)
-                    SELECT key, type, value, expires_at, changed_at, state, sync_generation FROM sessions ORDER BY key;
-                DROP TABLE sessions;
-                ALTER TABLE sessions_v3 RENAME TO sessions;
-                CREATE INDEX sessions_evicted ON sessions (key) WHERE state = 1;
-                PRAGMA user_version = 3;
-                COMMIT;
-                """, step: "migrate schema to version 3")
         }
     }
 

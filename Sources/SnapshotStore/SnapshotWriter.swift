@@ -241,10 +241,9 @@ public final class SnapshotWriter: @unchecked Sendable {
         let changedAt = Clock.unixMilliseconds()
         try store.begin()
         do {
-            // Changes between two tasks are applied in key order: the rows are stored in key order
-            // (format 3), so a large batch updates neighbouring rows page by page instead of
-            // hopping across the file (docs/benchmarks.md). A task sees every change queued
-            // before it.
+            // Changes between two tasks are applied in key order, so that a large batch (a backlog,
+            // a full sync) walks the key index page by page instead of hopping across it
+            // (docs/benchmarks.md). A task sees every change queued before it.
             var run: [SnapshotChange] = []
             func applyRun() throws {
                 for change in SnapshotWriter.inKeyOrder(run) {

@@ -4,34 +4,33 @@ import Testing
 
 @Suite("Snapshots of an older format are upgraded in place", .timeLimit(.minutes(1)))
 struct SnapshotFormatTests {
-    /// Format 2 exactly as earlier releases created it (a rowid table with a key index).
-    static let formatTwo = """
+    /// Format 1 exactly as the first release created it.
+    static let formatOne = """
         CREATE TABLE sessions (
             key BLOB PRIMARY KEY NOT NULL, type TEXT NOT NULL, value BLOB NOT NULL, expires_at INTEGER,
             changed_at INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0, sync_generation INTEGER NOT NULL DEFAULT 0
         );
         CREATE TABLE metadata (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-        CREATE INDEX sessions_evicted ON sessions (key) WHERE state = 1;
         INSERT INTO sessions VALUES (X'3a313a6b00ff', 'string', X'8005deadbeef', 1900000000000, 1, 0, 4);
         INSERT INTO sessions VALUES (X'3a313a6b02', 'string', X'', NULL, 2, 1, 4);
         INSERT INTO sessions VALUES (X'3a313a6b01', 'hash', X'0a0b0c', 1800000000000, 3, 0, 3);
         INSERT INTO metadata VALUES ('canary_token', 'abc123');
         PRAGMA application_id = 1397573970;
-        PRAGMA user_version = 2;
+        PRAGMA user_version = 1;
         """
 
-    @Test("a format 2 snapshot becomes format 3 (rows in key order) with every row, state and metadata kept")
-    func formatTwoIsUpgraded() throws {
+    @Test("a format 1 snapshot becomes format 2 (the index of evicted rows) with every row, state and metadata kept")
+    func formatOneIsUpgraded() throws {
         let directory = try TemporaryDirectory(label: "format")
         let path = directory.file("old.db")
-        #expect(try sqlite3(path, SnapshotFormatTests.formatTwo) == "")
+        #expect(try sqlite3(path, SnapshotFormatTests.formatOne) == "")
 
         let store = try SnapshotStore(path: path, mode: .readWrite)
         #expect(try store.formatVersion() == SnapshotStore.formatVersion)
         #expect(try store.metadata("canary_token") == "abc123")
         store.close()
 
-        #expect(try sqlite3(path, "SELECT sql LIKE '%WITHOUT ROWID' FROM sqlite_master WHERE name = 'sessions';") == "1")
+        #expect(try sqlite3(path, "SELECT count(*) FROM sqlite_master WHERE name = 'sessions_evicted';") == "1")
         let rows = try snapshotRows(at: path)
         #expect(rows.count == 3)
         let first = try #require(rows[[0x3a, 0x31, 0x3a, 0x6b, 0x00, 0xff]])
