@@ -83,6 +83,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     private let store: SnapshotStore
+    private let checkpointer: Checkpointer?
     private let logger: Logger
     private let condition = NSCondition()
     private var queue = Queue()  // guarded by `condition`
@@ -105,6 +106,14 @@ public final class SnapshotWriter: @unchecked Sendable {
     ) {
         self.store = store
         self.logger = logger
+        do {
+            checkpointer = try Checkpointer(path: store.path)
+        } catch {
+            checkpointer = nil
+            logger.warning(
+                "cannot open a second connection for checkpoints; the writer checkpoints itself",
+                metadata: ["event": "checkpointer_unavailable", "error": "\(error)"])
+        }
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
@@ -227,7 +236,9 @@ public final class SnapshotWriter: @unchecked Sendable {
             }
         }
         // Releases the daemon lock now, not when the last reference goes: a new mirror may open
-        // the same snapshot in this process.
+        // the same snapshot in this process. The writer's connection closes last: SQLite then
+        // checkpoints what is left and removes the WAL.
+        checkpointer?.stop()
         store.close()
         done.signal()
     }
@@ -239,6 +250,11 @@ public final class SnapshotWriter: @unchecked Sendable {
         var evicted: UInt64 = 0
         var pruned = 0
         let changedAt = Clock.unixMilliseconds()
+        if let checkpointer, checkpointer.restartWanted.exchange(false, ordering: .relaxed) {
+            // Copies the last frames (the checkpointer did the rest), so that the transaction below
+            // starts the WAL over. Busy (the checkpointer is copying): ask again next time.
+            if (try? store.checkpoint()) != true { checkpointer.restartWanted.store(true, ordering: .relaxed) }
+        }
         try store.begin()
         do {
             // Changes between two tasks are applied in key order, so that a large batch (a backlog,
@@ -273,6 +289,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             try applyRun()
             if let pruneBefore { pruned = try store.pruneExpired(before: pruneBefore) }
             try store.commit()
+            checkpointer?.request()
         } catch {
             store.rollback()
             throw error
