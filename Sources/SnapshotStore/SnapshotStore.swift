@@ -253,21 +253,6 @@ public final class SnapshotStore {
         try statement.step()
     }
 
-    /// Runs a `PASSIVE` checkpoint; true when every frame of the WAL is in the file now.
-    func checkpoint() throws -> Bool {
-        let result = try SnapshotStore.checkpoint(database)
-        return result.complete
-    }
-
-    /// `PRAGMA wal_checkpoint(PASSIVE)` on `database`: the frames in the WAL, and whether every one
-    /// of them is copied into the file (then the next write transaction starts the WAL over).
-    static func checkpoint(_ database: SQLiteDatabase) throws -> (frames: Int64, complete: Bool) {
-        let statement = try database.prepare("PRAGMA wal_checkpoint(PASSIVE)")
-        guard try statement.step() else { return (0, true) }
-        let (busy, frames, copied) = (statement.int64(0), statement.int64(1), statement.int64(2))
-        return (frames, busy == 0 && copied == frames)
-    }
-
     /// Deletes rows whose expiry passed before `cutoff` (Unix ms); returns how many.
     @discardableResult
     public func pruneExpired(before cutoff: Int64) throws -> Int {

@@ -250,11 +250,6 @@ public final class SnapshotWriter: @unchecked Sendable {
         var evicted: UInt64 = 0
         var pruned = 0
         let changedAt = Clock.unixMilliseconds()
-        if let checkpointer, checkpointer.restartWanted.exchange(false, ordering: .relaxed) {
-            // Copies the last frames (the checkpointer did the rest), so that the transaction below
-            // starts the WAL over. Busy (the checkpointer is copying): ask again next time.
-            if (try? store.checkpoint()) != true { checkpointer.restartWanted.store(true, ordering: .relaxed) }
-        }
         try store.begin()
         do {
             // Changes between two tasks are applied in key order, so that a large batch (a backlog,
