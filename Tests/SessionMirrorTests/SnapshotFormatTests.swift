@@ -43,6 +43,26 @@ struct SnapshotFormatTests {
     }
 }
 
+@Suite("The snapshot file itself holds the sessions while the daemon runs", .timeLimit(.minutes(1)))
+struct CheckpointTests {
+    @Test("a copy of the .db file alone, without its -wal, taken while the daemon runs, holds every mirrored session")
+    func fileCopyWithoutWALHoldsSessions() async throws {
+        try await withMirroredRedis { env in
+            // 300 sessions are far fewer WAL pages than SQLite's automatic checkpoint waits for
+            // (8,192): only the checkpoint thread puts them into the file itself.
+            try seedSessions(env.client, count: 300)
+            try await env.waitUntilSnapshotMatchesRedis()
+            let copy = env.directory.file("copy.db")
+            let copied = try await eventually(timeout: .seconds(5)) {
+                try? FileManager.default.removeItem(atPath: copy)
+                try FileManager.default.copyItem(atPath: env.snapshotPath, toPath: copy)
+                return try sqlite3(copy, "SELECT count(*) FROM sessions;") == "300"
+            }
+            #expect(copied, "the snapshot file without its -wal does not hold the 300 sessions")
+        }
+    }
+}
+
 /// Runs `sql` with the sqlite3 command-line shell on `path`; returns its output, trimmed.
 private func sqlite3(_ path: String, _ sql: String) throws -> String {
     let process = Process()
