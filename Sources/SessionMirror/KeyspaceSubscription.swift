@@ -185,6 +185,9 @@ final class KeyspaceSubscription: @unchecked Sendable {
                             canaryWrites += 1
                             continue
                         }
+                        // The canary key is a tracking prefix too: a key that merely starts with
+                        // it is none of ours.
+                        guard prefixes.contains(where: { key.starts(with: $0) }) else { continue }
                         pendingKeys.append(key)
                         pendingGone.append(nil)
                         pendingTimes.append(now)

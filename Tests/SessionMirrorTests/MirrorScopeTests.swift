@@ -34,6 +34,23 @@ struct MirrorScopeTests {
         }
     }
 
+    @Test("a key that starts with the canary key (a tracking prefix of the mirror's own) is not mirrored")
+    func canaryLookalikeIsIgnored() async throws {
+        try await withMirroredRedis { env in
+            try await env.waitUntilSnapshotMatchesRedis()
+            let store = try SnapshotStore(path: env.snapshotPath, mode: .readOnly)
+            let token = try #require(try store.metadata("canary_token"))
+            store.close()
+            let lookalike = bytes("__sessionmirror__:canary:\(token)-not-a-session")
+            try env.client.checked([bytes("SET"), lookalike, bytes("v")])
+            // Changes reach the mirror in order: once the marker is mirrored, so would the lookalike be.
+            try env.client.checked("SET", "session:marker", "v", "EX", "3600")
+            let marked = try await eventually { try snapshotRows(at: env.snapshotPath)[bytes("session:marker")] != nil }
+            #expect(marked)
+            #expect(try snapshotRows(at: env.snapshotPath)[lookalike] == nil)
+        }
+    }
+
     @Test("a mirror of database 3 ignores the same keys in database 0")
     func otherDatabase() async throws {
         try await withMirroredRedis(database: 3, seed: { try seedSessions($0, count: 10) }) { env in
