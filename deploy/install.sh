@@ -162,7 +162,7 @@ SessionMirror is installed; the service is not started. Next:
      only; systemd hands it to the service as a credential; left empty, no password is sent). Read
      without echo, so that it lands in no history file:
        sudo bash -c 'umask 077; read -r -s -p "Redis password: " p; echo; printf "%s\\n" "\$p" > /etc/sessionmirror/redis-password'
-  2. Redis: put 'notify-keyspace-events Kg\$hxe' in redis.conf (a CONFIG SET is lost at restart) and
+  2. Redis: put 'notify-keyspace-events Egxe' in redis.conf (a CONFIG SET is lost at restart) and
      create the least-privilege user (docs/security.md explains each permission; a TLS-only Redis
      needs the local tunnel described there). 'sessionmirror doctor' prints the exact ACL SETUSER
      line for your prefixes; run it again as the new user to see that every check passes:
