@@ -7,9 +7,10 @@ import Synchronization
 /// The mirror daemon: keeps the snapshot equal to Redis for the configured prefixes.
 ///
 /// Threads: the subscription has a libuv loop of its own (`KeyspaceSubscription`), which only
-/// drains events into the shared dirty set; the mirror's loop owns the reader connection, the
-/// reads, the full syncs and every timer; one writer thread owns the SQLite connection. No loop
-/// ever waits for the disk. See docs/architecture.md.
+/// drains client-tracking invalidations and keyevents into the shared dirty set; the mirror's loop
+/// owns the reader connection (which turns client tracking on), the reads, the full syncs and
+/// every timer; one writer thread owns the SQLite connection, and a checkpoint thread a second
+/// one. No loop ever waits for the disk. See docs/architecture.md.
 public final class Mirror: @unchecked Sendable {
     enum Phase { case idle, connecting, connected, stopping }
 
