@@ -34,7 +34,7 @@ public struct Doctor: Sendable {
     /// `notify-keyspace-events` set in redis.conf.
     public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
         let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
-        let channels = Doctor.channels(database: database).map { "&" + $0 }
+        let channels = KeyspaceNotifications.channelNames(database: database).map { "&" + $0 }
         var commands = [
             "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
             "+eval_ro", "+type", "+mget", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
@@ -43,12 +43,6 @@ public struct Doctor: Sendable {
         return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
             + ["~__sessionmirror__:*"] + channels + ["&__sessionmirror__:shutdown-barrier", "-@all"]
             + commands).joined(separator: " ")
-    }
-
-    /// The channels the mirror subscribes to: client tracking's, then the keyevents.
-    static func channels(database: Int) -> [String] {
-        ([KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: database))
-            .map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Runs every check; the first failing connect ends the list.
@@ -109,7 +103,7 @@ public struct Doctor: Sendable {
         // Subscriptions, on a second connection (a subscribed connection takes no other commands).
         if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
             defer { subscriber.close() }
-            let channels = Doctor.channels(database: endpoint.database)
+            let channels = KeyspaceNotifications.channelNames(database: endpoint.database)
             let answer = (try? subscriber.command([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })) ?? .error("connection lost")
             if answer.elements?.first?.text == "subscribe" {
                 add("subscribe", .ok, "SUBSCRIBE \(channels.joined(separator: " "))")

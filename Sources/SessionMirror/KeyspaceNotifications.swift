@@ -22,9 +22,18 @@ public enum KeyspaceNotifications {
         ("del", false), ("expired", false), ("rename_from", false), ("move_from", false), ("evicted", true),
     ]
 
+    /// The channel client tracking redirects invalidations to (RESP2).
+    public static let invalidateChannel = Array("__redis__:invalidate".utf8)
+
+    /// Every channel the mirror subscribes to: `invalidateChannel`, then
     /// `__keyevent@<db>__:<event>` for every event in `events`, in that order.
-    public static func eventChannels(database: Int) -> [[UInt8]] {
-        events.map { Array("__keyevent@\(database)__:\($0.name)".utf8) }
+    public static func channels(database: Int) -> [[UInt8]] {
+        [invalidateChannel] + events.map { Array("__keyevent@\(database)__:\($0.name)".utf8) }
+    }
+
+    /// `channels(database:)` as text, for messages and the ACL line.
+    public static func channelNames(database: Int) -> [String] {
+        channels(database: database).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The flags of `current` that `requiredFlags` still lacks (`A` counts as `g$lshzxet`).

@@ -30,7 +30,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
     private let dirty: SharedDirtyQueue
     private let endpoint: RedisEndpoint
     private let prefixes: [[UInt8]]
-    /// `__redis__:invalidate`, then the keyevent channels in `KeyspaceNotifications.events` order.
+    /// `KeyspaceNotifications.channels`: the invalidation channel, then the keyevent channels.
     private let channels: [[UInt8]]
     private let canaryKey: [UInt8]
 
@@ -72,7 +72,6 @@ final class KeyspaceSubscription: @unchecked Sendable {
     func probe() {
         loop.execute { [self] in heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed) }
     }
-    static let invalidateChannel = Array("__redis__:invalidate".utf8)
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
 
     init(
@@ -85,7 +84,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
         self.mirrorLoop = mirrorLoop
         self.callbacks = callbacks
         self.prefixes = prefixes
-        channels = [KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: endpoint.database)
+        channels = KeyspaceNotifications.channels(database: endpoint.database)
         loop.start(name: "sm-subscription") { [self] in
             heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
@@ -176,7 +175,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
         switch message.kind {
         case .message:
             guard acceptingEvents else { return }
-            if message.channel == KeyspaceSubscription.invalidateChannel {
+            if message.channel == KeyspaceNotifications.invalidateChannel {
                 switch message.payload {
                 case .array(let keys):
                     let now = Clock.monotonicNanoseconds()
@@ -187,7 +186,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
                         }
                         // The canary key is a tracking prefix too: a key that merely starts with
                         // it is none of ours.
-                        guard prefixes.contains(where: { key.starts(with: $0) }) else { continue }
+                        guard isMirrored(key) else { continue }
                         pendingKeys.append(key)
                         pendingGone.append(nil)
                         pendingTimes.append(now)
@@ -206,7 +205,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
             }
             // A keyevent: the payload is the key, from any key of the database.
             guard let event = channels.firstIndex(of: message.channel), event > 0, case .bulk(let key) = message.payload,
-                prefixes.contains(where: { key.starts(with: $0) })
+                isMirrored(key)
             else { return }
             dirty.eventsReceived.add(1, ordering: .relaxed)
             pendingKeys.append(key)
@@ -227,6 +226,11 @@ final class KeyspaceSubscription: @unchecked Sendable {
         case .patternMessage, .unsubscribed, .other:
             break
         }
+    }
+
+    /// True for a key under one of the mirrored prefixes.
+    private func isMirrored(_ key: [UInt8]) -> Bool {
+        prefixes.contains { key.starts(with: $0) }
     }
 
     /// Marks the keys of this I/O phase dirty, under one lock acquisition.

@@ -156,8 +156,8 @@ extension Mirror {
         subscription.subscribe(attempt: attempt)
         // hiredis 0.14 drops an error reply to SUBSCRIBE (an ACL without the channels), so a
         // missing confirmation is how we learn of it.
-        let channels = ([KeyspaceSubscription.invalidateChannel] + KeyspaceNotifications.eventChannels(database: configuration.endpoint.database))
-            .map { "&" + String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+        let channels = KeyspaceNotifications.channelNames(database: configuration.endpoint.database)
+            .map { "&" + $0 }.joined(separator: " ")
         let timer = LoopTimer(loop: loop) { [weak self] in
             guard let self, self.phase == .connecting else { return }
             self.connectFailed(

@@ -20,12 +20,7 @@ final class Checkpointer: @unchecked Sendable {
 
     init(path: String) throws {
         database = try SQLiteDatabase(path: path, readOnly: false, create: false)
-        let thread = Thread { [self] in
-            try? "sm-checkpoint".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
-            run()
-        }
-        thread.name = "sessionmirror-checkpoint"
-        thread.start()
+        startNamedThread("sm-checkpoint") { [self] in run() }
     }
 
     /// Asks for a checkpoint soon (after a commit); requests coalesce.

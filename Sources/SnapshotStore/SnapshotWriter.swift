@@ -34,10 +34,8 @@ public struct SnapshotChange: Sendable {
     }
 
     var approximateBytes: Int {
-        switch kind {
-        case .upsert(let record): return record.key.count + record.value.count + 64
-        case .delete(let key), .evicted(let key): return key.count + 64
-        }
+        if case .upsert(let record) = kind { return record.key.count + record.value.count + 64 }
+        return key.count + 64
     }
 }
 
@@ -117,13 +115,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
-        let thread = Thread { [self] in
-            // The kernel's thread name, for top -H and /proc/<pid>/task/*/comm.
-            try? "sm-writer".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
-            run()
-        }
-        thread.name = "sessionmirror-writer"
-        thread.start()
+        startNamedThread("sm-writer") { [self] in run() }
     }
 
     /// Bytes of changes queued and not yet committed (for back-pressure on the loop).
@@ -329,8 +321,9 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// anyway.
     static func inKeyOrder(_ changes: [SnapshotChange]) -> [SnapshotChange] {
         guard changes.count >= 512 else { return changes }
+        let keys = changes.map(\.key)  // once, not twice per comparison
         let order = changes.indices.sorted { a, b in
-            let (l, r) = (changes[a].key, changes[b].key)
+            let (l, r) = (keys[a], keys[b])
             let common = min(l.count, r.count)
             let c = l.withUnsafeBytes { lp in r.withUnsafeBytes { rp in memcmp(lp.baseAddress!, rp.baseAddress!, common) } }
             if c != 0 { return c < 0 }
