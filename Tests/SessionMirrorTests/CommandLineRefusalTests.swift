@@ -59,13 +59,7 @@ struct CommandLineRefusalTests {
     func snapshotInMissingDirectory() async throws {
         let directory = try TemporaryDirectory(label: "missing-dir")
         let path = directory.file("no-such-directory/sessions.db")
-        let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
-        #expect(
-            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
-        )
-        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
-        #expect(output.contains(path), "the message does not name the path: \(output)")
+        try await expectSnapshotPathRefused(path, in: directory)
     }
 
     @Test("a snapshot path under a regular file is refused with a one-line message")
@@ -73,13 +67,21 @@ struct CommandLineRefusalTests {
         let directory = try TemporaryDirectory(label: "not-a-dir")
         try Data("x".utf8).write(to: URL(fileURLWithPath: directory.file("plain-file")))
         let path = directory.file("plain-file/sessions.db")
+        try await expectSnapshotPathRefused(path, in: directory)
+    }
+
+    /// Runs the daemon with the snapshot at `path`: it must exit non-zero with one message line
+    /// that names the path.
+    private func expectSnapshotPathRefused(
+        _ path: String, in directory: TemporaryDirectory, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
         let (termination, output) = try await MirrorProcess.runToCompletion(
             ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
         #expect(
-            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
-        )
-        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
-        #expect(output.contains(path), "the message does not name the path: \(output)")
+            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)",
+            sourceLocation: sourceLocation)
+        #expect(messageLines(output).count == 1, "expected one line:\n\(output)", sourceLocation: sourceLocation)
+        #expect(output.contains(path), "the message does not name the path: \(output)", sourceLocation: sourceLocation)
     }
 
     /// A file at the snapshot path that is not a usable snapshot.

@@ -29,6 +29,23 @@ private func restore(
     ).run()
 }
 
+/// A redis-server of its own and a snapshot path in a directory that lives as long as the fixture;
+/// `now` is Redis's clock (ms) when it started, for the rows' expiry.
+private struct RestoreFixture {
+    let redis: RedisServer
+    let directory: TemporaryDirectory
+    let path: String
+    let now: Int64
+
+    static func start() async throws -> RestoreFixture {
+        let redis = try await RedisServer.start()
+        let directory = try TemporaryDirectory(label: "restore")
+        return RestoreFixture(
+            redis: redis, directory: directory, path: directory.file("s.db"),
+            now: try redis.client().serverTimeMilliseconds())
+    }
+}
+
 @Suite("restore")
 struct RestoreTests {
     @Test("restore puts every valid session back with its exact absolute expiry, byte for byte")
@@ -56,11 +73,10 @@ struct RestoreTests {
 
     @Test("restore never overwrites a live key; --overwrite does")
     func neverOverwrites() async throws {
-        let redis = try await RedisServer.start()
-        defer { redis.stop() }
-        let directory = try TemporaryDirectory(label: "restore")
-        let path = directory.file("s.db")
-        let expiry = try redis.client().serverTimeMilliseconds() + 600_000
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let expiry = fixture.now + 600_000
         try makeSnapshot(path, [
             SnapshotRecord(key: bytes("s:one"), type: "string", value: bytes("old"), expiresAt: expiry),
             SnapshotRecord(key: bytes("s:two"), type: "string", value: bytes("two"), expiresAt: expiry),
@@ -81,11 +97,10 @@ struct RestoreTests {
 
     @Test("expired rows are skipped and counted; rows without expiry go back without one")
     func skipsExpired() async throws {
-        let redis = try await RedisServer.start()
-        defer { redis.stop() }
-        let directory = try TemporaryDirectory(label: "restore")
-        let path = directory.file("s.db")
-        let now = try redis.client().serverTimeMilliseconds()
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let now = fixture.now
         try makeSnapshot(path, [
             SnapshotRecord(key: bytes("s:gone"), type: "string", value: bytes("x"), expiresAt: now - 1000),
             SnapshotRecord(key: bytes("s:valid"), type: "string", value: bytes("y"), expiresAt: now + 60_000),
@@ -101,11 +116,10 @@ struct RestoreTests {
 
     @Test("evicted sessions are restored, unless --skip-evicted")
     func restoresEvicted() async throws {
-        let redis = try await RedisServer.start()
-        defer { redis.stop() }
-        let directory = try TemporaryDirectory(label: "restore")
-        let path = directory.file("s.db")
-        let expiry = try redis.client().serverTimeMilliseconds() + 60_000
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let expiry = fixture.now + 60_000
         try makeSnapshot(path, [
             SnapshotRecord(key: bytes("s:evicted"), type: "string", value: bytes("e"), expiresAt: expiry, state: .evicted),
             SnapshotRecord(key: bytes("s:live"), type: "string", value: bytes("l"), expiresAt: expiry),
@@ -120,11 +134,10 @@ struct RestoreTests {
 
     @Test("--rename-prefix puts cached_db sessions back under the cache engine's prefix")
     func renamesPrefix() async throws {
-        let redis = try await RedisServer.start()
-        defer { redis.stop() }
-        let directory = try TemporaryDirectory(label: "restore")
-        let path = directory.file("s.db")
-        let expiry = try redis.client().serverTimeMilliseconds() + 60_000
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let expiry = fixture.now + 60_000
         let old = ":1:django.contrib.sessions.cached_db"
         let new = ":1:django.contrib.sessions.cache"
         try makeSnapshot(path, [
@@ -145,11 +158,10 @@ struct RestoreTests {
 
     @Test("--dry-run counts what would happen and writes nothing")
     func dryRunWritesNothing() async throws {
-        let redis = try await RedisServer.start()
-        defer { redis.stop() }
-        let directory = try TemporaryDirectory(label: "restore")
-        let path = directory.file("s.db")
-        let expiry = try redis.client().serverTimeMilliseconds() + 60_000
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let expiry = fixture.now + 60_000
         try makeSnapshot(path, [
             SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("a"), expiresAt: expiry),
             SnapshotRecord(key: bytes("s:b"), type: "string", value: bytes("b"), expiresAt: expiry),
