@@ -7,12 +7,9 @@ extension Mirror {
     func logMetrics() {
         let writerStats = writer.statistics(resetLatency: true)
         let gauges = snapshotGauges.withLock { $0 }
-        // The counts for the next line come from the writer, which owns the connection.
-        writer.enqueue { [self] store in
-            let counts = try store.quickCounts()
-            let bytes = store.fileBytes()
-            snapshotGauges.withLock { $0 = (counts.live, counts.evicted, bytes) }
-            return nil
+        // The counts for the next line are taken beside the writer, not in its transaction.
+        writer.requestCounts { [self] live, evicted, bytes in
+            snapshotGauges.withLock { $0 = (live, evicted, bytes) }
         }
         let fields: [(String, String)] = [
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),

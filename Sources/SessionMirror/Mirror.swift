@@ -123,7 +123,7 @@ public final class Mirror: @unchecked Sendable {
         canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds)
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds)
         subscription = KeyspaceSubscription(
             endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,
             mirrorLoop: loop,

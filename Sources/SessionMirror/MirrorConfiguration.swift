@@ -42,6 +42,8 @@ public struct MirrorConfiguration: Sendable {
     public var metricsIntervalSeconds = 10
     /// Expired rows are pruned this often.
     public var pruneIntervalSeconds = 60
+    /// Rows are pruned once their expiry passed this long ago.
+    public var pruneGraceSeconds = 60
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000

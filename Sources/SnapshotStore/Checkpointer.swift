@@ -1,37 +1,69 @@
 import Foundation
 
-/// Copies the WAL back into the snapshot file on a thread and connection of its own.
+/// Work on the snapshot that must not hold up the writer, on a thread and connection of its own:
+/// checkpoints, the row counts of the metrics, and the search for expired rows to prune.
 ///
 /// With SQLite's automatic checkpoint, the commit that crosses the threshold copies thousands of
 /// pages and syncs the file before it returns, and every change queued behind it waits: that was
 /// the tail of the write-to-commit latency under load (docs/benchmarks.md). A `PASSIVE` checkpoint
-/// from another connection runs beside the writer's transactions.
+/// from another connection runs beside the writer's transactions. The counts and the search for
+/// expired rows scan the table (tens and hundreds of milliseconds with a million rows); run in the
+/// writer's transaction they held every commit back that long (a 360 ms write-to-commit p99 in
+/// the second of a prune, docs/benchmarks.md). Here they read a snapshot of the table beside the
+/// writer, and only the deletes of the rows found go through the writer.
 ///
 /// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
 /// transaction begins with every frame copied, which a busy writer rarely sees between this
 /// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it
 /// the WAL grew to 380 MB under the `-P 16` load, with it 136-200 MB).
 final class Checkpointer: @unchecked Sendable {
-    private let database: SQLiteDatabase
+    /// Row counts and bytes on disk, for the metrics.
+    typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
+    /// Keys of rows whose expiry passed before `cutoff` (Unix ms), found by a prune pass.
+    typealias ExpiredHandler = @Sendable (_ keys: [[UInt8]], _ cutoff: Int64) -> Void
+
+    /// Rows handed to the writer per prune pass: the keys are held in memory until it deletes them.
+    static let pruneBatch = 10_000
+
+    private let store: SnapshotStore  // a second connection, used on this thread only
     private let condition = NSCondition()
-    private var requested = false  // guarded by `condition`
+    private var checkpointRequested = false  // guarded by `condition`
+    private var countRequests: [CountsHandler] = []  // guarded by `condition`
     private var stopping = false  // guarded by `condition`
     private let finished = DispatchSemaphore(value: 0)
+    private let pruneIntervalNanoseconds: UInt64
+    private let pruneGraceMilliseconds: Int64
+    private let expired: ExpiredHandler
 
-    init(path: String) throws {
-        database = try SQLiteDatabase(path: path, readOnly: false, create: false)
+    /// Opens a second connection to the snapshot at `path` and starts the thread. Every
+    /// `pruneIntervalSeconds` it looks for rows whose expiry passed more than `pruneGraceSeconds`
+    /// ago and hands their keys to `expired` (at most `pruneBatch` a pass; a full batch is followed
+    /// by the next pass a second later).
+    init(path: String, pruneIntervalSeconds: Int, pruneGraceSeconds: Int, expired: @escaping ExpiredHandler) throws {
+        store = try SnapshotStore(path: path, mode: .maintenance)
+        pruneIntervalNanoseconds = UInt64(pruneIntervalSeconds) * 1_000_000_000
+        pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
+        self.expired = expired
         startNamedThread("sm-checkpoint") { [self] in run() }
     }
 
     /// Asks for a checkpoint soon (after a commit); requests coalesce.
     func request() {
         condition.lock()
-        requested = true
+        checkpointRequested = true
         condition.signal()
         condition.unlock()
     }
 
-    /// Finishes the checkpoint in progress, closes the connection and returns.
+    /// Counts the rows on this thread and calls `handler` with the numbers.
+    func requestCounts(_ handler: @escaping CountsHandler) {
+        condition.lock()
+        countRequests.append(handler)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Finishes the work in progress, closes the connection and returns.
     func stop() {
         condition.lock()
         stopping = true
@@ -41,20 +73,42 @@ final class Checkpointer: @unchecked Sendable {
     }
 
     private func run() {
+        var nextPrune = Clock.monotonicNanoseconds() + pruneIntervalNanoseconds
         while true {
             condition.lock()
-            while !requested && !stopping { condition.wait() }
+            while !checkpointRequested && countRequests.isEmpty && !stopping {
+                let now = Clock.monotonicNanoseconds()
+                if now >= nextPrune { break }
+                _ = condition.wait(until: Date(timeIntervalSinceNow: Double(nextPrune - now) / 1e9))
+            }
             if stopping {
                 condition.unlock()
                 break
             }
-            requested = false
+            let checkpoint = checkpointRequested
+            let counts = countRequests
+            checkpointRequested = false
+            countRequests = []
             condition.unlock()
-            // A failure (disk full) is left to the next request and to the writer's checkpoint.
-            try? database.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            usleep(50_000)  // at most 20 passes a second: the commits in between coalesce
+
+            // A failure (disk full, a busy file) is left to the next pass and to the writer.
+            if !counts.isEmpty, let rows = try? store.quickCounts() {
+                let bytes = store.fileBytes()
+                for handler in counts { handler(rows.live, rows.evicted, bytes) }
+            }
+            if Clock.monotonicNanoseconds() >= nextPrune {
+                let cutoff = Clock.unixMilliseconds() - pruneGraceMilliseconds
+                let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
+                if !keys.isEmpty { expired(keys, cutoff) }
+                let again = keys.count == Checkpointer.pruneBatch ? 1_000_000_000 : pruneIntervalNanoseconds
+                nextPrune = Clock.monotonicNanoseconds() + again
+            }
+            if checkpoint {
+                try? store.database.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                usleep(50_000)  // at most 20 passes a second: the commits in between coalesce
+            }
         }
-        database.close()
+        store.close()
         finished.signal()
     }
 }

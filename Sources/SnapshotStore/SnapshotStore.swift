@@ -262,6 +262,34 @@ public final class SnapshotStore {
         return database.changes
     }
 
+    /// Keys of up to `limit` rows whose expiry passed before `cutoff` (Unix ms), for a prune.
+    public func expiredKeys(before cutoff: Int64, limit: Int) throws -> [[UInt8]] {
+        let statement = try database.prepare(
+            "SELECT key FROM sessions WHERE expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2")
+        try statement.bind(1, cutoff)
+        try statement.bind(2, Int64(limit))
+        var keys: [[UInt8]] = []
+        while try statement.step() { keys.append(statement.blob(0)) }
+        return keys
+    }
+
+    /// Deletes the rows of `keys` whose expiry (still) passed before `cutoff`; returns how many.
+    /// A row written again since `expiredKeys` found it stays.
+    @discardableResult
+    public func deleteExpired(keys: [[UInt8]], before cutoff: Int64) throws -> Int {
+        let statement = try database.prepare(
+            "DELETE FROM sessions WHERE key = ?1 AND expires_at IS NOT NULL AND expires_at < ?2")
+        var deleted = 0
+        for key in keys {
+            defer { statement.reset() }
+            try statement.bind(1, blob: key)
+            try statement.bind(2, cutoff)
+            try statement.step()
+            deleted += database.changes
+        }
+        return deleted
+    }
+
     /// Reads a metadata value.
     public func metadata(_ name: String) throws -> String? {
         let statement = try database.prepare("SELECT value FROM metadata WHERE name = ?1")

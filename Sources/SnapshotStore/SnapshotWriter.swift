@@ -81,7 +81,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     private let store: SnapshotStore
-    private let checkpointer: Checkpointer?
+    /// Set once in `init`, before the writer thread starts.
+    private var checkpointer: Checkpointer?
     private let logger: Logger
     private let condition = NSCondition()
     private var queue = Queue()  // guarded by `condition`
@@ -104,17 +105,18 @@ public final class SnapshotWriter: @unchecked Sendable {
     ) {
         self.store = store
         self.logger = logger
-        do {
-            checkpointer = try Checkpointer(path: store.path)
-        } catch {
-            checkpointer = nil
-            logger.warning(
-                "cannot open a second connection for checkpoints; the writer checkpoints itself",
-                metadata: ["event": "checkpointer_unavailable", "error": "\(error)"])
-        }
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
+        do {
+            checkpointer = try Checkpointer(
+                path: store.path, pruneIntervalSeconds: pruneIntervalSeconds, pruneGraceSeconds: pruneGraceSeconds
+            ) { [weak self] keys, cutoff in self?.enqueuePrune(keys, before: cutoff) }
+        } catch {
+            logger.warning(
+                "cannot open a second connection for checkpoints and scans; the writer does them itself",
+                metadata: ["event": "checkpointer_unavailable", "error": "\(error)"])
+        }
         startNamedThread("sm-writer") { [self] in run() }
     }
 
@@ -140,6 +142,30 @@ public final class SnapshotWriter: @unchecked Sendable {
         queue.items.append(.task(task))
         condition.signal()
         condition.unlock()
+    }
+
+    /// Counts the snapshot's rows (live, evicted) and bytes on disk off the writer's thread (the
+    /// count reads the whole key index: tens of milliseconds with a million rows), then calls
+    /// `handler` with them.
+    public func requestCounts(_ handler: @escaping @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void) {
+        if let checkpointer {
+            checkpointer.requestCounts(handler)
+            return
+        }
+        enqueue { store in
+            let counts = try store.quickCounts()
+            handler(counts.live, counts.evicted, store.fileBytes())
+            return nil
+        }
+    }
+
+    /// Deletes the expired rows the checkpoint thread found, in order with the changes.
+    private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
+        enqueue { [self] store in
+            let pruned = try store.deleteExpired(keys: keys, before: cutoff)
+            stats.withLock { $0.rowsPruned += UInt64(pruned) }
+            return nil
+        }
     }
 
     /// A copy of the counters; `resetLatency` starts a new latency interval.
@@ -194,8 +220,9 @@ public final class SnapshotWriter: @unchecked Sendable {
 
             if pending.isEmpty && stopping { break }
 
+            // Without the checkpoint thread, the writer looks for expired rows itself.
             let now = Clock.unixMilliseconds()
-            let prune = now - lastPrune >= pruneIntervalMilliseconds
+            let prune = checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds
             do {
                 let after = try commit(pending, pruneBefore: prune ? now - pruneGraceMilliseconds : nil)
                 if prune { lastPrune = now }
