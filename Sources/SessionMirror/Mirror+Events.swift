@@ -97,6 +97,7 @@ extension Mirror {
         // look seen by the next sync.
         writer.enqueue { store in
             try store.setMetadata("sync_generation", String(newGeneration))
+            try store.beginFullSync(generation: newGeneration)
             return nil
         }
         sync = SyncState(generation: newGeneration, reason: reason, startedAt: Clock.monotonicNanoseconds())

@@ -63,7 +63,9 @@ extension SnapshotStore {
 
     /// After a full sync of `generation`: deletes live, unexpired rows the sync did not see, unless
     /// the evidence is ambiguous (Redis restarted, or more than `maxDeleteFraction` would go while
-    /// a loss cannot be ruled out), in which case it deletes nothing and says why.
+    /// a loss cannot be ruled out), in which case it deletes nothing and says why. A row counts as
+    /// seen when the sync wrote it (its stamp is `generation`) or found it unchanged
+    /// (`temp.sync_seen`, see `beginFullSync`). Ends the full sync.
     ///
     /// `lossRuledOut` is the caller's proof that Redis kept its data through the gap (the canary key
     /// survived, no eviction happened): then missing rows are deletions, however many.
@@ -72,11 +74,13 @@ extension SnapshotStore {
     public func reconcile(
         generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool = false
     ) throws -> ReconcileOutcome {
+        let missing = """
+            state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)
+                AND key NOT IN (SELECT key FROM temp.sync_seen)
+            """
         let countStatement = try database.prepare(
             """
-            SELECT
-                coalesce(sum(expires_at IS NULL OR expires_at > ?1), 0),
-                coalesce(sum(state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)), 0)
+            SELECT coalesce(sum(expires_at IS NULL OR expires_at > ?1), 0), coalesce(sum(\(missing)), 0)
             FROM sessions
             """)
         try countStatement.bind(1, now)
@@ -91,14 +95,14 @@ extension SnapshotStore {
             } else if !lossRuledOut && Double(outcome.missingRows) > maxDeleteFraction * Double(outcome.unexpiredRows) {
                 outcome.refusedReason = "too_many_missing"
             } else {
-                let delete = try database.prepare(
-                    "DELETE FROM sessions WHERE state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)")
+                let delete = try database.prepare("DELETE FROM sessions WHERE \(missing)")
                 try delete.bind(1, now)
                 try delete.bind(2, generation)
                 try delete.step()
                 outcome.deleted = database.changes
             }
         }
+        try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "end the full sync")
         return outcome
     }
 

@@ -26,18 +26,20 @@ public final class SnapshotStore {
     let database: SQLiteDatabase
     private var lockDescriptor: Int32 = -1
 
+    /// A row that already holds the same live value and expiry is not written again (a resync of
+    /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
     private lazy var upsertStatement = try? database.prepare(
         """
         INSERT INTO sessions (key, type, value, expires_at, changed_at, state, sync_generation)
         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
         ON CONFLICT (key) DO UPDATE SET
-            changed_at = CASE
-                WHEN sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
-                    AND sessions.expires_at IS excluded.expires_at THEN sessions.changed_at
-                ELSE excluded.changed_at END,
-            type = excluded.type, value = excluded.value, expires_at = excluded.expires_at,
-            state = 0, sync_generation = excluded.sync_generation
+            changed_at = excluded.changed_at, type = excluded.type, value = excluded.value,
+            expires_at = excluded.expires_at, state = 0, sync_generation = excluded.sync_generation
+        WHERE NOT (sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
+            AND sessions.expires_at IS excluded.expires_at)
         """)
+    private lazy var markSeenStatement = try? database.prepare(
+        "INSERT INTO temp.sync_seen (key) SELECT ?1 FROM temp.sync_state WHERE generation = ?2")
     private lazy var deleteStatement = try? database.prepare("DELETE FROM sessions WHERE key = ?1")
     private lazy var evictStatement = try? database.prepare(
         "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3 WHERE key = ?1 AND state = 0")
@@ -77,6 +79,18 @@ public final class SnapshotStore {
             try takeLock()
             if exists { _ = chmod(path, 0o600) }
             try upgrade(from: version)
+        }
+        if mode != .readOnly {
+            // The full sync's bookkeeping (`beginFullSync`), per connection, never in the file.
+            do {
+                try database.execute(
+                    """
+                    CREATE TEMP TABLE sync_seen (key BLOB NOT NULL);
+                    CREATE TEMP TABLE sync_state (generation INTEGER NOT NULL);
+                    """, step: "create the full sync's temporary tables")
+            } catch {
+                throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
+            }
         }
     }
 
@@ -222,7 +236,8 @@ public final class SnapshotStore {
     /// Rolls back after a failed write; never throws.
     public func rollback() { try? database.execute("ROLLBACK") }
 
-    /// Inserts or replaces a live row.
+    /// Inserts or replaces a live row. A row that already holds this value and expiry is left as
+    /// it is; during a full sync of `generation` its key is remembered as seen instead.
     public func upsert(_ record: SnapshotRecord, changedAt: Int64, generation: Int64) throws {
         guard let statement = upsertStatement else { throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage) }
         defer { statement.reset() }
@@ -233,6 +248,25 @@ public final class SnapshotStore {
         try statement.bind(5, changedAt)
         try statement.bind(6, generation)
         try statement.step()
+        if database.changes == 0 {
+            guard let markSeen = markSeenStatement else { throw SQLiteError(step: "prepare mark seen", code: 1, message: database.lastMessage) }
+            defer { markSeen.reset() }
+            try markSeen.bind(1, blob: record.key)
+            try markSeen.bind(2, generation)
+            try markSeen.step()
+        }
+    }
+
+    /// Starts a full sync of `generation`: until `reconcile`, rows it finds unchanged keep their
+    /// older generation stamp and their keys go to `temp.sync_seen` instead. The temporary tables
+    /// belong to this connection (in a file SQLite unlinks as it opens it; the daemon's unit gives
+    /// it a private /tmp) and change in the writer's transactions: a rolled-back transaction
+    /// takes its marks with it.
+    public func beginFullSync(generation: Int64) throws {
+        try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "start a full sync")
+        let insert = try database.prepare("INSERT INTO temp.sync_state (generation) VALUES (?1)")
+        try insert.bind(1, generation)
+        try insert.step()
     }
 
     /// Deletes a row (the key was deleted or expired in Redis).
