@@ -7,6 +7,9 @@ import Glibc
 /// - Important: not thread-safe; one owner at a time. The daemon's event path never uses it: it runs
 ///   on `EventLoop` with `AsyncRedisConnection` so that nothing there ever blocks.
 public final class RedisConnection {
+    /// The hiredis this build was compiled with.
+    public static let hiredisVersion = "\(HIREDIS_MAJOR).\(HIREDIS_MINOR).\(HIREDIS_PATCH)"
+
     private var context: UnsafeMutablePointer<redisContext>?
     public let endpoint: RedisEndpoint
     /// Commands appended and not yet read back.

@@ -199,7 +199,7 @@ public final class Mirror: @unchecked Sendable {
         logger.info(
             "starting",
             metadata: [
-                "event": "starting", "redis": "\(configuration.endpoint)",
+                "event": "starting", "version": "\(BuildInfo.version)", "redis": "\(configuration.endpoint)",
                 "snapshot.path": "\(configuration.snapshotPath)",
                 "prefixes": "\(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
             ])

@@ -11,6 +11,8 @@ public final class SnapshotStore {
     public static let formatVersion: Int64 = 2
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
+    /// The SQLite library loaded at run time.
+    public static var sqliteVersion: String { String(cString: sqlite3_libversion()) }
 
     public enum Mode {
         /// Read and write; create the file (0600) when it does not exist.

@@ -1,11 +1,13 @@
 import ArgumentParser
 import Foundation
+import SessionMirror
 
 @main
 struct SessionMirrorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sessionmirror",
         abstract: "Mirrors Redis session keys into a SQLite snapshot and puts them back after a cache loss.",
+        version: BuildInfo.description,
         subcommands: [RunCommand.self, CheckCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self, StatusCommand.self, DoctorCommand.self]
     )
 

@@ -1,4 +1,5 @@
 import Foundation
+import SessionMirror
 import SnapshotStore
 import Testing
 
@@ -38,6 +39,16 @@ struct CommandLineRefusalTests {
             testDescription: "a resync guard above 100%", arguments: ["--max-resync-delete", "150%"],
             mentions: "--max-resync-delete"),
     ]
+
+    @Test("--version names the release, the snapshot format and the C libraries, and exits 0")
+    func version() async throws {
+        let directory = try TemporaryDirectory(label: "version")
+        let (termination, output) = try await MirrorProcess.runToCompletion(["--version"], in: directory, timeout: .seconds(10))
+        #expect(termination == .exited(0), "\(termination?.description ?? "still running"): \(output)")
+        #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == BuildInfo.description)
+        #expect(BuildInfo.description.contains("snapshot format \(SnapshotStore.formatVersion)"))
+        #expect(BuildInfo.description.contains("SQLite 3.") && BuildInfo.description.contains("hiredis "))
+    }
 
     @Test("a bad command line is refused with a one-line message", arguments: badArguments)
     func badCommandLine(_ bad: BadArguments) async throws {
