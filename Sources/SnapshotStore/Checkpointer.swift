@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Work on the snapshot that must not hold up the writer, on a thread and connection of its own:
 /// checkpoints, the row counts of the metrics, and the search for expired rows to prune.
@@ -19,7 +20,8 @@ import Foundation
 final class Checkpointer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
-    /// Keys of rows whose expiry passed before `cutoff` (Unix ms), found by a prune pass.
+    /// Keys of rows whose expiry passed before `cutoff` (Unix ms), found by a prune pass; the
+    /// receiver calls `pruneCommitted()` once their deletes are committed.
     typealias ExpiredHandler = @Sendable (_ keys: [[UInt8]], _ cutoff: Int64) -> Void
 
     /// Rows handed to the writer per prune pass: the keys are held in memory until it deletes them.
@@ -34,6 +36,8 @@ final class Checkpointer: @unchecked Sendable {
     private let pruneIntervalNanoseconds: UInt64
     private let pruneGraceMilliseconds: Int64
     private let expired: ExpiredHandler
+    /// A batch of expired keys was handed to `expired` and its deletes are not committed yet.
+    private let pruneHandedOver = Atomic<Bool>(false)
 
     /// Opens a second connection to the snapshot at `path` and starts the thread. Every
     /// `pruneIntervalSeconds` it looks for rows whose expiry passed more than `pruneGraceSeconds`
@@ -63,6 +67,12 @@ final class Checkpointer: @unchecked Sendable {
         countRequests.append(handler)
         condition.signal()
         condition.unlock()
+    }
+
+    /// The writer committed the deletes of the last batch handed to `expired`: the next pass may
+    /// look for more.
+    func pruneCommitted() {
+        pruneHandedOver.store(false, ordering: .releasing)
     }
 
     /// Finishes the work in progress, closes the connection and returns.
@@ -99,10 +109,20 @@ final class Checkpointer: @unchecked Sendable {
                 for handler in counts { handler(rows.live, rows.evicted, bytes) }
             }
             if Clock.monotonicNanoseconds() >= nextPrune {
-                let cutoff = Clock.unixMilliseconds() - pruneGraceMilliseconds
-                let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
-                if !keys.isEmpty { expired(keys, cutoff) }
-                let again = keys.count == Checkpointer.pruneBatch ? 1_000_000_000 : pruneIntervalNanoseconds
+                var again = pruneIntervalNanoseconds
+                if pruneHandedOver.load(ordering: .acquiring) {
+                    // The writer has not committed the last batch yet (busy, or the disk is
+                    // full): one batch at a time, however long it waits.
+                    again = 1_000_000_000
+                } else {
+                    let cutoff = Clock.unixMilliseconds() - pruneGraceMilliseconds
+                    let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
+                    if !keys.isEmpty {
+                        pruneHandedOver.store(true, ordering: .releasing)
+                        expired(keys, cutoff)
+                    }
+                    if keys.count == Checkpointer.pruneBatch { again = 1_000_000_000 }
+                }
                 nextPrune = Clock.monotonicNanoseconds() + again
             }
             if checkpoint {

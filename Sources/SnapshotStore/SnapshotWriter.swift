@@ -161,10 +161,13 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     /// Deletes the expired rows the checkpoint thread found, in order with the changes.
     private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
+        let checkpointer = checkpointer
         enqueue { [self] store in
             let pruned = try store.deleteExpired(keys: keys, before: cutoff)
-            stats.withLock { $0.rowsPruned += UInt64(pruned) }
-            return nil
+            return { [self] in
+                stats.withLock { $0.rowsPruned += UInt64(pruned) }
+                checkpointer?.pruneCommitted()
+            }
         }
     }
 
