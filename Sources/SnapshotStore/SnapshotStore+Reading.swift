@@ -89,6 +89,7 @@ extension SnapshotStore {
         var outcome = ReconcileOutcome(
             unexpiredRows: Int(countStatement.int64(0)), missingRows: Int(countStatement.int64(1)), deleted: 0,
             refusedReason: nil)
+        countStatement.reset()  // frees its sorted copy of the marks (a temporary file) before the delete makes one
         if outcome.missingRows > 0 {
             if runIDChanged {
                 outcome.refusedReason = "redis_restarted"

@@ -87,6 +87,7 @@ public final class SnapshotStore {
             do {
                 try database.execute(
                     """
+                    PRAGMA temp.auto_vacuum = FULL;
                     CREATE TEMP TABLE sync_seen (key BLOB NOT NULL);
                     CREATE TEMP TABLE sync_state (generation INTEGER NOT NULL);
                     """, step: "create the full sync's temporary tables")
