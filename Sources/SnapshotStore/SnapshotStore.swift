@@ -262,9 +262,9 @@ public final class SnapshotStore {
 
     /// Starts a full sync of `generation`: until `reconcile`, rows it finds unchanged keep their
     /// older generation stamp and their keys go to `temp.sync_seen` instead. The temporary tables
-    /// belong to this connection (in a file SQLite unlinks as it opens it; the daemon's unit gives
-    /// it a private /tmp) and change in the writer's transactions: a rolled-back transaction
-    /// takes its marks with it.
+    /// belong to this connection (in files SQLite unlinks as it opens them, in `/var/tmp`, which
+    /// the daemon's unit makes private) and change in the writer's transactions: a rolled-back
+    /// transaction takes its marks with it.
     public func beginFullSync(generation: Int64) throws {
         try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "start a full sync")
         let insert = try database.prepare("INSERT INTO temp.sync_state (generation) VALUES (?1)")
