@@ -4,6 +4,7 @@ public struct LatencyHistogram: Sendable {
     private var buckets = [UInt64](repeating: 0, count: 512)
     public private(set) var count: UInt64 = 0
     public private(set) var maxMicroseconds: UInt64 = 0
+    public private(set) var sumMicroseconds: UInt64 = 0
 
     public init() {}
 
@@ -11,6 +12,7 @@ public struct LatencyHistogram: Sendable {
     public mutating func record(microseconds value: UInt64) {
         buckets[LatencyHistogram.bucket(for: value)] += 1
         count += 1
+        sumMicroseconds &+= value
         if value > maxMicroseconds { maxMicroseconds = value }
     }
 
@@ -24,6 +26,17 @@ public struct LatencyHistogram: Sendable {
             if seen >= max(rank, 1) { return min(LatencyHistogram.upperEdge(of: index), maxMicroseconds) }
         }
         return maxMicroseconds
+    }
+
+    /// How many latencies were at most `bound` microseconds, counting only buckets that lie wholly
+    /// within it: never more than the true count, so a quantile read from these counts is never
+    /// better than the truth (Prometheus `le` buckets).
+    public func count(atMost bound: UInt64) -> UInt64 {
+        var total: UInt64 = 0
+        for (index, n) in buckets.enumerated() where n > 0 && LatencyHistogram.upperEdge(of: index) <= bound {
+            total += n
+        }
+        return total
     }
 
     // 16 sub-buckets per power of two.

@@ -49,8 +49,10 @@ public struct WriterStatistics: Sendable {
     public var rowsPruned: UInt64 = 0
     /// Changes committed later than the commit interval after their key became dirty.
     public var lateCommits: UInt64 = 0
-    /// Write-to-commit latency of every change committed since the last `takeLatencies`.
+    /// Write-to-commit latency of every change committed since the last `statistics(resetLatency: true)`.
     public var latency = LatencyHistogram()
+    /// Write-to-commit latency of every change committed since the writer started.
+    public var latencySinceStart = LatencyHistogram()
     /// Wall-clock Unix ms of the last commit.
     public var lastCommitAt: Int64 = 0
     /// Changes queued and not yet committed.
@@ -326,6 +328,7 @@ public final class SnapshotWriter: @unchecked Sendable {
                 for change in changes where change.dirtiedAt > 0 && change.dirtiedAt <= committed {
                     let waited = committed - change.dirtiedAt
                     stats.latency.record(microseconds: waited / 1000)
+                    stats.latencySinceStart.record(microseconds: waited / 1000)
                     if waited > commitIntervalNanoseconds {
                         late += 1
                         worst = max(worst, waited)

@@ -191,6 +191,14 @@ struct StatusDoctorMetricsTests {
         let text = try String(contentsOfFile: metricsPath, encoding: .utf8)
         #expect(text.contains("# TYPE sessionmirror_events_received_total counter"))
         #expect(text.contains("sessionmirror_connected 1"))
+        // The write-to-commit histogram: cumulative buckets up to +Inf, which equals the count.
+        #expect(text.contains("# TYPE sessionmirror_write_to_commit_seconds histogram"))
+        let buckets = text.split(separator: "\n").filter { $0.hasPrefix("sessionmirror_write_to_commit_seconds_bucket{") }
+            .compactMap { line in line.split(separator: " ").last.flatMap { UInt64($0) } }
+        let count = text.split(separator: "\n").first { $0.hasPrefix("sessionmirror_write_to_commit_seconds_count ") }
+            .flatMap { $0.split(separator: " ").last.flatMap { UInt64($0) } }
+        #expect(buckets.count == 22 && buckets == buckets.sorted(), "\(buckets)")
+        #expect(count != nil && buckets.last == count && count! >= 5, "\(buckets) \(String(describing: count))")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.contains(".tmp.") }
         #expect(leftovers.isEmpty)
         process.signal(SIGTERM)
