@@ -30,6 +30,43 @@ struct VerifyPurgeTests {
         }
     }
 
+    @Test("sessions that expire while verify runs count as expired, not as missing from Redis")
+    func sessionsExpiringDuringVerify() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "verify-expiry")
+        let path = directory.file("s.db")
+        let client = try redis.client()
+        defer { client.close() }
+        // 20,000 sessions in Redis and in the snapshot alike, expiring one after the other over
+        // two seconds, from two seconds on: each verify below runs while hundreds expire.
+        let start = try client.serverTimeMilliseconds() + 2_000
+        let store = try SnapshotStore(path: path, mode: .readWrite)
+        var commands: [[[UInt8]]] = []
+        try store.begin()
+        for index in 0..<20_000 {
+            let key = bytes("session:\(index)")
+            let expiresAt = start + Int64(index / 10)
+            try store.upsert(
+                SnapshotRecord(key: key, type: "string", value: bytes("v"), expiresAt: expiresAt), changedAt: 0, generation: 1)
+            commands.append([bytes("SET"), key, bytes("v"), bytes("PXAT"), bytes(String(expiresAt))])
+        }
+        try store.commit()
+        store.close()
+        #expect(try client.pipeline(commands).allSatisfy { $0.errorMessage == nil })
+
+        let verifier = Verifier(snapshotPath: path, endpoint: redis.endpoint(), prefixes: [bytes("session:")])
+        var runs = 0
+        while try client.serverTimeMilliseconds() < start + 2_200 {
+            let report = try verifier.run()
+            #expect(report.inSync, "\(report)")
+            #expect(report.equal + report.expired == 20_000)
+            runs += 1
+        }
+        #expect(runs > 1)
+        withExtendedLifetime(directory) {}
+    }
+
     @Test("purge logs everybody out: the sessions leave Redis and the snapshot, and a restore brings none back")
     func purgeDeletesBothSides() async throws {
         try await withMirroredRedis { env in
