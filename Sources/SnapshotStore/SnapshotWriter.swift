@@ -146,9 +146,9 @@ public final class SnapshotWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Counts the snapshot's rows (live, evicted) and bytes on disk off the writer's thread (the
-    /// count reads the whole key index: tens of milliseconds with a million rows), then calls
-    /// `handler` with them.
+    /// Counts the snapshot's rows (live, evicted) and bytes on disk, then calls `handler` with
+    /// them: on the checkpoint thread (the count reads the whole key index, tens of milliseconds
+    /// with a million rows), or in the writer's queue when that thread could not start.
     public func requestCounts(_ handler: @escaping @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void) {
         if let checkpointer {
             checkpointer.requestCounts(handler)
