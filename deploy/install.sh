@@ -9,7 +9,8 @@
 #   2. builds a release binary with the Swift runtime linked in (needs Swift 6 in PATH);
 #   3. creates the system user and group `sessionmirror` (no shell, no login);
 #   4. installs /usr/local/bin/sessionmirror, /etc/systemd/system/sessionmirror.service,
-#      /etc/logrotate.d/sessionmirror and the docs in /usr/local/share/doc/sessionmirror;
+#      /etc/logrotate.d/sessionmirror and the docs (with the mtail program and the lnav format)
+#      in /usr/local/share/doc/sessionmirror;
 #   5. installs /etc/sessionmirror/sessionmirror.toml only if there is none (an existing file is
 #      never touched; the new example goes next to it as sessionmirror.toml.example), and an empty
 #      /etc/sessionmirror/redis-password (no password) if there is none;
@@ -193,6 +194,9 @@ install -m 0644 "$repo/deploy/sessionmirror.service" /etc/systemd/system/session
 install -m 0644 "$repo/deploy/logrotate/sessionmirror" /etc/logrotate.d/sessionmirror
 install -d -m 0755 /usr/local/share/doc/sessionmirror
 install -m 0644 "$repo"/README.md "$repo"/docs/*.md /usr/local/share/doc/sessionmirror/
+# The log tailers' programs (docs/metrics.md): mtail's, and lnav's format and view.
+install -m 0644 "$repo"/deploy/mtail/sessionmirror.mtail "$repo"/deploy/lnav/sessionmirror.json \
+    "$repo"/deploy/lnav/sessionmirror.sql /usr/local/share/doc/sessionmirror/
 
 # 5. Configuration: root owns it, the daemon's group may read it, nobody else. The password is
 # not in it (systemd hands it over as a credential from /etc/sessionmirror/redis-password).
