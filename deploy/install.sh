@@ -9,7 +9,8 @@
 #   2. builds a release binary with the Swift runtime linked in (needs Swift 6 in PATH);
 #   3. creates the system user and group `sessionmirror` (no shell, no login);
 #   4. installs /usr/local/bin/sessionmirror, /etc/systemd/system/sessionmirror.service,
-#      /etc/logrotate.d/sessionmirror and the docs in /usr/local/share/doc/sessionmirror;
+#      /etc/logrotate.d/sessionmirror and the docs (with the mtail program and the lnav format)
+#      in /usr/local/share/doc/sessionmirror;
 #   5. installs /etc/sessionmirror/sessionmirror.toml only if there is none (an existing file is
 #      never touched; the new example goes next to it as sessionmirror.toml.example), and an empty
 #      /etc/sessionmirror/redis-password (no password) if there is none;
@@ -18,6 +19,91 @@
 set -euo pipefail
 
 usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+
+# The shared libraries an ELF file names (DT_NEEDED), one per line, read with readelf, which only
+# parses the file. Not ldd: ldd may execute the program it inspects (it runs it through its
+# dynamic loader), and this script runs as root on a binary that may come from anywhere.
+needed_libraries() {
+    readelf -d -W "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'
+}
+
+# Where the loader would find library $2 for binary $1: its RUNPATH/RPATH directories ($ORIGIN is
+# the binary's directory), then the loader's cache (ldconfig -p). Prints the path; fails when the
+# library is nowhere.
+resolve_library() {
+    local binary="$1" library="$2" origin directory paths
+    origin="$(cd "$(dirname "$binary")" && pwd)"
+    paths="$(readelf -d -W "$binary" | sed -n 's/.*(\(RUNPATH\|RPATH\)).*\[\(.*\)\]$/\2/p' | tr ':' '\n')"
+    while IFS= read -r directory; do
+        [ -n "$directory" ] || continue
+        directory="${directory//\$ORIGIN/$origin}"
+        directory="${directory//\$\{ORIGIN\}/$origin}"
+        if [ -e "$directory/$library" ]; then
+            printf '%s\n' "$directory/$library"
+            return 0
+        fi
+    done <<<"$paths"
+    ldconfig -p | awk -v name="$library" '$1 == name { print $NF; found = 1; exit } END { exit !found }'
+}
+
+# Checks an ELF binary before it is installed: every library it needs is installed, and the Swift
+# runtime is linked in (or at least readable by the service). Prints what is wrong; fails when the
+# service could not start it.
+check_binary_libraries() {
+    local binary="$1" libraries library path missing=() runtime=""
+    if ! libraries="$(needed_libraries "$binary" 2>&1)"; then
+        echo "install.sh: $binary is not an ELF executable that readelf can read: $libraries" >&2
+        return 1
+    fi
+    # A fully static binary has no dynamic section and needs nothing.
+    while IFS= read -r library; do
+        [ -n "$library" ] || continue
+        if ! path="$(resolve_library "$binary" "$library")"; then
+            missing+=("$library")
+        elif [ "$library" = libswiftCore.so ]; then
+            runtime="$path"
+        fi
+    done <<<"$libraries"
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "install.sh: $binary needs libraries that are not installed: ${missing[*]}" >&2
+        return 1
+    fi
+    if [ -n "$runtime" ]; then
+        echo "install.sh: warning: $binary loads the Swift runtime from $runtime;" \
+            "rebuild with --static-swift-stdlib so that it does not depend on the toolchain." >&2
+        case "$runtime" in
+            /home/* | /root/*)
+                echo "install.sh: the service cannot read $runtime (ProtectHome=yes): refusing." >&2
+                return 1
+                ;;
+        esac
+    fi
+    return 0
+}
+
+# Warns when the Redis password file can be read by anyone but root (and the service's user):
+# systemd reads it as root for LoadCredential=, so 0600 root is all it needs.
+check_password_file() {
+    local file="$1" mode owner
+    if [ -L "$file" ]; then
+        echo "install.sh: warning: $file is a symbolic link; make it a plain file (0600, root)." >&2
+        return 0
+    fi
+    mode="$(stat -c '%a' "$file")"
+    owner="$(stat -c '%U' "$file")"
+    if [ $((8#$mode & 8#077)) -ne 0 ]; then
+        echo "install.sh: warning: $file is mode $mode, readable beyond its owner; it holds the Redis" \
+            "password: chmod 0600 $file" >&2
+    fi
+    if [ "$owner" != root ] && [ "$owner" != sessionmirror ]; then
+        echo "install.sh: warning: $file belongs to $owner; it holds the Redis password:" \
+            "chown root:root $file" >&2
+    fi
+    return 0
+}
+
+# Sourced (the test suite checks the functions above this way): define them and stop here.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
 
 invocation="$0${*:+ $*}"
 binary=""
@@ -41,8 +127,9 @@ if ! grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
     echo "install.sh: written for Debian 12 (bookworm); continuing, but package names may differ." >&2
 fi
 
-# 1. Packages. The daemon links hiredis 0.14, libuv and SQLite; -dev packages only to build.
-packages=(libhiredis0.14 libuv1 libsqlite3-0 logrotate)
+# 1. Packages. The daemon links hiredis 0.14, libuv and SQLite; -dev packages only to build;
+# binutils for readelf (the library check below).
+packages=(libhiredis0.14 libuv1 libsqlite3-0 logrotate binutils)
 if [ -z "$binary" ]; then packages+=(libhiredis-dev libuv1-dev libsqlite3-dev pkg-config); fi
 missing=()
 for package in "${packages[@]}"; do
@@ -84,23 +171,7 @@ if [ ! -x "$binary" ]; then
     echo "install.sh: $binary is not an executable file" >&2
     exit 1
 fi
-# ldd exits 1 for a fully static binary: that is fine, there is nothing to check then.
-libraries="$(ldd "$binary" 2>&1 || true)"
-if grep -q 'not found' <<<"$libraries"; then
-    echo "install.sh: $binary needs libraries that are not installed:" >&2
-    grep 'not found' <<<"$libraries" >&2
-    exit 1
-fi
-if runtime="$(grep -o '=> [^ ]*/libswiftCore\.so' <<<"$libraries" | cut -c4-)"; then
-    echo "install.sh: warning: $binary loads the Swift runtime from $runtime;" \
-        "rebuild with --static-swift-stdlib so that it does not depend on the toolchain." >&2
-    case "$runtime" in
-        /home/* | /root/*)
-            echo "install.sh: the service cannot read $runtime (ProtectHome=yes): refusing." >&2
-            exit 1
-            ;;
-    esac
-fi
+check_binary_libraries "$binary" || exit 1
 
 # 3. The system user: no home directory of its own, no shell.
 if ! getent group sessionmirror >/dev/null; then
@@ -123,6 +194,9 @@ install -m 0644 "$repo/deploy/sessionmirror.service" /etc/systemd/system/session
 install -m 0644 "$repo/deploy/logrotate/sessionmirror" /etc/logrotate.d/sessionmirror
 install -d -m 0755 /usr/local/share/doc/sessionmirror
 install -m 0644 "$repo"/README.md "$repo"/docs/*.md /usr/local/share/doc/sessionmirror/
+# The log tailers' programs (docs/metrics.md): mtail's, and lnav's format and view.
+install -m 0644 "$repo"/deploy/mtail/sessionmirror.mtail "$repo"/deploy/lnav/sessionmirror.json \
+    "$repo"/deploy/lnav/sessionmirror.sql /usr/local/share/doc/sessionmirror/
 
 # 5. Configuration: root owns it, the daemon's group may read it, nobody else. The password is
 # not in it (systemd hands it over as a credential from /etc/sessionmirror/redis-password).
@@ -139,6 +213,7 @@ if [ ! -e /etc/sessionmirror/redis-password ]; then
     say "creating an empty /etc/sessionmirror/redis-password (no password until you write one)"
     install -m 0600 -o root -g root /dev/null /etc/sessionmirror/redis-password
 fi
+check_password_file /etc/sessionmirror/redis-password
 # systemd creates the state directory at the first start; creating it now lets `check` below see it.
 install -d -m 0700 -o sessionmirror -g sessionmirror /var/lib/sessionmirror
 

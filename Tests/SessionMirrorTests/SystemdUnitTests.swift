@@ -22,6 +22,36 @@ struct SystemdUnitTests {
         #expect(termination == .exited(0), "systemd-analyze verify: \(termination.map { "\($0)" } ?? "timed out")")
         #expect(output.isEmpty, "systemd-analyze verify reported:\n\(output)")
     }
+
+    /// The sandbox, scored by systemd's own review: 2.8 before SystemCallFilter=, MemoryDenyWriteExecute=,
+    /// ProcSubset= and IPAddressDeny= (docs/security.md gives the command and both numbers).
+    @Test(
+        "systemd-analyze security rates the unit's exposure below 1.5",
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: SystemdUnitTests.systemdAnalyze),
+            "\(SystemdUnitTests.systemdAnalyze) is missing (Debian package systemd)"))
+    func exposureScore() async throws {
+        let directory = try TemporaryDirectory(label: "unit-security")
+        let unitPath = try writeUnitForTest(in: directory)
+        // --offline=true reviews the file itself; without it, the review asks a running systemd
+        // about a loaded unit.
+        let process = try ChildProcess(
+            executable: SystemdUnitTests.systemdAnalyze,
+            arguments: ["security", "--offline=true", "--no-pager", unitPath],
+            outputPath: directory.file("systemd-analyze.out"))
+        let termination = await process.waitForExit(timeout: .seconds(30))
+        if termination == nil { process.kill() }
+        let output = process.output()
+        #expect(termination == .exited(0), "systemd-analyze security: \(termination.map { "\($0)" } ?? "timed out")")
+        // "→ Overall exposure level for sessionmirror.service: 1.1 OK 🙂"
+        let marker = "Overall exposure level for sessionmirror.service: "
+        let line = try #require(
+            output.split(separator: "\n").first { $0.contains(marker) }, "no overall exposure level in:\n\(output)")
+        let score = try #require(
+            Double(line[line.range(of: marker)!.upperBound...].prefix { !$0.isWhitespace }),
+            "no number in: \(line)")
+        #expect(score < 1.5, "exposure \(score); the review says:\n\(output)")
+    }
 }
 
 /// The repository's deploy/sessionmirror.service.
