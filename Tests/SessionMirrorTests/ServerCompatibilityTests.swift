@@ -1,9 +1,10 @@
 import Foundation
 import Logging
 import RedisClient
-import SessionMirror
 import SnapshotStore
 import Testing
+
+@testable import SessionMirror
 
 /// The core scenarios against every supported server binary: Debian's Redis 7.0, Redis 6.2 (no
 /// PEXPIRETIME, no EVAL_RO: the read script takes TIME and PTTL) and Valkey 8.
@@ -43,6 +44,39 @@ struct ServerCompatibilityTests {
             #expect(deleted, "the logout did not delete the row:\n\(env.mirror.log.text)")
             #expect(try env.rows().count == 2003)
         }
+    }
+
+    @Test(
+        "reads of 4,000 keys, each spanning milliseconds, give every key's exact absolute expiry",
+        arguments: TestServer.available)
+    func readScriptIsExactAcrossMilliseconds(_ server: TestServer) async throws {
+        let redis = try await RedisServer.start(binary: server.binary)
+        defer { redis.stop() }
+        let client = try redis.client()
+        defer { client.close() }
+        let base = try client.serverTimeMilliseconds() + 3_600_000
+        let keys = (0..<20_000).map { bytes("session:\($0)") }
+        for start in stride(from: 0, to: keys.count, by: 1000) {
+            _ = try client.pipeline(
+                (start..<start + 1000).map { [bytes("SET"), keys[$0], bytes("v"), bytes("PXAT"), bytes(String(base + Int64($0)))] })
+        }
+        let profile = try client.serverProfile()
+        #expect(profile.readMode == (server.hasPEXPIRETIME ? .pexpiretime : .timeAndPTTL))
+        // 4,000 keys a read: a script's MGET unpacks its keys onto Lua's stack, which holds about 8,000.
+        var results: [KeyReader.Result] = []
+        for start in stride(from: 0, to: keys.count, by: 4000) {
+            let batch = Array(keys[start..<start + 4000])
+            let reply = try client.command(KeyReader.command(for: batch, mode: profile.readMode))
+            results += try #require(KeyReader.parse(reply, count: batch.count), "\(reply)")
+        }
+        var wrong = 0
+        for (index, result) in results.enumerated() {
+            guard case .present(_, _, let expiresAt) = result, expiresAt == base + Int64(index) else {
+                wrong += 1
+                continue
+            }
+        }
+        #expect(wrong == 0, "\(wrong) of \(keys.count) keys read with another expiry than they were set with")
     }
 
     @Test("a session evicted under maxmemory keeps its row, marked evicted", arguments: TestServer.available)
