@@ -82,10 +82,11 @@ public struct Doctor: Sendable {
             do {
                 let profile = try ServerProfile.read(info: text, commandInfo: reply(ServerProfile.commandInfoQuery))
                 server = profile
-                add("version", .ok,
-                    "\(profile)" + (profile.readMode == .timeAndPTTL ? " (no PEXPIRETIME: the read script uses TIME and PTTL)" : ""))
+                let note = profile.readMode == .timeAndPTTL ? " (no PEXPIRETIME: the read script uses TIME and PTTL)" : ""
+                add("version", .ok, "\(profile)\(note)")
             } catch {
-                add("version", .fail, error.description, fix: "the mirror supports Redis 6.2 or newer and Valkey (docs/configuration.md)")
+                add("version", .fail, error.description,
+                    fix: "the mirror supports Redis 6.2 or newer and Valkey (docs/configuration.md)")
             }
         } else {
             add("version", .fail, "INFO server refused (\(info.errorMessage ?? "?")): cannot tell which server this is",
@@ -134,8 +135,10 @@ public struct Doctor: Sendable {
         add("write", setProbe.errorMessage == nil ? .ok : .fail, "SET … PXAT … NX (restore, canary): \(setProbe.errorMessage ?? "ok")",
             fix: "grant +set on the session prefixes and ~__sessionmirror__:*")
         let readMode = server?.readMode ?? .pexpiretime
-        let read = (try? redis.command(KeyReader.command(for: [Array(probe.utf8)], mode: readMode))) ?? .error("connection lost")
-        let scriptCommands = readMode == .timeAndPTTL ? "EVAL of the read script (TIME, PTTL" : "EVAL_RO of the read script (PEXPIRETIME"
+        let read =
+            (try? redis.command(KeyReader.command(for: [Array(probe.utf8)], mode: readMode))) ?? .error("connection lost")
+        let scriptCommands =
+            readMode == .timeAndPTTL ? "EVAL of the read script (TIME, PTTL" : "EVAL_RO of the read script (PEXPIRETIME"
         let grants = readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime"
         add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
             "\(scriptCommands), MGET, TYPE, DUMP): \(read.errorMessage ?? "ok")",

@@ -68,8 +68,8 @@ extension Mirror {
         guard let text = reply.text else {
             connectFailed(
                 MirrorSetupError(
-                    description: "INFO server was refused (\(reply.errorMessage ?? "unexpected reply")): the mirror checks "
-                        + "which server this is before it changes anything; grant +info",
+                    description: "INFO server was refused (\(reply.errorMessage ?? "unexpected reply")): "
+                        + "the mirror checks which server this is before it changes anything; grant +info",
                     permanent: true))
             return
         }
@@ -214,14 +214,16 @@ extension Mirror {
                 "connected to Redis",
                 metadata: [
                     "event": "connected", "redis.run_id": "\(currentRunID ?? "?")",
-                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")",
+                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")",
+                    "redis.version": "\(pendingServerVersion ?? "?")",
                 ])
         } else {
             logger.info(
                 "connected to Redis",
                 metadata: [
                     "event": "connected", "redis.run_id": "\(currentRunID ?? "?")",
-                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")",
+                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")",
+                    "redis.version": "\(pendingServerVersion ?? "?")",
                 ])
         }
         lastReportedFailure = nil

@@ -31,7 +31,8 @@ extension Mirror {
                 keys: keys, startSequence: endSequence - UInt64(keys.count), endSequence: endSequence,
                 generation: generation)
             keysInFlight += keys.count
-            reader.send(KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)) { [weak self] reply in
+            let command = KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)
+            reader.send(command) { [weak self] reply in
                 self?.readFinished(batch, reply)
             }
         }

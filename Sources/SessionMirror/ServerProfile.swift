@@ -26,7 +26,8 @@ public struct ServerProfile: Sendable, Equatable, CustomStringConvertible {
         /// Parses `7.0.15`; nil for anything else.
         public init?(_ text: String) {
             let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-            guard parts.count == 3, let major = Int(parts[0]), let minor = Int(parts[1]), let patch = Int(parts[2]) else {
+            guard parts.count == 3, let major = Int(parts[0]), let minor = Int(parts[1]), let patch = Int(parts[2])
+            else {
                 return nil
             }
             self.init(major, minor, patch)
@@ -116,7 +117,8 @@ public struct ServerProfile: Sendable, Equatable, CustomStringConvertible {
                     + "the mirror checks the version before it changes anything")
         }
         guard let version = Version(text) else {
-            throw ServerProfileError(description: "cannot read the server version '\(text)' (INFO server \(versionField))")
+            throw ServerProfileError(
+                description: "cannot read the server version '\(text)' (INFO server \(versionField))")
         }
         let oldest = name == .valkey ? oldestValkey : oldestRedis
         guard version >= oldest else {
@@ -124,7 +126,8 @@ public struct ServerProfile: Sendable, Equatable, CustomStringConvertible {
                 description: "\(name == .valkey ? "Valkey" : "Redis") \(version) is too old: the mirror needs "
                     + "\(name == .valkey ? "Valkey" : "Redis") \(oldest.major).\(oldest.minor) or newer")
         }
-        return ServerProfile(name: name, version: version, capabilities: capabilities(version: version, name: name, commandInfo))
+        return ServerProfile(
+            name: name, version: version, capabilities: capabilities(version: version, name: name, commandInfo))
     }
 
     /// What `COMMAND INFO PEXPIRETIME EVAL_RO FUNCTION` lists (nil entries for unknown commands),

@@ -14,14 +14,17 @@ struct ServerCompatibilityTests {
         "the Redis 6.2 and Valkey 8 binaries are there",
         .enabled(
             if: TestServer.required || TestServer.missing.isEmpty,
-            "Redis 6.2 / Valkey 8 not found under .build-compat/servers: run scripts/compat-servers (scripts/test does)"))
+            "Redis 6.2 / Valkey 8 not found under .build-compat/servers: run scripts/compat-servers (scripts/test does)"
+        ))
     func binariesArePresent() {
         #expect(
             TestServer.missing.isEmpty,
             "missing: \(TestServer.missing.map(\.binary)); SESSIONMIRROR_TEST_SERVERS=\(TestServer.directory)")
     }
 
-    @Test("sessions are mirrored with their exact absolute expiry, and a logout deletes the row", arguments: TestServer.available)
+    @Test(
+        "sessions are mirrored with their exact absolute expiry, and a logout deletes the row",
+        arguments: TestServer.available)
     func mirrorAndLogout(_ server: TestServer) async throws {
         try await withMirroredRedis(server: server) { env in
             let expiresAt = try env.client.serverTimeMilliseconds() + 3_600_123
@@ -58,7 +61,9 @@ struct ServerCompatibilityTests {
         let keys = (0..<20_000).map { bytes("session:\($0)") }
         for start in stride(from: 0, to: keys.count, by: 1000) {
             _ = try client.pipeline(
-                (start..<start + 1000).map { [bytes("SET"), keys[$0], bytes("v"), bytes("PXAT"), bytes(String(base + Int64($0)))] })
+                (start..<start + 1000).map {
+                    [bytes("SET"), keys[$0], bytes("v"), bytes("PXAT"), bytes(String(base + Int64($0)))]
+                })
         }
         let profile = try client.serverProfile()
         #expect(profile.readMode == (server.hasPEXPIRETIME ? .pexpiretime : .timeAndPTTL))
@@ -107,7 +112,8 @@ struct ServerCompatibilityTests {
         try await withMirroredRedis(server: server) { env in
             let now = try env.client.serverTimeMilliseconds()
             for index in 0..<40 {
-                try env.client.checked("SET", "session:s\(index)", "v\(index)", "PXAT", String(now + 3_600_000 + Int64(index)))
+                try env.client.checked(
+                    "SET", "session:s\(index)", "v\(index)", "PXAT", String(now + 3_600_000 + Int64(index)))
             }
             try env.client.checked("HSET", "session:hash", "user", "42")
             try env.client.checked("PEXPIREAT", "session:hash", String(now + 7_200_003))
@@ -170,8 +176,9 @@ struct ServerCompatibilityTests {
         }
     }
 
-    @Test("doctor names the server and its version, and its ACL line is enough for mirror, restore and verify",
-          arguments: TestServer.available)
+    @Test(
+        "doctor names the server and its version, and its ACL line is enough for mirror, restore and verify",
+        arguments: TestServer.available)
     func doctorAndLeastPrivilegeUser(_ server: TestServer) async throws {
         let redis = try await RedisServer.start(binary: server.binary, arguments: ["--notify-keyspace-events", "Egxe"])
         defer { redis.stop() }
@@ -181,7 +188,9 @@ struct ServerCompatibilityTests {
         let (adminChecks, profile) = Doctor(endpoint: redis.endpoint(), prefixes: [prefix]).inspect()
         let version = try #require(adminChecks.first { $0.name == "version" })
         let expectedName = server.name.split(separator: " ")[0]
-        #expect(version.status == .ok && version.detail.hasPrefix("\(expectedName) \(server.name.split(separator: " ")[1])"))
+        #expect(
+            version.status == .ok && version.detail.hasPrefix("\(expectedName) \(server.name.split(separator: " ")[1])")
+        )
         let line = Doctor.aclLine(prefixes: [prefix], database: 0, server: profile)
             .replacingOccurrences(of: ">CHANGE-ME", with: ">s3cret")
         try admin.checked(line.split(separator: " ").map { Array($0.utf8) })
@@ -206,8 +215,10 @@ struct ServerCompatibilityTests {
         let report = try Verifier(snapshotPath: path, endpoint: endpoint, prefixes: [prefix]).run()
         #expect(report.inSync && report.equal == 10, "\(report)")
         try admin.checked("FLUSHALL")
-        let summary = try Restorer(snapshotPath: path, endpoint: endpoint, options: RestoreOptions(), logger: Logger(label: "t"))
-            .run()
+        let summary = try Restorer(
+            snapshotPath: path, endpoint: endpoint, options: RestoreOptions(), logger: Logger(label: "t")
+        )
+        .run()
         #expect(summary.restored == 10 && summary.failed == 0)
     }
 }
@@ -221,11 +232,13 @@ struct ServerRefusalTests {
         let client = try redis.client()
         defer { client.close() }
         let directory = try TemporaryDirectory(label: "refusal")
-        let mirror = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: directory.file("s.db"))
+        let mirror = try RunningMirror.start(
+            redis: redis, prefix: bytes("session:"), snapshotPath: directory.file("s.db"))
         defer { mirror.stop() }
         #expect(await mirror.waitForExit() == 2, "\(mirror.log.text)")
         let fatal = mirror.log.records(event: "fatal")
-        #expect(fatal.count == 1 && fatal.first?.message.contains("INFO server was refused") == true, "\(mirror.log.text)")
+        #expect(
+            fatal.count == 1 && fatal.first?.message.contains("INFO server was refused") == true, "\(mirror.log.text)")
         #expect(try client.checked("CONFIG", "GET", "notify-keyspace-events").elements?.last?.text == "")
     }
 
@@ -235,7 +248,8 @@ struct ServerRefusalTests {
         defer { redis.stop() }
         let directory = try TemporaryDirectory(label: "refusal-binary")
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--redis", redis.url(), "--snapshot", directory.file("s.db"), "--prefix", "session:"], in: directory)
+            ["run", "--redis", redis.url(), "--snapshot", directory.file("s.db"), "--prefix", "session:"], in: directory
+        )
         #expect(termination == .exited(2), "\(output)")
         #expect(output.split(separator: "\n").filter { $0.contains(" event=fatal ") }.count == 1, "\(output)")
         #expect(try redis.client().checked("CONFIG", "GET", "notify-keyspace-events").elements?.last?.text == "")

@@ -33,7 +33,9 @@ struct ServerProfileTests {
     func redis62() throws {
         let profile = try ServerProfile.read(info: redis62Info, commandInfo: noCommands)
         #expect(profile.readMode == .timeAndPTTL)
-        #expect(profile.capabilities == ServerProfile.Capabilities(pexpiretime: false, evalReadOnly: false, functions: false))
+        #expect(
+            profile.capabilities
+                == ServerProfile.Capabilities(pexpiretime: false, evalReadOnly: false, functions: false))
     }
 
     @Test("when COMMAND is refused (an ACL without +command) the version decides")
@@ -50,8 +52,14 @@ struct ServerProfileTests {
             ("redis_version:6.0.16\r\n", "Redis 6.0.16 is too old: the mirror needs Redis 6.2 or newer"),
             ("redis_version:5.0.7\r\n", "Redis 5.0.7 is too old"),
             ("redis_version:7.2.0\r\nserver_name:valkey\r\nvalkey_version:7.1.0\r\n", "Valkey 7.1.0 is too old"),
-            ("redis_version:7.2.0\r\ndragonfly_version:df-v1.2\r\n", "not Redis or Valkey (INFO server has dragonfly_version)"),
-            ("redis_version:7.2.0\r\nserver_name:keyvaluething\r\n", "the server is 'keyvaluething', not Redis or Valkey"),
+            (
+                "redis_version:7.2.0\r\ndragonfly_version:df-v1.2\r\n",
+                "not Redis or Valkey (INFO server has dragonfly_version)"
+            ),
+            (
+                "redis_version:7.2.0\r\nserver_name:keyvaluething\r\n",
+                "the server is 'keyvaluething', not Redis or Valkey"
+            ),
             ("redis_mode:standalone\r\n", "INFO server has no redis_version"),
             ("redis_version:seven\r\n", "cannot read the server version 'seven'"),
             ("redis_version:7.0\r\n", "cannot read the server version '7.0'"),

@@ -29,7 +29,9 @@ final class RedisServer: Sendable {
     let extraArguments: [String]
     private let process: Mutex<ChildProcess?>
 
-    private init(binary: String, port: Int, directory: TemporaryDirectory, extraArguments: [String], process: ChildProcess) {
+    private init(
+        binary: String, port: Int, directory: TemporaryDirectory, extraArguments: [String], process: ChildProcess
+    ) {
         self.binary = binary
         self.port = port
         self.directory = directory
@@ -53,7 +55,8 @@ final class RedisServer: Sendable {
             let port = try freePort()
             do {
                 let child = try await launch(binary: binary, port: port, directory: directory, arguments: arguments)
-                return RedisServer(binary: binary, port: port, directory: directory, extraArguments: arguments, process: child)
+                return RedisServer(
+                    binary: binary, port: port, directory: directory, extraArguments: arguments, process: child)
             } catch {
                 lastError = error
             }
