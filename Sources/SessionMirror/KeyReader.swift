@@ -36,7 +36,7 @@ enum KeyReader {
         case timeAndPTTL
     }
 
-    /// The same reply from `TIME` and `PTTL`, exact to the millisecond.
+    /// The reply of `script`, with each expiry computed from `TIME` and `PTTL`, exact to the millisecond.
     ///
     /// In Redis 6.2 `PTTL` answers `expiry - mstime()`, and `mstime()` is `gettimeofday` in
     /// milliseconds, the clock `TIME` reads too; neither is frozen for the script (only a key's
