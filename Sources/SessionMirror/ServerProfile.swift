@@ -93,8 +93,9 @@ public struct ServerProfile: Sendable, Equatable, CustomStringConvertible {
             guard let colon = line.firstIndex(of: ":"), !line.hasPrefix("#") else { continue }
             fields[String(line[..<colon])] = String(line[line.index(after: colon)...])
         }
-        // Servers that speak the protocol and report a `redis_version` without being Redis.
-        if let other = ["dragonfly_version", "keydb_version"].first(where: { fields[$0] != nil }) {
+        // Dragonfly reports a `redis_version` beside its own `dragonfly_version`: it speaks the
+        // protocol without being Redis, and the mirror is not tested against it.
+        if let other = ["dragonfly_version"].first(where: { fields[$0] != nil }) {
             throw ServerProfileError(
                 description: "the server is not Redis or Valkey (INFO server has \(other)); "
                     + "the mirror supports Redis \(oldestRedis.major).\(oldestRedis.minor)+ and Valkey")
