@@ -31,14 +31,18 @@ public struct Doctor: Sendable {
     ///
     /// No `CONFIG`: on Redis 7.0 `CONFIG GET` cannot be limited to one parameter and would show
     /// `requirepass` and `masterauth`. Such a user runs the daemon with `config_set = false` and
-    /// `notify-keyspace-events` set in redis.conf.
-    public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
+    /// `notify-keyspace-events` set in redis.conf. On a server without EVAL_RO (Redis 6.2) the read
+    /// script runs under EVAL with TIME and PTTL, so the line grants those instead.
+    public static func aclLine(
+        prefixes: [[UInt8]], database: Int, user: String = "sessionmirror", server: ServerProfile? = nil
+    ) -> String {
         let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let channels = KeyspaceNotifications.channelNames(database: database).map { "&" + $0 }
         var commands = [
             "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
-            "+eval_ro", "+type", "+mget", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
+            "+type", "+mget", "+dump", "+exists", "+set", "+restore", "+time", "+unlink",
         ]
+        commands += server?.readMode == .timeAndPTTL ? ["+eval", "+pttl"] : ["+eval_ro", "+pexpiretime"]
         if database != 0 { commands.append("+select") }
         return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
             + ["~__sessionmirror__:*"] + channels + ["&__sessionmirror__:shutdown-barrier", "-@all"]
@@ -46,8 +50,12 @@ public struct Doctor: Sendable {
     }
 
     /// Runs every check; the first failing connect ends the list.
-    public func run() -> [DoctorCheck] {
+    public func run() -> [DoctorCheck] { inspect().checks }
+
+    /// Runs every check, and says which server answered (nil when it could not be told).
+    public func inspect() -> (checks: [DoctorCheck], server: ServerProfile?) {
         var checks: [DoctorCheck] = []
+        var server: ServerProfile?
         func add(_ name: String, _ status: DoctorCheck.Status, _ detail: String, fix: String? = nil) {
             checks.append(DoctorCheck(name: name, status: status, detail: detail, fix: fix))
         }
@@ -56,7 +64,7 @@ public struct Doctor: Sendable {
             redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 5)
         } catch {
             add("connect", .fail, "\(error)", fix: "check --redis, the password (--password-file) and that Redis listens there")
-            return checks
+            return (checks, nil)
         }
         defer { redis.close() }
         add("connect", .ok, "\(endpoint)\(endpoint.password != nil ? " (authenticated)" : "")")
@@ -68,13 +76,21 @@ public struct Doctor: Sendable {
             !(r.errorMessage?.hasPrefix("NOPERM") ?? false) && r.errorMessage != "connection lost"
         }
 
-        // Version.
-        let info = RedisInfo(reply(["INFO", "server"]).text ?? "")
-        if let major = info.majorVersion {
-            add("version", major >= 7 ? .ok : .fail, "Redis \(info.version ?? "?")",
-                fix: major >= 7 ? nil : "the mirror needs Redis 7.0 or newer (PEXPIRETIME)")
+        // Server and version.
+        let info = reply(["INFO", "server"])
+        if let text = info.text {
+            do {
+                let profile = try ServerProfile.read(info: text, commandInfo: reply(ServerProfile.commandInfoQuery))
+                server = profile
+                let note = profile.readMode == .timeAndPTTL ? " (no PEXPIRETIME: the read script uses TIME and PTTL)" : ""
+                add("version", .ok, "\(profile)\(note)")
+            } catch {
+                add("version", .fail, error.description,
+                    fix: "the mirror supports Redis 6.2 or newer and Valkey (docs/configuration.md)")
+            }
         } else {
-            add("version", .fail, "INFO server refused", fix: "grant +info")
+            add("version", .fail, "INFO server refused (\(info.errorMessage ?? "?")): cannot tell which server this is",
+                fix: "grant +info")
         }
 
         // Keyspace notifications and CONFIG.
@@ -118,10 +134,15 @@ public struct Doctor: Sendable {
         let setProbe = reply(["SET", probe, "probe", "PX", "10000", "NX"])
         add("write", setProbe.errorMessage == nil ? .ok : .fail, "SET … PXAT … NX (restore, canary): \(setProbe.errorMessage ?? "ok")",
             fix: "grant +set on the session prefixes and ~__sessionmirror__:*")
-        let read = (try? redis.command(KeyReader.command(for: [Array(probe.utf8)]))) ?? .error("connection lost")
+        let readMode = server?.readMode ?? .pexpiretime
+        let read =
+            (try? redis.command(KeyReader.command(for: [Array(probe.utf8)], mode: readMode))) ?? .error("connection lost")
+        let scriptCommands =
+            readMode == .timeAndPTTL ? "EVAL of the read script (TIME, PTTL" : "EVAL_RO of the read script (PEXPIRETIME"
+        let grants = readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime"
         add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
-            "EVAL_RO of the read script (PEXPIRETIME, MGET, TYPE, DUMP): \(read.errorMessage ?? "ok")",
-            fix: "grant +eval_ro +pexpiretime +mget +type +dump: commands inside scripts are checked too")
+            "\(scriptCommands), MGET, TYPE, DUMP): \(read.errorMessage ?? "ok")",
+            fix: "grant \(grants) +mget +type +dump: commands inside scripts are checked too")
         let dump = reply(["DUMP", probe])
         if let payload = dump.bytes {
             let restored = (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))
@@ -170,6 +191,6 @@ public struct Doctor: Sendable {
         if let before, let after {
             add("load", .ok, "about \(max(after - before - 2, 0)) commands/s right now (all commands, all clients)")
         }
-        return checks
+        return (checks, server)
     }
 }

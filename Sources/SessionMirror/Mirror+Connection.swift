@@ -54,12 +54,38 @@ extension Mirror {
         return false
     }
 
-    /// Checks the server, then subscribes. Each step's failure ends in `connectFailed`.
+    /// Checks the server, then subscribes. Each step's failure ends in `connectFailed`. Which server
+    /// this is comes first: nothing is changed (`CONFIG SET`) on a server the mirror then refuses.
     private func prepare() {
         guard let reader else { return }
-        reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
+        reader.send(.command("INFO", "server")) { [weak self] reply in
             guard let self, let reply else { return }
-            self.checkNotifications(reply)
+            self.readServerProfile(info: reply)
+        }
+    }
+
+    private func readServerProfile(info reply: RedisReply) {
+        guard let text = reply.text else {
+            connectFailed(
+                MirrorSetupError(
+                    description: "INFO server was refused (\(reply.errorMessage ?? "unexpected reply")): "
+                        + "the mirror checks which server this is before it changes anything; grant +info",
+                    permanent: true))
+            return
+        }
+        reader?.send(ServerProfile.commandInfoQuery.map { Array($0.utf8) }) { [weak self] commands in
+            guard let self, let commands else { return }
+            do {
+                self.serverProfile = try ServerProfile.read(info: text, commandInfo: commands)
+            } catch {
+                self.connectFailed(MirrorSetupError(description: "\(error)", permanent: true))
+                return
+            }
+            self.currentRunID = RedisInfo(text).runID
+            self.reader?.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
+                guard let self, let reply else { return }
+                self.checkNotifications(reply)
+            }
         }
     }
 
@@ -80,12 +106,12 @@ extension Mirror {
             logger.warning(
                 "cannot read notify-keyspace-events; trusting the operator's setting",
                 metadata: ["event": "notifications_unverified", "error": "\(refusal)", "required": "\(KeyspaceNotifications.requiredFlags)"])
-            readServerInfo()
+            notificationsReady()
             return
         }
         let missing = KeyspaceNotifications.missingFlags(in: current)
         if missing.isEmpty {
-            readServerInfo()
+            notificationsReady()
             return
         }
         guard configuration.configureNotifications else {
@@ -110,28 +136,14 @@ extension Mirror {
             self.logger.notice(
                 "added missing keyspace notification flags",
                 metadata: ["event": "notifications_configured", "before": "\(current)", "after": "\(merged)"])
-            self.readServerInfo()
+            self.notificationsReady()
         }
     }
 
-    private func readServerInfo() {
-        reader?.send(.command("INFO", "server")) { [weak self] reply in
-            guard let self, let reply else { return }
-            guard let text = reply.text else {
-                self.connectFailed(
-                    MirrorSetupError(description: "INFO server was refused: \(reply.errorMessage ?? "?")", permanent: true))
-                return
-            }
-            let info = RedisInfo(text)
-            if let major = info.majorVersion, major < 7 {
-                self.connectFailed(
-                    MirrorSetupError(
-                        description: "Redis \(info.version ?? "?") is too old: the mirror needs Redis 7.0 or newer (PEXPIRETIME)",
-                        permanent: true))
-                return
-            }
-            self.currentRunID = info.runID
-            self.readLossEvidence { self.subscribe(version: info.version ?? "?") }
+    private func notificationsReady() {
+        readLossEvidence { [weak self] in
+            guard let self else { return }
+            self.subscribe(version: self.serverProfile.map { "\($0.version)" } ?? "?")
         }
     }
 
@@ -200,11 +212,19 @@ extension Mirror {
         if lastReportedFailure != nil || everConnected {
             logger.notice(
                 "connected to Redis",
-                metadata: ["event": "connected", "redis.run_id": "\(currentRunID ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")"])
+                metadata: [
+                    "event": "connected", "redis.run_id": "\(currentRunID ?? "?")",
+                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")",
+                    "redis.version": "\(pendingServerVersion ?? "?")",
+                ])
         } else {
             logger.info(
                 "connected to Redis",
-                metadata: ["event": "connected", "redis.run_id": "\(currentRunID ?? "?")", "redis.version": "\(pendingServerVersion ?? "?")"])
+                metadata: [
+                    "event": "connected", "redis.run_id": "\(currentRunID ?? "?")",
+                    "redis.server": "\(serverProfile?.name.rawValue ?? "?")",
+                    "redis.version": "\(pendingServerVersion ?? "?")",
+                ])
         }
         lastReportedFailure = nil
         onStatus?("connected to \(configuration.endpoint) (run_id \(currentRunID ?? "?")); full sync")

@@ -31,7 +31,8 @@ extension Mirror {
                 keys: keys, startSequence: endSequence - UInt64(keys.count), endSequence: endSequence,
                 generation: generation)
             keysInFlight += keys.count
-            reader.send(KeyReader.command(for: keys.map(\.key))) { [weak self] reply in
+            let command = KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)
+            reader.send(command) { [weak self] reply in
                 self?.readFinished(batch, reply)
             }
         }
@@ -47,7 +48,9 @@ extension Mirror {
                 // An operator's error: at start it ends the process; later it is retried with backoff.
                 connectFailed(
                     MirrorSetupError(
-                        description: "reading keys was refused (\(why)): the Redis user needs +eval_ro +pexpiretime +mget +type +dump "
+                        description: "reading keys was refused (\(why)): the Redis user needs "
+                            + (serverProfile?.readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime")
+                            + " +mget +type +dump "
                             + "on the session keys; `sessionmirror doctor` prints the whole ACL line",
                         permanent: !everSynced))
                 return

@@ -102,6 +102,8 @@ public final class Mirror: @unchecked Sendable {
     var reconnectTimer: LoopTimer?
     var subscribeTimer: LoopTimer?
     var pendingServerVersion: String?
+    /// The server of the current connection, read before anything is changed on it.
+    var serverProfile: ServerProfile?
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
 

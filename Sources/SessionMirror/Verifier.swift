@@ -46,13 +46,19 @@ public struct Verifier {
     public func run() throws -> VerifyReport {
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
         var report = VerifyReport()
+        let readMode: KeyReader.Mode
+        do {
+            readMode = try redis.serverProfile().readMode
+        } catch let error as ServerProfileError {
+            throw RestoreError(description: error.description)
+        }
         let now = try redis.serverTimeMilliseconds()
         var snapshotKeys = Set<[UInt8]>()
         var batch: [SnapshotRecord] = []
 
         func compare() throws {
             guard !batch.isEmpty else { return }
-            let reply = try redis.command(KeyReader.command(for: batch.map(\.key)))
+            let reply = try redis.command(KeyReader.command(for: batch.map(\.key), mode: readMode))
             guard let results = KeyReader.parse(reply, count: batch.count) else {
                 throw RestoreError(description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
             }

@@ -13,8 +13,8 @@ struct DoctorCommand: ParsableCommand {
 
     func run() throws {
         let endpoint = try redis.endpoint()
-        let checks = Doctor(endpoint: endpoint, prefixes: prefix.bytes).run()
-        let acl = Doctor.aclLine(prefixes: prefix.bytes, database: endpoint.database)
+        let (checks, server) = Doctor(endpoint: endpoint, prefixes: prefix.bytes).inspect()
+        let acl = Doctor.aclLine(prefixes: prefix.bytes, database: endpoint.database, server: server)
         if json {
             struct Report: Encodable {
                 let checks: [DoctorCheck]

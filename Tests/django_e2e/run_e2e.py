@@ -26,6 +26,8 @@ Usage:  python run_e2e.py [--backend django|django_redis] [--scenario NAME] [--k
         without the binary: good/resurrect use an in-harness stand-in restore, and
         `resurrect` must make checks fail; fake runs fake_sessionmirror.py as the daemon)
 Env:    SESSIONMIRROR_BIN (default /work/main/.build/debug/sessionmirror)
+        E2E_REDIS_SERVER (default redis-server): the server binary, e.g. Redis 6.2 or Valkey 8 from
+        scripts/compat-servers
 """
 
 import argparse
@@ -46,6 +48,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BIN = os.path.normpath(os.path.join(HERE, "..", "..", ".build", "debug", "sessionmirror"))
+REDIS_SERVER = os.environ.get("E2E_REDIS_SERVER", "redis-server")
 PREFIX = ":1:django.contrib.sessions.cache"
 PREFIX_B = PREFIX.encode()
 
@@ -192,7 +195,7 @@ class RedisServer:
         self.starts += 1
         log = os.path.join(self.workdir, "redis-%d.log" % self.starts)
         cmd = [
-            "redis-server",
+            REDIS_SERVER,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -239,6 +242,26 @@ class RedisServer:
         return os.path.join(self.workdir, "redis-%d.log" % max(self.starts, 1))
 
 
+def pexpiretime(r, key):
+    """PEXPIRETIME, also on Redis 6.2, which lacks it: there TIME, PTTL, TIME in one transaction
+    give the absolute expiry exactly when both TIMEs read the same millisecond (PTTL counts from
+    that clock; docs/redis-behaviour.md); otherwise it reads again."""
+    try:
+        return r.pexpiretime(key)
+    except Exception as e:  # redis-py's ResponseError; redis is imported in the child only
+        if "unknown command" not in str(e).lower():
+            raise
+    while True:
+        pipe = r.pipeline(transaction=True)
+        pipe.time()
+        pipe.pttl(key)
+        pipe.time()
+        before, ttl, after = pipe.execute()
+        ms = before[0] * 1000 + before[1] // 1000
+        if ms == after[0] * 1000 + after[1] // 1000:
+            return ms + ttl if ttl >= 0 else ttl
+
+
 def redis_sessions(r):
     """{key: (value, pexpiretime)} for every session key in Redis."""
     keys = sorted(r.scan_iter(match=PREFIX_B + b"*", count=1000))
@@ -247,8 +270,10 @@ def redis_sessions(r):
     pipe = r.pipeline(transaction=False)
     for k in keys:
         pipe.get(k)
-        pipe.pexpiretime(k)
-    out = pipe.execute()
+    values = pipe.execute()
+    out = []
+    for k, value in zip(keys, values):
+        out += [value, pexpiretime(r, k)]
     result = {}
     for i, k in enumerate(keys):
         value, exp = out[2 * i], out[2 * i + 1]
@@ -515,7 +540,7 @@ class Workload:
         k = s.redis_key
         if k is None:
             raise HarnessError("%s has no session key to delete" % s.name)
-        v, exp = self.r.get(k), self.r.pexpiretime(k)
+        v, exp = self.r.get(k), pexpiretime(self.r, k)
         if v is None:
             raise HarnessError("%s: key %s not in Redis before deleting it" % (s.name, k))
         self.captured[k] = (v, exp)
@@ -534,7 +559,7 @@ class Workload:
         self.login(short)
         self.store(short, 500, "expires in a second")
         short.post("/expiry/", {"seconds": "1"})
-        self.captured[short.redis_key] = (self.r.get(short.redis_key), self.r.pexpiretime(short.redis_key))
+        self.captured[short.redis_key] = (self.r.get(short.redis_key), pexpiretime(self.r, short.redis_key))
         short.dead_keys.append(short.redis_key)
         kinds = ["logout", "cycle", "expiry", "cycle_expiry", "plain"]
         for i in range(N_USERS):
@@ -1004,7 +1029,7 @@ def versions():
     except Exception as e:
         out.append("python packages: %s" % e)
     try:
-        out.append(subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip())
+        out.append(subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.strip())
     except Exception as e:
         out.append("redis-server: %s" % e)
     return "; ".join(out)

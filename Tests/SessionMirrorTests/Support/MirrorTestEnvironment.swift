@@ -55,15 +55,17 @@ extension SnapshotMatch {
 /// `redisArguments` go to redis-server; `seed` writes to the database before the mirror starts
 /// (its keys reach the snapshot through the first full sync); `configure` may change the mirror's
 /// configuration (`evictedPolicy`, `reconnectMinimumMilliseconds`, ...) before it starts. The mirror must stop
-/// within 15 s when asked; a hang is recorded as an issue.
+/// within 15 s when asked; a hang is recorded as an issue. `server` runs another server binary
+/// (the compatibility suite).
 func withMirroredRedis<Result>(
-    prefix: [UInt8] = Array("session:".utf8), database: Int = 0, redisArguments: [String] = [],
+    server: TestServer? = nil, prefix: [UInt8] = Array("session:".utf8), database: Int = 0,
+    redisArguments: [String] = [],
     seed: (RedisConnection) throws -> Void = { _ in },
     configure: (inout MirrorConfiguration) -> Void = { _ in },
     sourceLocation: SourceLocation = #_sourceLocation,
     _ body: (MirrorTestEnvironment) async throws -> Result
 ) async throws -> Result {
-    let redis = try await RedisServer.start(arguments: redisArguments)
+    let redis = try await RedisServer.start(binary: server?.binary ?? RedisServer.executable, arguments: redisArguments)
     defer { redis.stop() }
     let client = try redis.client(database: database)
     defer { client.close() }

@@ -19,6 +19,8 @@ final class RedisServer: Sendable {
     /// The redis-server binary; override with `SESSIONMIRROR_REDIS_SERVER`.
     static let executable = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_SERVER"] ?? "/usr/bin/redis-server"
 
+    /// The server binary (kept across `restart()`): `executable`, or one of `TestServer.all`.
+    let binary: String
     /// The TCP port the server listens on (kept across `restart()`).
     let port: Int
     /// The server's working directory and log (`redis.log`).
@@ -27,7 +29,10 @@ final class RedisServer: Sendable {
     let extraArguments: [String]
     private let process: Mutex<ChildProcess?>
 
-    private init(port: Int, directory: TemporaryDirectory, extraArguments: [String], process: ChildProcess) {
+    private init(
+        binary: String, port: Int, directory: TemporaryDirectory, extraArguments: [String], process: ChildProcess
+    ) {
+        self.binary = binary
         self.port = port
         self.directory = directory
         self.extraArguments = extraArguments
@@ -42,15 +47,16 @@ final class RedisServer: Sendable {
     ///
     /// `arguments` are added to the command line, for example `["--notify-keyspace-events", "Elg"]`
     /// or `["--rename-command", "CONFIG", ""]`. A port taken by someone else between choosing and
-    /// binding is retried with another port.
-    static func start(arguments: [String] = []) async throws -> RedisServer {
+    /// binding is retried with another port. `binary` runs another server (Redis 6.2, Valkey).
+    static func start(binary: String = executable, arguments: [String] = []) async throws -> RedisServer {
         let directory = try TemporaryDirectory(label: "redis")
         var lastError: Error?
         for _ in 0..<5 {
             let port = try freePort()
             do {
-                let child = try await launch(port: port, directory: directory, arguments: arguments)
-                return RedisServer(port: port, directory: directory, extraArguments: arguments, process: child)
+                let child = try await launch(binary: binary, port: port, directory: directory, arguments: arguments)
+                return RedisServer(
+                    binary: binary, port: port, directory: directory, extraArguments: arguments, process: child)
             } catch {
                 lastError = error
             }
@@ -112,7 +118,8 @@ final class RedisServer: Sendable {
         var lastError: Error?
         for _ in 0..<50 {
             do {
-                let child = try await RedisServer.launch(port: port, directory: directory, arguments: extraArguments)
+                let child = try await RedisServer.launch(
+                    binary: binary, port: port, directory: directory, arguments: extraArguments)
                 process.withLock { $0 = child }
                 return
             } catch {
@@ -130,15 +137,15 @@ final class RedisServer: Sendable {
 
     // MARK: - Starting
 
-    private static func launch(port: Int, directory: TemporaryDirectory, arguments: [String]) async throws
-        -> ChildProcess
+    private static func launch(binary: String, port: Int, directory: TemporaryDirectory, arguments: [String])
+        async throws -> ChildProcess
     {
         let baseArguments = [
             "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", directory.path, "--logfile", directory.file("redis.log"), "--daemonize", "no",
         ]
         let child = try ChildProcess(
-            executable: executable, arguments: baseArguments + arguments, outputPath: directory.file("redis.stdout"))
+            executable: binary, arguments: baseArguments + arguments, outputPath: directory.file("redis.stdout"))
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
             if let ended = child.poll() {
@@ -148,9 +155,15 @@ final class RedisServer: Sendable {
             // Another test's server could own this port if ours failed to bind: check the pid.
             if let client = try? RedisConnection(
                 endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeoutSeconds: 1),
-                let info = try? client.command("INFO", "server").text
+                let info = try? client.command("INFO", "server")
             {
-                if info.contains("process_id:\(child.pid)\r") { return child }
+                if info.text?.contains("process_id:\(child.pid)\r") == true { return child }
+                // A server started with INFO renamed away cannot show its pid: one that answers
+                // while our child still runs is ours (a child that lost the port exits at once).
+                if info.errorMessage != nil, arguments.contains("INFO") {
+                    try await Task.sleep(for: .milliseconds(200))
+                    if child.poll() == nil { return child }
+                }
             }
             try await Task.sleep(for: .milliseconds(10))
         }

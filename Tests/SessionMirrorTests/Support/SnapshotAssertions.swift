@@ -3,14 +3,14 @@ import RedisClient
 import SnapshotStore
 import Testing
 
-/// One key as Redis holds it, read atomically (MULTI: TYPE, GET, DUMP, PEXPIRETIME, EXEC).
+/// One key as Redis holds it, read atomically (MULTI: TYPE, GET, DUMP, PEXPIRETIME or TIME PTTL TIME, EXEC).
 struct RedisKeyState: Equatable, CustomStringConvertible {
     var key: [UInt8]
     /// `string`, `hash`, ...
     var type: String
     /// The raw bytes for a string (GET), the DUMP payload for any other type.
     var value: [UInt8]
-    /// PEXPIRETIME: absolute Unix ms, nil for a key without TTL.
+    /// The absolute expiry in Unix ms (PEXPIRETIME), nil for a key without TTL.
     var expiresAt: Int64?
 
     var description: String {
@@ -36,28 +36,59 @@ func redisKeys(_ client: RedisConnection, prefix: [UInt8]) throws -> [[UInt8]: R
         cursor = next
     } while cursor != bytes("0")
 
-    var commands: [[[UInt8]]] = []
-    for key in keys {
-        commands += [
-            [bytes("MULTI")], [bytes("TYPE"), key], [bytes("GET"), key], [bytes("DUMP"), key],
-            [bytes("PEXPIRETIME"), key], [bytes("EXEC")],
-        ]
-    }
-    let replies = try client.pipeline(commands)
+    // Redis 6.2 has no PEXPIRETIME: there TIME, PTTL, TIME in the transaction give the absolute
+    // expiry exactly when both TIMEs read the same millisecond (PTTL counts from that clock);
+    // a key read across a millisecond boundary is read again.
+    let hasPEXPIRETIME = try client.command("COMMAND", "INFO", "PEXPIRETIME").elements?.first?.elements != nil
+    let expiryCommands: (([UInt8]) -> [[[UInt8]]]) =
+        hasPEXPIRETIME
+        ? { [[bytes("PEXPIRETIME"), $0]] } : { [[bytes("TIME")], [bytes("PTTL"), $0], [bytes("TIME")]] }
+    let perKey = 5 + (hasPEXPIRETIME ? 1 : 3)
     var states: [[UInt8]: RedisKeyState] = [:]
-    for (index, key) in keys.enumerated() {
-        let exec = replies[index * 6 + 5]
-        guard let results = exec.elements, results.count == 4, let type = results[0].text else {
-            throw SnapshotAssertionError(message: "MULTI/EXEC for \(printable(key)): unexpected reply \(exec)")
+    var pending = keys
+    while !pending.isEmpty {
+        var commands: [[[UInt8]]] = []
+        for key in pending {
+            commands += [[bytes("MULTI")], [bytes("TYPE"), key], [bytes("GET"), key], [bytes("DUMP"), key]]
+            commands += expiryCommands(key) + [[bytes("EXEC")]]
         }
-        if type == "none" { continue }  // Deleted or expired between SCAN and EXEC.
-        let value = type == "string" ? results[1].bytes : results[2].bytes
-        guard let value, let expiry = results[3].integer else {
-            throw SnapshotAssertionError(message: "reading \(printable(key)): unexpected replies \(results)")
+        let replies = try client.pipeline(commands)
+        var again: [[UInt8]] = []
+        for (index, key) in pending.enumerated() {
+            let exec = replies[index * perKey + perKey - 1]
+            guard let results = exec.elements, results.count == perKey - 2, let type = results[0].text else {
+                throw SnapshotAssertionError(message: "MULTI/EXEC for \(printable(key)): unexpected reply \(exec)")
+            }
+            if type == "none" { continue }  // Deleted or expired between SCAN and EXEC.
+            let value = type == "string" ? results[1].bytes : results[2].bytes
+            var expiry = results[3].integer
+            if !hasPEXPIRETIME {
+                let (before, after) = (milliseconds(results[3]), milliseconds(results[5]))
+                guard let before, let after, let ttl = results[4].integer else {
+                    throw SnapshotAssertionError(message: "reading \(printable(key)): unexpected replies \(results)")
+                }
+                if before != after {
+                    again.append(key)
+                    continue
+                }
+                expiry = ttl >= 0 ? before + ttl : ttl
+            }
+            guard let value, let expiry else {
+                throw SnapshotAssertionError(message: "reading \(printable(key)): unexpected replies \(results)")
+            }
+            states[key] = RedisKeyState(key: key, type: type, value: value, expiresAt: expiry >= 0 ? expiry : nil)
         }
-        states[key] = RedisKeyState(key: key, type: type, value: value, expiresAt: expiry >= 0 ? expiry : nil)
+        pending = again
     }
     return states
+}
+
+/// A TIME reply in Unix milliseconds.
+private func milliseconds(_ time: RedisReply) -> Int64? {
+    guard let parts = time.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
+        let micros = parts[1].text.flatMap({ Int64($0) })
+    else { return nil }
+    return seconds * 1000 + micros / 1000
 }
 
 /// Every row of the snapshot at `path` whose key starts with `prefix`, live and evicted.
