@@ -1,5 +1,6 @@
 import Foundation
 import RedisClient
+import SessionMirror
 import Testing
 
 /// An operator's error found while connecting at start ends `run` with exit status 2 and one clear
@@ -37,6 +38,14 @@ struct StartupFailureTests {
                 try redis.client().checked("CONFIG", "SET", "requirepass", "right")
                 return redis.url(password: "wrong")
             }, mentions: ["authenticate as default", "WRONGPASS"]),
+        Refusal(
+            testDescription: "an ACL user without the keyevent channels",
+            prepare: { redis in
+                // Everything but the channels: `resetchannels` is also Redis 7's default for new users.
+                try redis.client().checked("ACL", "SETUSER", "mirror", "on", ">pw", "~*", "resetchannels", "+@all")
+                return redis.url(username: "mirror", password: "pw")
+            },
+            mentions: KeyspaceNotifications.channelNames(database: 0).map { "&" + $0 } + ["NOPERM"]),
     ]
 
     @Test("the daemon exits 2 with one error line, 50 runs in a row", arguments: refusals)
