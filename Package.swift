@@ -52,7 +52,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionMirrorTests",
-            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore"]
+            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore", "Systemd"]
         ),
     ]
 )

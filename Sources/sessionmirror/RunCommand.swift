@@ -157,14 +157,14 @@ struct RunCommand: ParsableCommand {
         if let systemd = SystemdNotifier.fromEnvironment() {
             // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
             let latestStatus = Mutex("mirroring")
-            mirror.onReady = { systemd.notify("READY=1\nSTATUS=\(latestStatus.withLock { $0 })") }
+            mirror.onReady = { systemd.notify(["READY": "1", "STATUS": latestStatus.withLock { $0 }]) }
             mirror.onStatus = { status in
                 latestStatus.withLock { $0 = status }
-                systemd.notify("STATUS=\(status)")
+                systemd.notify(["STATUS": status])
             }
-            mirror.onStopping = { systemd.notify("STOPPING=1\nSTATUS=stopping") }
+            mirror.onStopping = { systemd.notify(["STOPPING": "1", "STATUS": "stopping"]) }
             if let interval = systemd.watchdogIntervalMilliseconds {
-                mirror.watchdog = (interval, { systemd.notify("WATCHDOG=1") })
+                mirror.watchdog = (interval, { systemd.notify(["WATCHDOG": "1"]) })
             }
         }
         let code = mirror.run()
