@@ -46,7 +46,7 @@ public final class AsyncRedisConnection: @unchecked Sendable {
 
     /// Starts connecting. `onConnect` gets nil on success (after AUTH and SELECT succeeded) or the
     /// error; `onDisconnect` is called once after a successful connect, when the link drops (nil when
-    /// we closed it ourselves).
+    /// we closed it ourselves; `.server(command: "SUBSCRIBE", …)` when Redis refused a subscription).
     public init(
         loop: EventLoop,
         endpoint: RedisEndpoint,
