@@ -159,7 +159,8 @@ extension Mirror {
         let timer = LoopTimer(loop: loop) { [weak self] in
             guard let self, self.phase == .connecting else { return }
             self.connectFailed(
-                MirrorSetupError(description: "SUBSCRIBE was not confirmed: \(self.channelRequirement)", permanent: true))
+                MirrorSetupError(
+                    description: "SUBSCRIBE was not confirmed: \(self.channelRequirement)", permanent: true))
         }
         timer.start(afterMilliseconds: 5000)
         subscribeTimer = timer

@@ -71,7 +71,8 @@ public struct MirrorConfiguration: Sendable {
         if metricsIntervalSeconds < 0 {
             throw ConfigurationError.invalid(
                 option: "--metrics-interval",
-                reason: "must be a positive number of seconds, or 0 for no metrics lines, got \(metricsIntervalSeconds)")
+                reason:
+                    "must be a positive number of seconds, or 0 for no metrics lines, got \(metricsIntervalSeconds)")
         }
         if !(0...1).contains(maxResyncDeleteFraction) {
             throw ConfigurationError.invalid(option: "--max-resync-delete", reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")

@@ -17,7 +17,9 @@ public enum SessionKey {
         // UTF-8, else byte by byte like the id (the log handler escapes control characters).
         let prefixText =
             String(validating: prefix, as: UTF8.self)
-            ?? prefix.map { (0x20...0x7e).contains($0) ? String(UnicodeScalar($0)) : "\\x" + String($0, radix: 16) }.joined()
+            ?? prefix.map { byte in
+                (0x20...0x7e).contains(byte) ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
+            }.joined()
         return "\(prefixText)\(shown)…(\(rest.count) bytes)"
     }
 }

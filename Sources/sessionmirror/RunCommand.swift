@@ -25,7 +25,9 @@ struct RunOptions: ParsableArguments {
     @Option(help: "The SQLite snapshot file, created 0600 (default ./sessionmirror.db).") var snapshot: String?
     // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
     // missing; taken as a value, the range check can say what is wrong with it.
-    @Option(name: .customLong("commit-interval"), parsing: .unconditional, help: "Recovery-point objective in ms (default 100).")
+    @Option(
+        name: .customLong("commit-interval"), parsing: .unconditional,
+        help: "Recovery-point objective in ms (default 100).")
     var commitInterval: Int?
     @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing past this share of rows (default 10%).")
     var maxResyncDelete: String?
@@ -35,7 +37,9 @@ struct RunOptions: ParsableArguments {
     var noConfigSet = false
     @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default alert).")
     var onCacheLoss: MirrorConfiguration.CacheLossAction?
-    @Option(name: .customLong("metrics-interval"), parsing: .unconditional, help: "Seconds between metrics lines (default 10; 0: none).")
+    @Option(
+        name: .customLong("metrics-interval"), parsing: .unconditional,
+        help: "Seconds between metrics lines (default 10; 0: none).")
     var metricsInterval: Int?
     @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?

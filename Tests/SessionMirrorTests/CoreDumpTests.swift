@@ -30,12 +30,15 @@ struct CoreDumpTests {
         if asRoot {
             process = try ChildProcess(
                 executable: setpriv,
-                arguments: ["--reuid=\(daemonUser)", "--regid=\(daemonUser)", "--clear-groups", MirrorProcess.executable]
+                arguments: [
+                    "--reuid=\(daemonUser)", "--regid=\(daemonUser)", "--clear-groups", MirrorProcess.executable,
+                ]
                     + arguments,
                 outputPath: directory.file("sessionmirror.log"))
         } else {
             process = try ChildProcess(
-                executable: MirrorProcess.executable, arguments: arguments, outputPath: directory.file("sessionmirror.log"))
+                executable: MirrorProcess.executable, arguments: arguments,
+                outputPath: directory.file("sessionmirror.log"))
         }
         defer { process.kill() }
         // Past start-up: it retries, since nothing listens on port 1.
@@ -45,10 +48,14 @@ struct CoreDumpTests {
         try #require(running && process.poll() == nil, "the daemon did not start:\n\(process.output())")
 
         let status = try String(contentsOfFile: "/proc/\(process.pid)/status", encoding: .utf8)
-        let realUID = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst().first
+        let realUID = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(separator: "\t").dropFirst()
+            .first
         #expect(realUID.map(String.init) == String(daemonUser), "the daemon does not run as \(daemonUser):\n\(status)")
-        let owner = try FileManager.default.attributesOfItem(atPath: "/proc/\(process.pid)/fd")[.ownerAccountID] as? NSNumber
-        #expect(owner?.uint32Value == 0, "/proc/<pid>/fd belongs to \(owner.map { "\($0)" } ?? "?"): the daemon is dumpable")
+        let owner =
+            try FileManager.default.attributesOfItem(atPath: "/proc/\(process.pid)/fd")[.ownerAccountID] as? NSNumber
+        #expect(
+            owner?.uint32Value == 0, "/proc/<pid>/fd belongs to \(owner.map { "\($0)" } ?? "?"): the daemon is dumpable"
+        )
 
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output())")

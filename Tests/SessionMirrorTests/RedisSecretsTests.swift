@@ -67,7 +67,8 @@ struct RedisURLTests {
         #expect {
             try RedisEndpoint(url: "rediss://127.0.0.1:6380/0")
         } throws: { error in
-            "\(error)".contains("TLS") && "\(error)".contains("not supported") && "\(error)".contains("docs/security.md")
+            "\(error)".contains("TLS") && "\(error)".contains("not supported")
+                && "\(error)".contains("docs/security.md")
         }
     }
 }
@@ -115,7 +116,8 @@ struct RedisPasswordTests {
         statusMessages += manager.receive()
 
         let (checked, checkOutput) = try await MirrorProcess.runToCompletion(
-            ["check", "--redis", url, "--prefix", "session:", "--snapshot", directory.file("sessions.db")], in: directory)
+            ["check", "--redis", url, "--prefix", "session:", "--snapshot", directory.file("sessions.db")],
+            in: directory)
         #expect(checked == .exited(0), "\(checkOutput)")
         #expect(checkOutput.contains("unix://mirror@\(socket)?db=0"), "\(checkOutput)")
 
@@ -141,7 +143,8 @@ struct RedisPasswordTests {
         defer { process.process.kill() }
         try await process.waitForEvent("sync_finished")
         let environment = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(process.process.pid)/environ"))
-        #expect(!String(decoding: environment, as: UTF8.self).contains(password), "the password is in /proc/<pid>/environ")
+        #expect(
+            !String(decoding: environment, as: UTF8.self).contains(password), "the password is in /proc/<pid>/environ")
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output)")
         #expect(!process.output.contains(password))
@@ -152,7 +155,8 @@ struct RedisPasswordTests {
         let directory = try TemporaryDirectory(label: "toml-password")
         let config = directory.file("mirror.toml")
         try Data("redis = redis://mirror:\(password)@127.0.0.1:6379/0\n".utf8).write(to: URL(fileURLWithPath: config))
-        let (termination, output) = try await MirrorProcess.runToCompletion(["check", "--config", config], in: directory)
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["check", "--config", config], in: directory)
         #expect(termination == .exited(2), "\(output)")
         #expect(output.contains("'redis'"), "the message does not name the key: \(output)")
         #expect(!output.contains(password), "\(output)")
