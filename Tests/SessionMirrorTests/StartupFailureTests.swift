@@ -9,7 +9,10 @@ import Testing
 /// Each case runs the binary 50 times, because the failure this guards against was a race (the
 /// subscription's loop posting to the mirror's loop while the fatal shutdown closed it): it
 /// aborted the process in a few runs of ten, never in all of them.
-@Suite("A fatal error at start exits 2 every time", .timeLimit(.minutes(10)))
+///
+/// Serialized: one daemon starts at a time, so that 250 start-ups do not crowd out the tests
+/// running beside this suite.
+@Suite("A fatal error at start exits 2 every time", .serialized, .timeLimit(.minutes(10)))
 struct StartupFailureTests {
     static let runs = 50
 
