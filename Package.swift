@@ -31,8 +31,11 @@ let package = Package(
             name: "SnapshotStore",
             dependencies: ["CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log")]
         ),
-        // sd_notify spoken over a unix datagram socket: no libsystemd.
-        .target(name: "Systemd"),
+        // prctl(2), which is variadic in C: fixed-argument wrappers, header only.
+        .systemLibrary(name: "CSessionMirrorProcess"),
+        // sd_notify spoken over a unix datagram socket: no libsystemd. Also the process's own
+        // hardening (no core dumps, no password left in the environment).
+        .target(name: "Systemd", dependencies: ["CSessionMirrorProcess"]),
         // The mirror engine: pure Swift, no C.
         .target(
             name: "SessionMirror",
@@ -49,7 +52,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionMirrorTests",
-            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore"]
+            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore", "Systemd"]
         ),
     ]
 )

@@ -46,7 +46,7 @@ public final class AsyncRedisConnection: @unchecked Sendable {
 
     /// Starts connecting. `onConnect` gets nil on success (after AUTH and SELECT succeeded) or the
     /// error; `onDisconnect` is called once after a successful connect, when the link drops (nil when
-    /// we closed it ourselves).
+    /// we closed it ourselves; `.server(command: "SUBSCRIBE", …)` when Redis refused a subscription).
     public init(
         loop: EventLoop,
         endpoint: RedisEndpoint,
@@ -203,7 +203,7 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         abort()
     }
 
-    fileprivate func transportDidDisconnect(status: Int32, error: String) {
+    fileprivate func transportDidDisconnect(status: Int32, errorKind: Int32, error: String) {
         // The last callback hiredis makes for this context; it is freed right after.
         context?.pointee.data = nil
         context = nil
@@ -213,7 +213,18 @@ public final class AsyncRedisConnection: @unchecked Sendable {
         if wasConnected {
             let callback = onDisconnect
             onDisconnect = nil
-            callback?(closedByUs && status == REDIS_OK ? nil : .io(error.isEmpty ? "connection closed" : error))
+            let reason: RedisError?
+            if closedByUs && status == REDIS_OK {
+                reason = nil
+            } else if errorKind == REDIS_ERR_OTHER && messageHandler != nil {
+                // hiredis 0.14 hangs up when an error reply arrives that no command callback
+                // waits for, with the reply as errstr. On a subscribed connection that is Redis
+                // refusing a (P)SUBSCRIBE, for example NOPERM for a channel the ACL user lacks.
+                reason = .server(command: "SUBSCRIBE", message: error)
+            } else {
+                reason = .io(error.isEmpty ? "connection closed" : error)
+            }
+            callback?(reason)
         } else {
             finish(connectError: .connect(endpoint: endpoint.description, reason: error.isEmpty ? "connection closed" : error))
             return
@@ -320,7 +331,7 @@ private let asyncConnectCallback: @convention(c) (UnsafePointer<redisAsyncContex
 private let asyncDisconnectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
     context, status in
     let error = context.flatMap { $0.pointee.errstr.map { String(cString: $0) } } ?? ""
-    connection(context)?.transportDidDisconnect(status: status, error: error)
+    connection(context)?.transportDidDisconnect(status: status, errorKind: context?.pointee.err ?? 0, error: error)
 }
 
 private let asyncReplyCallback:

@@ -6,16 +6,34 @@ import Synchronization
 /// A libuv loop running on its own thread: the one owner of every hiredis context, timer and
 /// signal handle of the daemon.
 ///
-/// - Important: every method except `execute(_:)`, `start()`, `stopAndJoin()` and
+/// Other threads reach the loop only through `execute(_:)` and `wake()`, which post under a lock
+/// while the loop is open and drop the post once it has stopped: the loop thread marks the inbox
+/// closed under the same lock before it closes a single handle, so no thread can signal the wakeup
+/// handle of a loop that is closing or closed (libuv aborts the process when `uv_async_send`
+/// finds the loop's descriptors gone). Handles are closed on the loop thread only, and the loop
+/// itself only after every handle's close callback has run.
+///
+/// - Important: every method except `execute(_:)`, `wake()`, `start()`, `join()` and
 ///   `isOnLoopThread` must be called on the loop thread. Nothing that runs on the loop may wait for
 ///   the disk or another thread: the subscription it drains would back up inside Redis.
 public final class EventLoop: @unchecked Sendable {
+    public typealias Work = @Sendable () -> Void
+
+    /// The posts of other threads, and whether the loop still takes them.
+    private enum Inbox {
+        /// The loop runs (or will): posts are queued and the wakeup handle is signalled.
+        case open([Work])
+        /// The loop has stopped: posts are dropped, and nobody touches the wakeup handle again.
+        case closed
+    }
+
     let loop: UnsafeMutablePointer<uv_loop_t>
     private let wakeup: UnsafeMutablePointer<uv_async_t>
-    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private let inbox = Mutex<Inbox>(.open([]))
     private let finished = DispatchSemaphore(value: 0)
     private let threadID = Mutex<pthread_t?>(nil)
-    private var stopping = false
+    /// Set on the loop thread once `uv_loop_close` succeeded: only then may the memory go.
+    private let loopClosed = Atomic<Bool>(false)
 
     public init() {
         loop = .allocate(capacity: 1)
@@ -28,6 +46,9 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     deinit {
+        // A loop that never closed (never started, or a handle its owner never closed) may still be
+        // referenced by libuv's lists: leaking it is safer than freeing memory libuv points into.
+        guard loopClosed.load(ordering: .acquiring) else { return }
         loop.deallocate()
         wakeup.deallocate()
     }
@@ -40,7 +61,7 @@ public final class EventLoop: @unchecked Sendable {
             try? String(name.utf8.prefix(15))?.write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
             body()
             _ = uv_run(loop, UV_RUN_DEFAULT)
-            closeAllHandles()
+            closeInboxAndHandles()
             finished.signal()
         }
         thread.name = name
@@ -58,22 +79,33 @@ public final class EventLoop: @unchecked Sendable {
         precondition(isOnLoopThread, "must be called on the event loop thread", file: file, line: line)
     }
 
-    /// Runs `work` on the loop thread soon. Safe from any thread.
-    public func execute(_ work: @escaping @Sendable () -> Void) {
-        inbox.withLock { $0.append(work) }
-        uv_async_send(wakeup)
+    /// Runs `work` on the loop thread soon. Safe from any thread, at any time: once the loop has
+    /// stopped, `work` is dropped (never run) and false is returned.
+    @discardableResult
+    public func execute(_ work: @escaping Work) -> Bool {
+        inbox.withLock { state in
+            guard case .open(var items) = state else { return false }
+            // Take the array out of the enum before appending, so that it is not copied.
+            state = .closed
+            items.append(work)
+            state = .open(items)
+            // Under the lock: the loop thread closes the inbox under it before closing the handle.
+            uv_async_send(wakeup)
+            return true
+        }
     }
 
     /// Wakes the loop for one iteration (its check handles run), without posting work. Safe from
-    /// any thread; libuv coalesces wakeups.
+    /// any thread; libuv coalesces wakeups; does nothing once the loop has stopped.
     public func wake() {
-        uv_async_send(wakeup)
+        inbox.withLock { state in
+            if case .open = state { uv_async_send(wakeup) }
+        }
     }
 
     /// Asks the loop to stop (from the loop thread): handles are closed and `start`'s thread ends.
     public func stop() {
         preconditionInLoop()
-        stopping = true
         uv_stop(loop)
     }
 
@@ -88,20 +120,33 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     fileprivate func drainInbox() {
-        let work = inbox.withLock { items -> [@Sendable () -> Void] in
-            let taken = items
-            items.removeAll(keepingCapacity: true)
-            return taken
+        let work = inbox.withLock { state -> [Work] in
+            guard case .open(let items) = state else { return [] }
+            state = .open([])
+            return items
         }
         for item in work { item() }
     }
 
-    /// Closes every handle still open and runs the loop until their close callbacks have run.
-    private func closeAllHandles() {
+    /// After the loop stopped: refuses further posts, closes every handle still open, runs the loop
+    /// until their close callbacks have run, then closes the loop.
+    private func closeInboxAndHandles() {
+        // Posts that arrived after the stop are dropped: the owner is shutting down. They are
+        // released outside the lock, since releasing a closure may run a deinit that posts again.
+        let dropped = inbox.withLock { state -> [Work] in
+            defer { state = .closed }
+            if case .open(let items) = state { return items }
+            return []
+        }
+        _ = dropped
         uv_walk(loop, eventLoopCloseWalker, nil)
-        for _ in 0..<8 { _ = uv_run(loop, UV_RUN_NOWAIT) }
-        // Work posted after the loop stopped is dropped: the owner is shutting down.
-        _ = uv_loop_close(loop)
+        // A close callback runs in the loop iteration after uv_close; a few rounds cover callbacks
+        // that close further handles. A handle still open after them belongs to a hiredis context
+        // its owner never freed (a programmer error): the loop then stays open and allocated.
+        for _ in 0..<16 where uv_loop_alive(loop) != 0 {
+            _ = uv_run(loop, UV_RUN_NOWAIT)
+        }
+        if uv_loop_close(loop) == 0 { loopClosed.store(true, ordering: .releasing) }
     }
 }
 

@@ -1,8 +1,12 @@
 /// Where and how to reach a Redis server, parsed from a URL.
 ///
-/// Accepted forms: `redis://[user[:password]@]host[:port][/db]` and `unix://[user@]/path/redis.sock[?db=N]`.
+/// Accepted forms: `redis://[user[:password]@]host[:port][/db]` and
+/// `unix://[user[:password]@]/path/redis.sock[?db=N]`, with `%XX` escapes in the user and password.
 /// A password in the URL is accepted for convenience, but operators should prefer
 /// `--password-file` or the environment so that it never appears on a command line.
+///
+/// - Important: no message of this type ever quotes the URL or a part of it: a malformed URL may
+///   hold a password anywhere, and the messages end up in logs.
 public struct RedisEndpoint: Sendable, Equatable {
     /// The transport to reach the server.
     public enum Address: Sendable, Equatable {
@@ -28,15 +32,19 @@ public struct RedisEndpoint: Sendable, Equatable {
     /// Parses a Redis URL, throwing `RedisEndpointError` with a message that names what is wrong.
     public init(url: String) throws {
         if url.hasPrefix("redis://") {
-            try self.init(tcpURL: String(url.dropFirst("redis://".count)), original: url)
+            try self.init(tcpURL: String(url.dropFirst("redis://".count)))
         } else if url.hasPrefix("unix://") {
             try self.init(unixURL: String(url.dropFirst("unix://".count)))
+        } else if url.hasPrefix("rediss://") {
+            throw RedisEndpointError.invalid(
+                "rediss:// (TLS) is not supported by this build (hiredis 0.14 has no TLS): run a local TLS tunnel "
+                    + "and point --redis at it, as the TLS section of docs/security.md shows")
         } else {
             throw RedisEndpointError.invalid("expected redis://host:port/db or unix:///path?db=N")
         }
     }
 
-    private init(tcpURL rest: String, original: String) throws {
+    private init(tcpURL rest: String) throws {
         var hostPart = Substring(rest)
         var credentials: Substring?
         if let at = hostPart.lastIndex(of: "@") {
@@ -49,7 +57,7 @@ public struct RedisEndpoint: Sendable, Equatable {
             hostPart = hostPart[..<slash]
             if !dbText.isEmpty {
                 guard let db = Int(dbText), db >= 0 else {
-                    throw RedisEndpointError.invalid("database must be a number >= 0, got '\(dbText)'")
+                    throw RedisEndpointError.invalid("the database (after the host's /) must be a number >= 0")
                 }
                 database = db
             }
@@ -65,7 +73,7 @@ public struct RedisEndpoint: Sendable, Equatable {
             let inner = String(host[host.index(after: host.startIndex)..<close])
             if after.hasPrefix(":") {
                 guard let p = Int(after.dropFirst()) else {
-                    throw RedisEndpointError.invalid("port must be a number, got '\(after.dropFirst())'")
+                    throw RedisEndpointError.invalid("the port must be a number between 1 and 65535")
                 }
                 port = p
             } else if !after.isEmpty {
@@ -73,39 +81,29 @@ public struct RedisEndpoint: Sendable, Equatable {
             }
             host = inner
         } else if let colon = host.lastIndex(of: ":") {
-            let portText = host[host.index(after: colon)...]
-            guard let p = Int(portText) else {
-                throw RedisEndpointError.invalid("port must be a number, got '\(portText)'")
+            guard let p = Int(host[host.index(after: colon)...]) else {
+                throw RedisEndpointError.invalid("the port must be a number between 1 and 65535")
             }
             port = p
             host = String(host[..<colon])
         }
         guard !host.isEmpty else { throw RedisEndpointError.invalid("missing host") }
         guard (1...65535).contains(port) else {
-            throw RedisEndpointError.invalid("port must be between 1 and 65535, got \(port)")
+            throw RedisEndpointError.invalid("the port must be a number between 1 and 65535")
         }
-        var username: String?
-        var password: String?
-        if let credentials {
-            if let colon = credentials.firstIndex(of: ":") {
-                let user = credentials[..<colon]
-                username = user.isEmpty ? nil : String(user).removingPercentEncodingIfPossible
-                password = String(credentials[credentials.index(after: colon)...]).removingPercentEncodingIfPossible
-            } else if !credentials.isEmpty {
-                username = String(credentials).removingPercentEncodingIfPossible
-            }
-        }
+        let (username, password) = RedisEndpoint.credentials(credentials)
         self.init(address: .tcp(host: host, port: port), database: database, username: username, password: password)
     }
 
     private init(unixURL rest: String) throws {
         var path = Substring(rest)
-        // unix://user@/path/redis.sock: an ACL user name (the password comes from a file or the
-        // environment).
-        var username: String?
-        if let at = path.firstIndex(of: "@"), let slash = path.firstIndex(of: "/"), at < slash {
-            username = String(path[..<at]).removingPercentEncodingIfPossible
-            path = path[path.index(after: at)...]
+        // unix://user:password@/path/redis.sock. The path starts with "/", so the credentials end
+        // at an "@/"; the last one, so that a password holding "@/" stays whole (a socket path
+        // holding one is the rarer case, and percent escapes serve both).
+        var credentials: Substring?
+        if !path.hasPrefix("/"), let at = path.ranges(of: "@/").last {
+            credentials = path[..<at.lowerBound]
+            path = path[path.index(after: at.lowerBound)...]
         }
         var database = 0
         if let question = path.firstIndex(of: "?") {
@@ -114,29 +112,68 @@ public struct RedisEndpoint: Sendable, Equatable {
             for item in query.split(separator: "&") {
                 let pair = item.split(separator: "=", maxSplits: 1)
                 guard pair.count == 2, pair[0] == "db", let db = Int(pair[1]), db >= 0 else {
-                    throw RedisEndpointError.invalid("unknown query '\(item)' (only db=N is accepted)")
+                    throw RedisEndpointError.invalid("only the query db=N (N >= 0) is accepted after the socket path")
                 }
                 database = db
             }
         }
         guard path.hasPrefix("/") else {
-            throw RedisEndpointError.invalid("unix socket path must be absolute: unix:///path/redis.sock")
+            throw RedisEndpointError.invalid(
+                "unix socket path must be absolute: unix:///path/redis.sock or unix://user:password@/path/redis.sock")
         }
-        self.init(address: .unix(path: String(path)), database: database, username: username)
+        let (username, password) = RedisEndpoint.credentials(credentials)
+        self.init(address: .unix(path: String(path)), database: database, username: username, password: password)
+    }
+
+    /// `user`, `user:password` or `:password`, percent-decoded; an empty user is the default user.
+    private static func credentials(_ text: Substring?) -> (username: String?, password: String?) {
+        guard let text, !text.isEmpty else { return (nil, nil) }
+        guard let colon = text.firstIndex(of: ":") else { return (String(text).removingPercentEncodingIfPossible, nil) }
+        let user = text[..<colon]
+        return (
+            user.isEmpty ? nil : String(user).removingPercentEncodingIfPossible,
+            String(text[text.index(after: colon)...]).removingPercentEncodingIfPossible
+        )
     }
 }
 
 extension RedisEndpoint: CustomStringConvertible {
-    /// A printable form with the password masked, safe for logs.
+    /// A printable form with the password masked (`***` when there is a password and no user), safe
+    /// for logs, `STATUS=` and a command line: bytes that could pass for a separator, a newline or
+    /// a terminal escape are written as `%XX` (in the user name, everything but letters, digits and
+    /// `-._~`, since the parser decodes it; in the host and path, control, space and non-ASCII bytes).
     public var description: String {
-        let user = username.map { "\($0)@" } ?? (password != nil ? "***@" : "")
+        let user = username.map { "\(RedisEndpoint.escaped($0, strictly: true))@" } ?? (password != nil ? "***@" : "")
         switch address {
         case .tcp(let host, let port):
-            let shownHost = host.contains(":") ? "[\(host)]" : host
-            return "redis://\(user)\(shownHost):\(port)/\(database)"
+            let shownHost = RedisEndpoint.escaped(host, strictly: false)
+            return "redis://\(user)\(host.contains(":") ? "[\(shownHost)]" : shownHost):\(port)/\(database)"
         case .unix(let path):
-            return "unix://\(username.map { "\($0)@" } ?? "")\(path)?db=\(database)"
+            return "unix://\(user)\(RedisEndpoint.escaped(path, strictly: false))?db=\(database)"
         }
+    }
+
+    private static func escaped(_ text: String, strictly: Bool) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            let kept: Bool
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
+                UInt8(ascii: "~"):
+                kept = true
+            case 0x21...0x7e:
+                kept = !strictly
+            default:
+                kept = false
+            }
+            if kept {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                out += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+            }
+        }
+        return out
     }
 }
 

@@ -57,6 +57,8 @@ final class KeyspaceSubscription: @unchecked Sendable {
         var subscribed: @Sendable (_ attempt: Int, _ clientID: Int64) -> Void
         /// The connection dropped after it was up.
         var lost: @Sendable (_ attempt: Int, _ reason: String) -> Void
+        /// Redis refused the SUBSCRIBE (an ACL without the channels or `+subscribe`): Redis's message.
+        var refused: @Sendable (_ attempt: Int, _ message: String) -> Void
         /// FLUSHALL / FLUSHDB (of any database): `canaryWrites` invalidations of the canary key came
         /// before it (in Redis's own order: one connection).
         var flushed: @Sendable (_ attempt: Int, _ canaryWrites: Int) -> Void
@@ -109,6 +111,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 onDisconnect: { [weak self] error in
                     guard let self, self.attempt == attempt else { return }
                     self.connection = nil
+                    if case .server(_, let message)? = error, self.confirmed < self.channels.count {
+                        mirrorLoop.execute { callbacks.refused(attempt, message) }
+                        return
+                    }
                     let reason = error.map { "\($0)" } ?? "connection closed"
                     mirrorLoop.execute { callbacks.lost(attempt, reason) }
                 })
@@ -117,8 +123,9 @@ final class KeyspaceSubscription: @unchecked Sendable {
     }
 
     /// Asks for the client id (client tracking redirects to it), then subscribes to every channel
-    /// in one command: an ACL that refuses one refuses all, and no confirmation comes (hiredis 0.14
-    /// drops the error reply of a subscribe; the mirror's timer reports it).
+    /// in one command: an ACL that refuses one refuses all. hiredis 0.14 answers the refusal by
+    /// closing the connection, reported as `refused`; the mirror's timer covers a confirmation
+    /// that never comes for any other reason.
     func subscribe(attempt: Int) {
         loop.execute { [self] in
             guard self.attempt == attempt, let connection else { return }

@@ -82,22 +82,32 @@ public struct LogfmtLogHandler: LogHandler {
         sink.write(format == .json ? LogfmtLogHandler.json(fields) : LogfmtLogHandler.logfmt(fields))
     }
 
+    /// `key=value` pairs. A value is quoted when it is empty or holds a space, `=`, `"`, `\\` or a
+    /// control character; inside quotes `"` and `\\` are backslash-escaped, `\n`, `\r` and `\t`
+    /// written as such, and every other control character (C0, DEL, C1) as `\u00XX`, as go-logfmt
+    /// does (and U+2028/U+2029 too). A line is always one line, and nothing in it reaches a terminal
+    /// as an escape sequence.
     static func logfmt(_ fields: [(String, String)]) -> String {
         fields.map { key, value in
-            let needsQuotes = value.isEmpty || value.contains { $0 == " " || $0 == "=" || $0 == "\"" || $0 == "\\" || $0.isNewline }
+            let needsQuotes =
+                value.isEmpty
+                || value.unicodeScalars.contains { $0 == " " || $0 == "=" || $0 == "\"" || $0 == "\\" || isControl($0) }
             guard needsQuotes else { return "\(key)=\(value)" }
-            let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-                .replacingOccurrences(of: "\n", with: "\\n")
-            return "\(key)=\"\(escaped)\""
+            return "\(key)=\"\(escaped(value))\""
         }.joined(separator: " ")
     }
 
     static func json(_ fields: [(String, String)]) -> String {
-        "{" + fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",") + "}"
+        "{" + fields.map { "\"\(escaped($0.0))\":\"\(escaped($0.1))\"" }.joined(separator: ",") + "}"
     }
 
-    static func jsonString(_ text: String) -> String {
-        var out = "\""
+    /// A JSON string's contents (RFC 8259), which is also the inside of a quoted logfmt value:
+    /// `"` and `\\` escaped, control characters as `\n`, `\r`, `\t` or `\uXXXX`. DEL, the C1
+    /// controls and the separators need no escape in JSON; they get one anyway, since a terminal or
+    /// a viewer may act on them.
+    static func escaped(_ text: String) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -106,14 +116,21 @@ public struct LogfmtLogHandler: LogHandler {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if scalar.value < 0x20 {
-                    out += String(format: "\\u%04x", scalar.value)
+                if isControl(scalar) {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                 } else {
                     out.unicodeScalars.append(scalar)
                 }
             }
         }
-        return out + "\""
+        return out
+    }
+
+    /// C0 controls (U+0000–U+001F), DEL (U+007F), C1 controls (U+0080–U+009F), and the line and
+    /// paragraph separators (U+2028, U+2029) that some viewers break lines at.
+    static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 
     static func timestamp() -> String {

@@ -166,20 +166,32 @@ extension Mirror {
     private func subscribe(version: String) {
         pendingServerVersion = version
         subscription.subscribe(attempt: attempt)
-        // hiredis 0.14 drops an error reply to SUBSCRIBE (an ACL without the channels), so a
-        // missing confirmation is how we learn of it.
-        let channels = KeyspaceNotifications.channelNames(database: configuration.endpoint.database)
-            .map { "&" + $0 }.joined(separator: " ")
+        // A refusal arrives as `subscriptionRefused`; a confirmation that never comes for any
+        // other reason ends here.
         let timer = LoopTimer(loop: loop) { [weak self] in
             guard let self, self.phase == .connecting else { return }
             self.connectFailed(
                 MirrorSetupError(
-                    description: "SUBSCRIBE was not confirmed: the Redis user needs +subscribe and the channels \(channels) "
-                        + "(`sessionmirror doctor` prints the whole ACL line)",
-                    permanent: true))
+                    description: "SUBSCRIBE was not confirmed: \(self.channelRequirement)", permanent: true))
         }
         timer.start(afterMilliseconds: 5000)
         subscribeTimer = timer
+    }
+
+    /// Redis refused the subscription of `attempt` (NOPERM: the ACL user lacks a channel or
+    /// `+subscribe`). At start an operator's error (exit 2); after a reconnect, retried.
+    func subscriptionRefused(_ attempt: Int, message: String) {
+        guard attempt == self.attempt, phase == .connecting else { return }
+        connectFailed(
+            MirrorSetupError(description: "SUBSCRIBE was refused (\(message)): \(channelRequirement)", permanent: true))
+    }
+
+    /// What the Redis user needs for the subscription, naming every channel. One SUBSCRIBE carries
+    /// them all and Redis's NOPERM does not say which one it refused.
+    private var channelRequirement: String {
+        let channels = KeyspaceNotifications.channelNames(database: configuration.endpoint.database).map { "&" + $0 }
+        return "the Redis user needs +subscribe and the channels \(channels.joined(separator: " ")) "
+            + "(`sessionmirror doctor` prints the whole ACL line)"
     }
 
     /// The subscriber listens: turn client tracking on for the prefixes and the canary key,

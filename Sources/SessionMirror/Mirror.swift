@@ -136,6 +136,7 @@ public final class Mirror: @unchecked Sendable {
                     guard let self, attempt == self.attempt else { return }
                     self.connectionLost(reason)
                 },
+                refused: { [weak self] attempt, message in self?.subscriptionRefused(attempt, message: message) },
                 flushed: { [weak self] attempt, canaryWrites in
                     guard let self, attempt == self.attempt else { return }
                     self.flushSignalled(canaryWritesBefore: canaryWrites)

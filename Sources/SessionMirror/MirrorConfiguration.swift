@@ -64,7 +64,15 @@ public struct MirrorConfiguration: Sendable {
             throw ConfigurationError.invalid(option: "--prefix", reason: "an empty prefix would mirror the whole database")
         }
         if !(1...60_000).contains(commitIntervalMilliseconds) {
-            throw ConfigurationError.invalid(option: "--commit-interval", reason: "must be between 1 and 60000 ms")
+            throw ConfigurationError.invalid(
+                option: "--commit-interval",
+                reason: "must be a positive number of milliseconds, at most 60000, got \(commitIntervalMilliseconds)")
+        }
+        if metricsIntervalSeconds < 0 {
+            throw ConfigurationError.invalid(
+                option: "--metrics-interval",
+                reason:
+                    "must be a positive number of seconds, or 0 for no metrics lines, got \(metricsIntervalSeconds)")
         }
         if !(0...1).contains(maxResyncDeleteFraction) {
             throw ConfigurationError.invalid(option: "--max-resync-delete", reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")

@@ -13,7 +13,13 @@ public enum SessionKey {
         let shown = rest.prefix(6).map { byte -> String in
             (0x21...0x7e).contains(byte) && byte != UInt8(ascii: "\\") ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
         }.joined()
-        let prefixText = String(decoding: prefix, as: UTF8.self)
+        // A prefix is configuration, not a secret, but may be any bytes: shown as text when it is
+        // UTF-8, else byte by byte like the id (the log handler escapes control characters).
+        let prefixText =
+            String(validating: prefix, as: UTF8.self)
+            ?? prefix.map { byte in
+                (0x20...0x7e).contains(byte) ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
+            }.joined()
         return "\(prefixText)\(shown)…(\(rest.count) bytes)"
     }
 }

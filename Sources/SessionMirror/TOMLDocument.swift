@@ -62,7 +62,14 @@ public struct TOMLDocument: Sendable {
             }
             line = valueText
             var scanner = Scanner(text: Array(line.unicodeScalars), source: source, line: lineNumber)
-            let value = try scanner.value()
+            let value: Value
+            do {
+                value = try scanner.value()
+            } catch ConfigurationError.file(let source, let line, let reason) {
+                // Name the key, never the text: an unquoted `redis = redis://user:password@…` is
+                // exactly the value that must not reach a log.
+                throw ConfigurationError.file(source, line: line, "'\(key)': \(reason)")
+            }
             scanner.skipSpaces()
             guard scanner.atEnd else {
                 throw ConfigurationError.file(source, line: lineNumber, "unexpected text after the value of '\(key)'")
@@ -228,7 +235,7 @@ public struct TOMLDocument: Sendable {
             if word == "false" { return .boolean(false) }
             if let integer = Int64(word) { return .integer(integer) }
             if let float = Double(word), word.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) { return .float(float) }
-            throw error("'\(word)' is not a value (strings need quotes)")
+            throw error("a bare word is not a value (strings need quotes)")
         }
     }
 }

@@ -36,9 +36,35 @@ public final class SystemdNotifier: Sendable {
 
     deinit { close(descriptor) }
 
-    /// Sends `message` (for example `READY=1\nSTATUS=mirroring`); failures are ignored, as
-    /// sd_notify's are: systemd may be gone while we shut down.
-    public func notify(_ message: String) {
+    /// Sends the assignments in one datagram (for example `["READY": "1", "STATUS": "mirroring"]`);
+    /// failures are ignored, as sd_notify's are: systemd may be gone while we shut down.
+    ///
+    /// Values are cleaned with `cleanedValue(_:)`: a status line built from a URL or an error
+    /// message must never add an assignment of its own (a `READY=1` before the sync, a `MAINPID=`).
+    public func notify(_ assignments: KeyValuePairs<String, String>) {
+        send(SystemdNotifier.message(assignments))
+    }
+
+    /// The datagram for `assignments`: `KEY=value` lines with cleaned values.
+    public static func message(_ assignments: KeyValuePairs<String, String>) -> String {
+        assignments.map { "\($0.key)=\(cleanedValue($0.value))" }.joined(separator: "\n")
+    }
+
+    /// `value` on one line: every control character (C0 including newlines, DEL, C1) and the
+    /// Unicode line and paragraph separators become a space.
+    public static func cleanedValue(_ value: String) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(value.unicodeScalars.count)
+        for scalar in value.unicodeScalars {
+            let control =
+                scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar.value == 0x2028
+                || scalar.value == 0x2029
+            out.unicodeScalars.append(control ? " " : scalar)
+        }
+        return out
+    }
+
+    private func send(_ message: String) {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let pathLength = socketPath.count

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import Systemd
 
 /// How to reach Redis; the password never has to be on a command line.
 struct RedisOptions: ParsableArguments {
@@ -27,15 +28,21 @@ struct RedisOptions: ParsableArguments {
     }
 }
 
+/// `$SESSIONMIRROR_REDIS_PASSWORD`, taken out of the environment the first time it is asked for
+/// (erased and unset, see `ProcessHardening.takeEnvironmentVariable`): `main` touches it before any
+/// thread starts.
+let environmentPassword = ProcessHardening.takeEnvironmentVariable("SESSIONMIRROR_REDIS_PASSWORD")
+
 /// Sets the password from, in order: `file` (its first line; an empty file means none, so that a
 /// systemd unit can always load the credential), `$SESSIONMIRROR_REDIS_PASSWORD`, else leaves the
 /// URL's. False when the file cannot be read.
 func applyPassword(file: String?, to endpoint: inout RedisEndpoint) -> Bool {
+    let fromEnvironment = environmentPassword
     if let file {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { return false }
         let password = String(text.split(whereSeparator: \.isNewline).first ?? "")
         endpoint.password = password.isEmpty ? nil : password
-    } else if let password = ProcessInfo.processInfo.environment["SESSIONMIRROR_REDIS_PASSWORD"], !password.isEmpty {
+    } else if let password = fromEnvironment, !password.isEmpty {
         endpoint.password = password
     }
     return true

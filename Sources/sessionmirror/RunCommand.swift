@@ -23,7 +23,11 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
     var djangoEngine: DjangoPreset.Engine?
     @Option(help: "The SQLite snapshot file, created 0600 (default ./sessionmirror.db).") var snapshot: String?
-    @Option(name: .customLong("commit-interval"), help: "Recovery-point objective in ms (default 100).")
+    // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
+    // missing; taken as a value, the range check can say what is wrong with it.
+    @Option(
+        name: .customLong("commit-interval"), parsing: .unconditional,
+        help: "Recovery-point objective in ms (default 100).")
     var commitInterval: Int?
     @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing past this share of rows (default 10%).")
     var maxResyncDelete: String?
@@ -33,7 +37,9 @@ struct RunOptions: ParsableArguments {
     var noConfigSet = false
     @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default alert).")
     var onCacheLoss: MirrorConfiguration.CacheLossAction?
-    @Option(name: .customLong("metrics-interval"), help: "Seconds between metrics lines (default 10; 0: none).")
+    @Option(
+        name: .customLong("metrics-interval"), parsing: .unconditional,
+        help: "Seconds between metrics lines (default 10; 0: none).")
     var metricsInterval: Int?
     @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?
@@ -157,14 +163,14 @@ struct RunCommand: ParsableCommand {
         if let systemd = SystemdNotifier.fromEnvironment() {
             // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
             let latestStatus = Mutex("mirroring")
-            mirror.onReady = { systemd.notify("READY=1\nSTATUS=\(latestStatus.withLock { $0 })") }
+            mirror.onReady = { systemd.notify(["READY": "1", "STATUS": latestStatus.withLock { $0 }]) }
             mirror.onStatus = { status in
                 latestStatus.withLock { $0 = status }
-                systemd.notify("STATUS=\(status)")
+                systemd.notify(["STATUS": status])
             }
-            mirror.onStopping = { systemd.notify("STOPPING=1\nSTATUS=stopping") }
+            mirror.onStopping = { systemd.notify(["STOPPING": "1", "STATUS": "stopping"]) }
             if let interval = systemd.watchdogIntervalMilliseconds {
-                mirror.watchdog = (interval, { systemd.notify("WATCHDOG=1") })
+                mirror.watchdog = (interval, { systemd.notify(["WATCHDOG": "1"]) })
             }
         }
         let code = mirror.run()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SessionMirror
+import Systemd
 
 @main
 struct SessionMirrorCommand: ParsableCommand {
@@ -12,6 +13,10 @@ struct SessionMirrorCommand: ParsableCommand {
     )
 
     static func main() {
+        // First of all: a core dump would hold the Redis password and every session in memory.
+        ProcessHardening.disableCoreDumps()
+        // The password leaves the environment before any thread starts (a thread may read it).
+        _ = environmentPassword
         // A write to a socket the server closed must be an error, not a process-killing signal.
         signal(SIGPIPE, SIG_IGN)
         do {

@@ -66,6 +66,40 @@ struct CommandLineRefusalTests {
         #expect(!FileManager.default.fileExists(atPath: directory.file("sessions.db")), "a snapshot was created")
     }
 
+    @Test(
+        "a negative interval is refused with exactly one line saying it must be positive, exit status 2",
+        arguments: [
+            (
+                ["--commit-interval", "-5"],
+                "sessionmirror: --commit-interval: must be a positive number of milliseconds, at most 60000, got -5"
+            ),
+            (
+                ["--metrics-interval", "-1"],
+                "sessionmirror: --metrics-interval: must be a positive number of seconds, or 0 for no metrics lines, "
+                    + "got -1"
+            ),
+        ])
+    func negativeInterval(_ option: [String], _ expected: String) async throws {
+        let directory = try TemporaryDirectory(label: "negative-interval")
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--snapshot", directory.file("sessions.db"), "--redis", unreachableRedis] + option, in: directory,
+            timeout: .seconds(10))
+        #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
+        #expect(output == expected + "\n")
+    }
+
+    @Test("rediss:// is refused: this build has no TLS, and the message points to the tunnel in docs/security.md")
+    func tlsURLIsRefused() async throws {
+        let directory = try TemporaryDirectory(label: "rediss")
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--snapshot", directory.file("sessions.db"), "--redis", "rediss://127.0.0.1:6380/0"], in: directory,
+            timeout: .seconds(10))
+        #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
+        #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
+        let pointsToTunnel = output.contains("TLS") && output.contains("not supported") && output.contains("docs/security.md")
+        #expect(pointsToTunnel, "\(output)")
+    }
+
     @Test("a snapshot path in a missing directory is refused with a one-line message")
     func snapshotInMissingDirectory() async throws {
         let directory = try TemporaryDirectory(label: "missing-dir")

@@ -1,5 +1,6 @@
 import Foundation
 import RedisClient
+import Systemd
 import Testing
 
 /// The daemon under `Type=notify` (deploy/sessionmirror.service), with the test as the service
@@ -89,6 +90,45 @@ struct SystemdNotifyTests {
 
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output)")
+    }
+}
+
+@Suite("sd_notify messages carry no injected assignment", .timeLimit(.minutes(1)))
+struct SystemdNotifyInjectionTests {
+    @Test("a value with newlines and control characters stays on its own line")
+    func valuesAreOneLine() {
+        var hostile = "up\nREADY=1\rMAINPID=1"
+        for value in UInt32(0)...0x1f { hostile.unicodeScalars.append(Unicode.Scalar(value)!) }
+        hostile += "\u{7f}\u{9b}\u{2028}end"
+        let message = SystemdNotifier.message(["STATUS": hostile, "WATCHDOG": "1"])
+        let lines = message.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.count == 2, "\(message.debugDescription)")
+        #expect(lines.first?.hasPrefix("STATUS=up READY=1 MAINPID=1") == true, "\(message.debugDescription)")
+        #expect(lines.first?.hasSuffix("end") == true)
+        #expect(lines.last == "WATCHDOG=1")
+        #expect(!message.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" || (0x7f...0x9f).contains($0.value) })
+    }
+
+    @Test("a Redis URL whose user name holds a line break adds no READY=1 to STATUS=")
+    func urlCannotInjectReady() async throws {
+        let directory = try TemporaryDirectory(label: "notify-injection")
+        let manager = try NotifySocket(path: directory.file("notify.sock"))
+        // Nothing listens on port 1: the daemon retries, and READY=1 must never come.
+        let process = try MirrorProcess.start(
+            runArguments("redis://x%0AREADY=1%0AMAINPID=1@127.0.0.1:1/0", directory), in: directory,
+            environment: ["NOTIFY_SOCKET": manager.path])
+        defer { process.process.kill() }
+        try await process.waitForEvent("redis_unavailable")
+        process.signal(SIGTERM)
+        #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output)")
+        let messages = manager.receive()
+        #expect(messages.contains { $0.contains("STATUS=") }, "no STATUS= received")
+        let known = ["STATUS=", "STOPPING=1", "WATCHDOG=1"]
+        for message in messages {
+            for line in message.split(separator: "\n") where !known.contains(where: { line.hasPrefix($0) }) {
+                Issue.record("an injected assignment '\(line)' in \(message.debugDescription)")
+            }
+        }
     }
 }
 
