@@ -43,7 +43,9 @@ resolve_library() {
             return 0
         fi
     done <<<"$paths"
-    ldconfig -p | awk -v name="$library" '$1 == name { print $NF; found = 1; exit } END { exit !found }'
+    # awk reads the whole list: exiting at the first match would leave ldconfig writing into a closed
+    # pipe, and under pipefail its SIGPIPE would fail the look-up of a library that is installed.
+    ldconfig -p | awk -v name="$library" '$1 == name && !found { print $NF; found = 1 } END { exit !found }'
 }
 
 # Checks an ELF binary before it is installed: every library it needs is installed, and the Swift

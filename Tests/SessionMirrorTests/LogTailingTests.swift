@@ -146,7 +146,7 @@ private func runScenario(format: String, logPath: String, metricsPath: String, i
         ], in: directory)
     defer { process.signal(SIGKILL) }
     func has(_ event: String) -> Bool { ((try? logLines(logPath)) ?? []).contains { $0["event"] == event } }
-    try #require(await eventually(timeout: .seconds(30)) { has("sync_finished") }, "no sync_finished:\n\(process.output)")
+    try #require(await eventually(timeout: .seconds(120)) { has("sync_finished") }, "no sync_finished:\n\(process.output)")
 
     let client = try redis.client()
     defer { client.close() }
@@ -155,18 +155,18 @@ private func runScenario(format: String, logPath: String, metricsPath: String, i
     }
     for index in 0..<deletedCount { try client.checked("DEL", "session:\(index)") }
     try #require(
-        await eventually(timeout: .seconds(30)) {
+        await eventually(timeout: .seconds(120)) {
             let last = ((try? logLines(logPath)) ?? []).last { $0["event"] == "metrics" }
             return Int(last?["rows_upserted"] ?? "") ?? 0 >= sessionCount
                 && Int(last?["rows_deleted"] ?? "") ?? 0 >= deletedCount
         }, "the load did not reach the snapshot")
 
     try client.checked("FLUSHALL")
-    try #require(await eventually(timeout: .seconds(30)) { has("restore_finished") }, "no restore_finished")
+    try #require(await eventually(timeout: .seconds(120)) { has("restore_finished") }, "no restore_finished")
     // Quiet: the last two metrics lines carry the same counters, the restore is counted, and the
     // Prometheus file (written just after each line) has caught up with the last one.
     try #require(
-        await eventually(timeout: .seconds(30)) {
+        await eventually(timeout: .seconds(120)) {
             let metrics = ((try? logLines(logPath)) ?? []).filter { $0["event"] == "metrics" }
             guard metrics.count >= 2, let last = metrics.last, last["restores"] == "1" else { return false }
             let previous = metrics[metrics.count - 2]
