@@ -45,6 +45,7 @@ let package = Package(
             name: "sessionmirror",
             dependencies: [
                 "SessionMirror",
+                "RedisClient",
                 "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

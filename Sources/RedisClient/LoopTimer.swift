@@ -60,6 +60,26 @@ public final class LoopSignal: @unchecked Sendable {
         handle.pointee.data = Unmanaged.passRetained(self as AnyObject).toOpaque()
         uv_signal_start(handle, loopSignalCallback, signal)
         self.handle = handle
+        // Watched from now on: let the loop thread take it (see `deferDelivery(of:)`).
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
+    /// Holds `signals` back, in the calling thread and every thread it starts later, until a
+    /// `LoopSignal` watches each of them: a signal that arrives before then stays pending and is
+    /// handled as soon as the loop watches it, instead of killing the process with its default
+    /// action (a SIGTERM while the snapshot is opened and checked, before the loop runs, ended the
+    /// daemon with signal 15 instead of a clean stop).
+    ///
+    /// - Important: call it before any other thread starts: a thread started earlier keeps the old
+    ///   mask and could take the signal with its default action.
+    public static func deferDelivery(of signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
     /// Stops watching and releases the handle.

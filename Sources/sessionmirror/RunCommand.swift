@@ -136,6 +136,9 @@ struct RunCommand: ParsableCommand {
     var checkConfig = false
 
     func run() throws {
+        // Before any thread starts: a SIGTERM while the snapshot is opened and checked waits for the
+        // loop's handler instead of killing the process half-way.
+        LoopSignal.deferDelivery(of: [SIGTERM, SIGINT, SIGHUP])
         let settings: RunSettings
         let configuration: MirrorConfiguration
         do {

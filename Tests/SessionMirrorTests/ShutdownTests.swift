@@ -1,5 +1,6 @@
 import Foundation
 import RedisClient
+import SnapshotStore
 import Testing
 
 @Suite("The binary stops cleanly on SIGTERM", .timeLimit(.minutes(1)))
@@ -45,6 +46,35 @@ struct ShutdownTests {
         #expect(rows.count == 4900)
         #expect(evicted.isEmpty)
         #expect(differences.isEmpty, "\(differences.count) writes are not in the snapshot: \(differences.prefix(10))")
+    }
+
+    @Test("SIGTERM while the daemon opens and checks a large snapshot, before its loop runs: exit status 0")
+    func sigtermWhileOpeningTheSnapshot() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "sigterm-opening")
+        // Enough rows that opening the snapshot (its quick_check) outlasts the time the test takes
+        // to see the log file appear and signal.
+        let store = try SnapshotStore(path: directory.file("sessions.db"), mode: .readWrite)
+        try store.begin()
+        for index in 0..<300_000 {
+            try store.upsert(
+                SnapshotRecord(
+                    key: bytes("session:\(index)"), type: "string", value: [UInt8](repeating: 0x61, count: 200),
+                    expiresAt: nil), changedAt: 0, generation: 1)
+        }
+        try store.commit()
+        store.close()
+        let logPath = directory.file("mirror.log")
+        for attempt in 0..<3 {
+            try? FileManager.default.removeItem(atPath: logPath)
+            // The log file is opened before the snapshot: once it exists, the daemon is opening it.
+            let process = try MirrorProcess.start(runArguments(redis.url(), directory) + ["--log-file", logPath], in: directory)
+            #expect(await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: logPath) })
+            process.signal(SIGTERM)
+            let termination = await process.waitForExit(timeout: .seconds(60))
+            #expect(termination == .exited(0), "attempt \(attempt): \(process.output)")
+        }
     }
 
     @Test("SIGTERM while Redis is unreachable: exit status 0")
