@@ -269,6 +269,7 @@ extension Mirror {
         subscription.abort()
         dirty.state.withLock { $0.removeAll() }
         keysInFlight = 0
+        syncKeysInFlight = 0
         sync = nil
         flushChecksPending = 0
         if phase != .stopping { phase = .idle }
