@@ -35,7 +35,8 @@ extension Mirror {
             while keysInFlight < limit {
                 if lane == .live && writer.queuedLiveBytes >= configuration.maxWriterBacklogBytes { break }
                 if lane == .sync
-                    && (syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes)
+                    && (syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes
+                        || configuration.syncReadsHeld?() == true)
                 {
                     break
                 }
