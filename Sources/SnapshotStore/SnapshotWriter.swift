@@ -340,7 +340,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             }
             do {
                 try commitLive()
-                try commitBulk()
+                try commitBulk(stopping: stopRequestedAt != nil)
                 if failure != nil {
                     logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
                     failure = nil
@@ -421,8 +421,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     /// Works through the head of the bulk queue in one transaction, bounded in rows and time: the
-    /// changes up to the next task, or one step of that task.
-    private func commitBulk() throws {
+    /// changes up to the next task, or one step of that task. While `stopping`, a long job is
+    /// abandoned after the piece that ran (a reconciliation or a prune: the next start redoes it),
+    /// so that the changes queued behind it are committed within the shutdown's bound.
+    private func commitBulk(stopping: Bool) throws {
         guard !pendingBulk.isEmpty else { return }
         let started = Clock.monotonicNanoseconds()
         let changedAt = Clock.unixMilliseconds()
@@ -473,7 +475,9 @@ public final class SnapshotWriter: @unchecked Sendable {
             if case .changes(let batch, _) = entry.work { skipped += batch.count }
         }
         skipped -= applied.count
-        if let nextStep { pendingBulk[0].work = .step(nextStep, holdsLive: false) }
+        if let nextStep {
+            if stopping { consumed = 1 } else { pendingBulk[0].work = .step(nextStep, holdsLive: false) }
+        }
         pendingBulk.removeFirst(consumed)
         if !pendingBulk.contains(where: { if case .changes = $0.work { return true } else { return false } }) {
             committedLive.removeAll()
