@@ -56,12 +56,14 @@ public struct Reconciliation: Sendable {
         var next = self
         switch phase {
         case .counting(let after, var unexpired, var missing, var deleted, let deleting):
-            let piece = try store.reconcilePiece(after: after, limit: rows, generation: generation, now: now, delete: deleting)
+            let piece = try store.reconcilePiece(
+                after: after, limit: rows, generation: generation, now: now, delete: deleting)
             unexpired += piece.unexpired
             missing += piece.missing
             deleted += piece.deleted
             guard let last = piece.lastKey else {
-                var outcome = ReconcileOutcome(unexpiredRows: unexpired, missingRows: missing, deleted: deleted, refusedReason: nil)
+                var outcome = ReconcileOutcome(
+                    unexpiredRows: unexpired, missingRows: missing, deleted: deleted, refusedReason: nil)
                 if !deleting && missing > 0 {
                     if runIDChanged {
                         outcome.refusedReason = "redis_restarted"
@@ -76,9 +78,11 @@ public struct Reconciliation: Sendable {
                 next.phase = .finished(outcome)
                 return next
             }
-            next.phase = .counting(after: last, unexpired: unexpired, missing: missing, deleted: deleted, deleting: deleting)
+            next.phase = .counting(
+                after: last, unexpired: unexpired, missing: missing, deleted: deleted, deleting: deleting)
         case .deleting(let after, var outcome):
-            let piece = try store.reconcilePiece(after: after, limit: rows, generation: generation, now: now, delete: true)
+            let piece = try store.reconcilePiece(
+                after: after, limit: rows, generation: generation, now: now, delete: true)
             outcome.deleted += piece.deleted
             guard let last = piece.lastKey else {
                 try store.endFullSync()
@@ -106,7 +110,9 @@ extension SnapshotStore {
     /// Reads up to `limit` rows in key order after `after` (an empty key: from the start), counts
     /// the unexpired ones and those the sync of `generation` did not see, and with `delete`
     /// deletes the latter.
-    func reconcilePiece(after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool) throws -> ReconcilePiece {
+    func reconcilePiece(after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool) throws
+        -> ReconcilePiece
+    {
         // Keys are never empty (every prefix is non-empty), so `key > x''` starts at the first row.
         let select = try database.prepare(
             """

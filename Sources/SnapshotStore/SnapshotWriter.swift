@@ -244,10 +244,11 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// number per transaction.
     private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
         let checkpointer = checkpointer
-        enqueue(steps: pruneStep(keys[...], before: cutoff, prunedSoFar: 0) { [self] pruned in
+        let finished: @Sendable (Int) -> Void = { [self] pruned in
             stats.withLock { $0.rowsPruned += UInt64(pruned) }
             checkpointer?.pruneCommitted()
-        })
+        }
+        enqueue(steps: pruneStep(keys[...], before: cutoff, prunedSoFar: 0, finished: finished))
     }
 
     private func pruneStep(
@@ -336,7 +337,8 @@ public final class SnapshotWriter: @unchecked Sendable {
                 pendingBulk.append(
                     Entry(
                         sequence: pendingBulk.last?.sequence ?? 0,
-                        work: .step(fallbackPruneStep(before: now - pruneGraceMilliseconds, prunedSoFar: 0), holdsLive: false)))
+                        work: .step(
+                            fallbackPruneStep(before: now - pruneGraceMilliseconds, prunedSoFar: 0), holdsLive: false)))
             }
             do {
                 try commitLive()
@@ -354,11 +356,18 @@ public final class SnapshotWriter: @unchecked Sendable {
                         "snapshot write failed; changes are kept and retried",
                         metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(held)"])
                 }
-                if let stopRequestedAt, Clock.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds {
+                if let stopRequestedAt,
+                    Clock.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
+                {
                     abandonedChanges.store(held, ordering: .relaxed)
                     logger.critical(
-                        "giving up at shutdown: changes could not be written to the snapshot; they are still in Redis and the next start's full sync writes them",
-                        metadata: ["event": "snapshot_write_abandoned", "error": "\(error)", "changes_not_written": "\(held)"])
+                        """
+                        giving up at shutdown: changes could not be written to the snapshot; they are still in Redis \
+                        and the next start's full sync writes them
+                        """,
+                        metadata: [
+                            "event": "snapshot_write_abandoned", "error": "\(error)", "changes_not_written": "\(held)",
+                        ])
                     break
                 }
                 var backoff = failure!.backoffMilliseconds

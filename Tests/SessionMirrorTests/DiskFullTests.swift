@@ -46,7 +46,9 @@ private func writeSessions(_ client: RedisConnection) throws {
     "A full disk: changes are held, reported and given up at shutdown with a clear line",
     .enabled(if: getuid() == 0, "mounts a tmpfs: needs root"), .timeLimit(.minutes(2)))
 struct DiskFullTests {
-    @Test("while the disk is full, the writer_queue metric counts the changes held for a retry; they are written once space returns")
+    @Test(
+        "while the disk is full, the writer_queue metric counts the changes held for a retry; they are written once space returns"
+    )
     func heldChangesAreQueued() async throws {
         let disk = try SmallDisk(megabytes: 8)
         let redis = try await RedisServer.start()
@@ -65,9 +67,14 @@ struct DiskFullTests {
         // Every metrics line from the failure on counts what is held (no change is committed
         // meanwhile, and nothing else is written).
         let failedAt = mirror.log.all.count
-        #expect(await eventually(timeout: .seconds(20)) { mirror.log.all[failedAt...].contains { $0.event == "metrics" } })
-        let queues = mirror.log.all[failedAt...].filter { $0.event == "metrics" }.compactMap { $0.metadata["writer_queue"] }
-        #expect(!queues.isEmpty && queues.allSatisfy { (Int($0) ?? 0) > 0 }, "writer_queue while changes were held: \(queues)")
+        #expect(
+            await eventually(timeout: .seconds(20)) { mirror.log.all[failedAt...].contains { $0.event == "metrics" } })
+        let queues = mirror.log.all[failedAt...].filter { $0.event == "metrics" }.compactMap {
+            $0.metadata["writer_queue"]
+        }
+        #expect(
+            !queues.isEmpty && queues.allSatisfy { (Int($0) ?? 0) > 0 },
+            "writer_queue while changes were held: \(queues)")
 
         try disk.free()
         #expect(await eventually(timeout: .seconds(30)) { (try? snapshotRows(at: path))?.count == 200 })
@@ -75,14 +82,18 @@ struct DiskFullTests {
         #expect(mirror.stop() == 0)
     }
 
-    @Test("SIGTERM while the disk is full: one line says how many changes were not written, exit status 1; the next start writes them")
+    @Test(
+        "SIGTERM while the disk is full: one line says how many changes were not written, exit status 1; the next start writes them"
+    )
     func sigtermWhileDiskIsFull() async throws {
         let disk = try SmallDisk(megabytes: 8)
         let redis = try await RedisServer.start()
         defer { redis.stop() }
         let path = disk.directory.file("sessions.db")
         let logs = try TemporaryDirectory(label: "diskfull-logs")
-        let arguments = ["run", "--redis", redis.url(), "--prefix", "session:", "--snapshot", path, "--metrics-interval", "0"]
+        let arguments = [
+            "run", "--redis", redis.url(), "--prefix", "session:", "--snapshot", path, "--metrics-interval", "0",
+        ]
         let process = try MirrorProcess.start(arguments, in: logs)
         try await process.waitForEvent("sync_finished")
         try disk.fill()

@@ -23,7 +23,9 @@ struct FullSyncPriorityTests {
     private static func fillRedis(_ client: RedisConnection, count: Int) throws {
         var commands: [[[UInt8]]] = []
         for index in 0..<count {
-            commands.append([bytes("SET"), bytes("session:sync:\(index)"), bytes("value-\(index)"), bytes("EX"), bytes("3600")])
+            commands.append([
+                bytes("SET"), bytes("session:sync:\(index)"), bytes("value-\(index)"), bytes("EX"), bytes("3600"),
+            ])
         }
         let replies = try client.pipeline(commands)
         try #require(replies.allSatisfy { $0.errorMessage == nil })
@@ -46,7 +48,8 @@ struct FullSyncPriorityTests {
 
         _ = try client.command([bytes("SET"), bytes("session:live"), bytes("logged-in"), bytes("EX"), bytes("3600")])
         let committed = await eventually(timeout: .seconds(20)) {
-            (try? snapshotRows(at: path, prefix: bytes("session:live")))?[bytes("session:live")]?.value == bytes("logged-in")
+            (try? snapshotRows(at: path, prefix: bytes("session:live")))?[bytes("session:live")]?.value
+                == bytes("logged-in")
         }
         #expect(committed, "the live change waited for the full sync:\n\(mirror.log.text)")
         #expect(mirror.log.records(event: "sync_finished").isEmpty, "the sync cannot have finished: its reads are held")
@@ -57,7 +60,9 @@ struct FullSyncPriorityTests {
         #expect(try snapshotRows(at: path, prefix: bytes(Self.prefix)).count == 5001)
     }
 
-    @Test("SIGKILL during a held full sync keeps every live change that was committed, and the next start finishes the sync")
+    @Test(
+        "SIGKILL during a held full sync keeps every live change that was committed, and the next start finishes the sync"
+    )
     func sigkillMidSyncKeepsLiveChanges() async throws {
         let redis = try await RedisServer.start()
         defer { redis.stop() }
@@ -68,14 +73,19 @@ struct FullSyncPriorityTests {
         let hold = directory.file("hold-sync")
         try #require(FileManager.default.createFile(atPath: hold, contents: nil))
         let process = try MirrorProcess.start(
-            runArguments(redis.url(), directory), in: directory, environment: ["SESSIONMIRROR_TEST_HOLD_SYNC_READS": hold])
+            runArguments(redis.url(), directory), in: directory,
+            environment: ["SESSIONMIRROR_TEST_HOLD_SYNC_READS": hold])
         try await process.waitForEvent("sync_started")
 
         var commands: [[[UInt8]]] = []
         for index in 0..<500 {
-            commands.append([bytes("SET"), bytes("session:live:\(index)"), bytes("v\(index)"), bytes("EX"), bytes("3600")])
+            commands.append([
+                bytes("SET"), bytes("session:live:\(index)"), bytes("v\(index)"), bytes("EX"), bytes("3600"),
+            ])
         }
-        for index in stride(from: 0, to: 500, by: 10) { commands.append([bytes("DEL"), bytes("session:live:\(index)")]) }
+        for index in stride(from: 0, to: 500, by: 10) {
+            commands.append([bytes("DEL"), bytes("session:live:\(index)")])
+        }
         try #require(try client.pipeline(commands).allSatisfy { $0.errorMessage == nil })
         let expected = try redisKeys(client, prefix: bytes("session:live:"))
         try #require(expected.count == 450)
@@ -107,7 +117,8 @@ struct FullSyncPriorityTests {
 struct WriterPriorityTests {
     private func change(_ key: String, _ value: String, generation: Int64 = 1, live: Bool) -> SnapshotChange {
         SnapshotChange(
-            kind: .upsert(SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)),
+            kind: .upsert(
+                SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)),
             dirtiedAt: live ? Clock.monotonicNanoseconds() : 0, generation: generation)
     }
 
@@ -123,7 +134,8 @@ struct WriterPriorityTests {
     func liveBeforeBulk() async throws {
         let directory = try TemporaryDirectory(label: "writer-lanes")
         let path = directory.file("s.db")
-        let writer = SnapshotWriter(store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
+        let writer = SnapshotWriter(
+            store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
         let gate = Gate()
         let jobRunning = Gate()  // "closed" until the job finished
         writer.enqueue(steps: heldJob(gate, finished: jobRunning))
@@ -137,7 +149,8 @@ struct WriterPriorityTests {
         }
         #expect(committed, "the live change waited behind the bulk queue")
         #expect(jobRunning.isClosed, "the job cannot have finished")
-        #expect(try snapshotRows(at: path, prefix: bytes("bulk:")).isEmpty, "bulk rows queued behind the job went first")
+        #expect(
+            try snapshotRows(at: path, prefix: bytes("bulk:")).isEmpty, "bulk rows queued behind the job went first")
         #expect(writer.statistics(resetLatency: false).queuedChanges == 20_000)
 
         gate.open()
@@ -150,7 +163,8 @@ struct WriterPriorityTests {
     func olderBulkChangeIsSkipped() async throws {
         let directory = try TemporaryDirectory(label: "writer-supersede")
         let path = directory.file("s.db")
-        let writer = SnapshotWriter(store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
+        let writer = SnapshotWriter(
+            store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
         let gate = Gate()
         let finished = Gate()
         writer.enqueue(steps: heldJob(gate, finished: finished))
