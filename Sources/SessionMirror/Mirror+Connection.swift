@@ -301,6 +301,8 @@ extension Mirror {
         subscription.abort()
         dirty.state.withLock { $0.removeAll() }
         keysInFlight = 0
+        syncKeysInFlight = 0
+        batchesCompleted = batchesIssued  // Their replies never come: a sync must not wait for them.
         sync = nil
         flushChecksPending = 0
         if phase != .stopping { phase = .idle }

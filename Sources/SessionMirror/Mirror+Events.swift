@@ -3,6 +3,9 @@ import RedisClient
 import SnapshotStore
 
 extension Mirror {
+    /// Rows a piece of the reconciliation reads, in one writer transaction.
+    static let reconcileRowsPerTransaction = 4096
+
     // MARK: - Events (loop thread)
 
     func dirtyOverflow() {
@@ -20,27 +23,43 @@ extension Mirror {
 
     // MARK: - Reads
 
+    /// Sends reads for dirty keys: the live lane's first, then the sync lane's. The sync's reads
+    /// never fill more than half the in-flight window and pause while the writer's queue is full,
+    /// so a live change waits for at most that half ahead of it on the connection, never for the
+    /// whole sync (docs/architecture.md, "Full syncs").
     func issueReads() {
         guard let reader, phase == .connected || phase == .stopping, reader.isConnected else { return }
-        while keysInFlight < configuration.maxKeysInFlight && writer.queuedBytes < configuration.maxWriterBacklogBytes {
-            let (keys, endSequence) = dirty.state.withLock { queue in
-                (queue.take(configuration.readBatchSize), queue.takenCount)
-            }
-            if keys.isEmpty { break }
-            let batch = ReadBatch(
-                keys: keys, startSequence: endSequence - UInt64(keys.count), endSequence: endSequence,
-                generation: generation)
-            keysInFlight += keys.count
-            let command = KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)
-            reader.send(command) { [weak self] reply in
-                self?.readFinished(batch, reply)
+        let limit = configuration.maxKeysInFlight
+        let syncLimit = max(limit / 2, configuration.readBatchSize)
+        for lane in [DirtyQueue.Lane.live, .sync] {
+            while keysInFlight < limit {
+                if lane == .live && writer.queuedLiveBytes >= configuration.maxWriterBacklogBytes { break }
+                if lane == .sync
+                    && (syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes
+                        || configuration.syncReadsHeld?() == true)
+                {
+                    break
+                }
+                let keys = dirty.state.withLock { $0.take(configuration.readBatchSize, from: lane) }
+                if keys.isEmpty { break }
+                batchesIssued += 1
+                let batch = ReadBatch(keys: keys, lane: lane, number: batchesIssued, generation: generation)
+                keysInFlight += keys.count
+                if lane == .sync { syncKeysInFlight += keys.count }
+                reader.send(
+                    KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)
+                ) { [weak self] reply in
+                    self?.readFinished(batch, reply)
+                }
             }
         }
+        if sync?.drain != nil { checkSyncBarrier() }
     }
 
     private func readFinished(_ batch: ReadBatch, _ reply: RedisReply?) {
         guard let reply, reader != nil else { return }  // Disconnected: the reconnect resyncs.
         keysInFlight -= batch.keys.count
+        if batch.lane == .sync { syncKeysInFlight -= batch.keys.count }
         guard let results = KeyReader.parse(reply, count: batch.keys.count) else {
             stats.errors += 1
             let why = reply.errorMessage ?? "unexpected reply shape"
@@ -85,8 +104,8 @@ extension Mirror {
             changes.append(SnapshotChange(kind: kind, dirtiedAt: entry.dirtiedAt, generation: batch.generation))
         }
         stats.keysRead += UInt64(results.count)
-        writer.enqueue(changes)
-        completedSequence = max(completedSequence, batch.endSequence)
+        writer.enqueue(changes, lane: batch.lane == .live ? .live : .bulk)
+        batchesCompleted = max(batchesCompleted, batch.number)
         checkSyncBarrier()
         if phase == .stopping { finishShutdownIfDrained() }
     }
@@ -97,8 +116,9 @@ extension Mirror {
         generation += 1
         let newGeneration = generation
         // Persisted before any row carries it, so that a crash mid-sync can never make stale rows
-        // look seen by the next sync.
-        writer.enqueue { store in
+        // look seen by the next sync; and before any live change read from now on is committed.
+        dirty.state.withLock { $0.clearBarrier() }
+        writer.enqueueHoldingLive { store in
             try store.setMetadata("sync_generation", String(newGeneration))
             try store.beginFullSync(generation: newGeneration)
             return nil
@@ -110,9 +130,9 @@ extension Mirror {
     }
 
     func continueScan() {
-        guard phase == .connected, let reader, var state = sync, !state.scanInFlight, state.barrier == nil else { return }
+        guard phase == .connected, let reader, var state = sync, !state.scanInFlight, state.drain == nil else { return }
         // Bounded memory: scan on only while the reads keep up.
-        guard dirty.state.withLock({ $0.count }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
+        guard dirty.state.withLock({ $0.syncCount }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
             return
         }
         let prefix = configuration.prefixes[state.prefixIndex]
@@ -145,7 +165,8 @@ extension Mirror {
             if cursor == Array("0".utf8) {
                 state.prefixIndex += 1
                 if state.prefixIndex == self.configuration.prefixes.count {
-                    state.barrier = self.dirty.state.withLock { $0.appendedCount }
+                    self.dirty.state.withLock { $0.setBarrier() }
+                    state.drain = .waitingForKeys
                 }
             }
             self.sync = state
@@ -155,8 +176,16 @@ extension Mirror {
     }
 
     func checkSyncBarrier() {
-        guard let state = sync, let barrier = state.barrier, completedSequence >= barrier else { return }
+        guard var state = sync, let drain = state.drain else { return }
+        if case .waitingForKeys = drain {
+            guard dirty.state.withLock({ $0.keysBeforeBarrier }) == 0 else { return }
+            state.drain = .waitingForReads(throughBatch: batchesIssued)
+            sync = state
+        }
+        guard case .waitingForReads(let through) = state.drain, batchesCompleted >= through else { return }
+        dirty.state.withLock { $0.clearBarrier() }
         sync = nil
+        let finished = state
         let runIDChanged = storedRunID != nil && currentRunID != nil && storedRunID != currentRunID
         // Missing rows are logouts, not a loss, when Redis provably kept its data through the gap:
         // same run_id, the canary survived, and nothing was evicted since we last looked.
@@ -167,15 +196,28 @@ extension Mirror {
         let runID = currentRunID
         let maxFraction = configuration.maxResyncDeleteFraction
         let previousRunID = storedRunID
-        writer.enqueue { [self] store in
-            let now = Clock.unixMilliseconds()
-            let outcome = try store.reconcile(
-                generation: state.generation, now: now, maxDeleteFraction: maxFraction, runIDChanged: runIDChanged,
-                lossRuledOut: lossRuledOut)
+        // In bounded pieces: live changes are committed between two of them.
+        let reconciliation = Reconciliation(
+            generation: state.generation, now: Clock.unixMilliseconds(), maxDeleteFraction: maxFraction,
+            runIDChanged: runIDChanged, lossRuledOut: lossRuledOut)
+        writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
             try store.setMetadata("redis_run_id", runID)
             try store.setMetadata("redis_evicted_keys", evictedKeys.map { String($0) })
-            try store.setMetadata("last_full_sync_at", String(now))
-            return { self.loop.execute { self.syncFinished(state, outcome, previousRunID: previousRunID) } }
+            try store.setMetadata("last_full_sync_at", String(Clock.unixMilliseconds()))
+            return { self.loop.execute { self.syncFinished(finished, outcome, previousRunID: previousRunID) } }
+        })
+    }
+
+    /// The writer step that runs one piece of `reconciliation`, then the next, and `finish` in the
+    /// transaction of the last piece.
+    private func reconcileStep(
+        _ reconciliation: Reconciliation,
+        finish: @escaping @Sendable (SnapshotStore, ReconcileOutcome) throws -> (@Sendable () -> Void)?
+    ) -> SnapshotWriter.Step {
+        { [self] store in
+            let next = try reconciliation.step(in: store, rows: Mirror.reconcileRowsPerTransaction)
+            if let outcome = next.outcome { return .done(after: try finish(store, outcome)) }
+            return .more(next: reconcileStep(next, finish: finish))
         }
     }
 

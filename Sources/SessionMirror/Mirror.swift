@@ -22,15 +22,23 @@ public final class Mirror: @unchecked Sendable {
         var cursor: [UInt8] = Array("0".utf8)
         var scanInFlight = false
         var keysScanned = 0
-        /// Set when the SCAN is complete: the sync is done once reads up to here have completed.
-        var barrier: UInt64?
+        /// Set when the SCAN is complete: what the reconciliation still waits for.
+        var drain: Drain?
+    }
+
+    /// After its SCAN, a full sync waits until every key dirty at its end is read: first until
+    /// each has been taken from the dirty set (`DirtyQueue.keysBeforeBarrier`), then until the
+    /// reads issued by then have completed (replies come in order on the reader connection).
+    enum Drain {
+        case waitingForKeys
+        case waitingForReads(throughBatch: UInt64)
     }
 
     struct ReadBatch {
         let keys: [(key: [UInt8], entry: DirtyQueue.Entry)]
-        /// The dirty-set sequence number of the batch's first key, minus one.
-        let startSequence: UInt64
-        let endSequence: UInt64
+        let lane: DirtyQueue.Lane
+        /// The batch's number: batches are issued, and complete, in this order.
+        let number: UInt64
         let generation: Int64
     }
 
@@ -71,7 +79,10 @@ public final class Mirror: @unchecked Sendable {
     var subscriberUp = false
     var readerUp = false
     var keysInFlight = 0
-    var completedSequence: UInt64 = 0
+    /// Keys of the sync lane among `keysInFlight`: they may fill only part of the window.
+    var syncKeysInFlight = 0
+    var batchesIssued: UInt64 = 0
+    var batchesCompleted: UInt64 = 0
     var generation: Int64
     var storedRunID: String?
     /// `__sessionmirror__:canary:<token>`: a key without TTL that the mirror writes when the snapshot
@@ -160,6 +171,10 @@ public final class Mirror: @unchecked Sendable {
         if !writer.stop(timeoutSeconds: 4) {
             logger.error("snapshot writer did not finish in time", metadata: ["event": "shutdown_incomplete"])
             exitCode.withLock { $0 = 1 }
+        } else if writer.changesNotWritten > 0 {
+            // The writer gave up on a commit the disk refused (its `snapshot_write_abandoned` line
+            // says how many changes): not a clean stop, but nothing is lost from Redis.
+            exitCode.withLock { $0 = max($0, 1) }
         }
         logger.info("stopped", metadata: ["event": "stopped"])
         return exitCode.withLock { $0 }

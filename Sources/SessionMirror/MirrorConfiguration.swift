@@ -47,6 +47,11 @@ public struct MirrorConfiguration: Sendable {
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
+    /// Test-only: while it returns true, the full sync's reads wait (its keys stay in the dirty
+    /// set), so that a test can observe that live changes are committed ahead of a sync however
+    /// long it takes. Nil in production; `sessionmirror run` sets it only in debug builds
+    /// (`SESSIONMIRROR_TEST_HOLD_SYNC_READS`, docs/architecture.md).
+    public var syncReadsHeld: (@Sendable () -> Bool)?
 
     public init(endpoint: RedisEndpoint, prefixes: [[UInt8]], snapshotPath: String) {
         self.endpoint = endpoint

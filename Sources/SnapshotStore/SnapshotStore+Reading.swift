@@ -62,49 +62,21 @@ extension SnapshotStore {
     }
 
     /// After a full sync of `generation`: deletes live, unexpired rows the sync did not see, unless
-    /// the evidence is ambiguous (Redis restarted, or more than `maxDeleteFraction` would go while
-    /// a loss cannot be ruled out), in which case it deletes nothing and says why. A row counts as
-    /// seen when the sync wrote it (its stamp is `generation`) or found it unchanged
-    /// (`temp.sync_seen`, see `beginFullSync`). Ends the full sync.
-    ///
-    /// `lossRuledOut` is the caller's proof that Redis kept its data through the gap (the canary key
-    /// survived, no eviction happened): then missing rows are deletions, however many.
+    /// the evidence is ambiguous, in which case it deletes nothing and says why; all in the
+    /// caller's transaction (the daemon runs a `Reconciliation` in bounded pieces instead). Ends
+    /// the full sync.
     ///
     /// - Important: call inside a write transaction, after every row of the sync was applied.
     public func reconcile(
         generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool = false
     ) throws -> ReconcileOutcome {
-        let missing = """
-            state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)
-                AND key NOT IN (SELECT key FROM temp.sync_seen)
-            """
-        let countStatement = try database.prepare(
-            """
-            SELECT coalesce(sum(expires_at IS NULL OR expires_at > ?1), 0), coalesce(sum(\(missing)), 0)
-            FROM sessions
-            """)
-        try countStatement.bind(1, now)
-        try countStatement.bind(2, generation)
-        try countStatement.step()
-        var outcome = ReconcileOutcome(
-            unexpiredRows: Int(countStatement.int64(0)), missingRows: Int(countStatement.int64(1)), deleted: 0,
-            refusedReason: nil)
-        countStatement.reset()  // frees its sorted copy of the marks (a temporary file) before the delete makes one
-        if outcome.missingRows > 0 {
-            if runIDChanged {
-                outcome.refusedReason = "redis_restarted"
-            } else if !lossRuledOut && Double(outcome.missingRows) > maxDeleteFraction * Double(outcome.unexpiredRows) {
-                outcome.refusedReason = "too_many_missing"
-            } else {
-                let delete = try database.prepare("DELETE FROM sessions WHERE \(missing)")
-                try delete.bind(1, now)
-                try delete.bind(2, generation)
-                try delete.step()
-                outcome.deleted = database.changes
-            }
+        var reconciliation = Reconciliation(
+            generation: generation, now: now, maxDeleteFraction: maxDeleteFraction, runIDChanged: runIDChanged,
+            lossRuledOut: lossRuledOut)
+        while true {
+            if let outcome = reconciliation.outcome { return outcome }
+            reconciliation = try reconciliation.step(in: self, rows: 4096)
         }
-        try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "end the full sync")
-        return outcome
     }
 
     /// Runs SQLite's `quick_check`; returns "ok" or the problems found.

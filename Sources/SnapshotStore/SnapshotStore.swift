@@ -265,8 +265,15 @@ public final class SnapshotStore {
     /// belong to this connection (in files SQLite unlinks as it opens them, in `/var/tmp`, which
     /// the daemon's unit makes private) and change in the writer's transactions: a rolled-back
     /// transaction takes its marks with it.
+    ///
+    /// The marks are indexed as they are made: the reconciliation looks them up a key range at a
+    /// time, in bounded transactions, where one sort of every mark held the writer for its length.
     public func beginFullSync(generation: Int64) throws {
-        try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "start a full sync")
+        try database.execute(
+            """
+            DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state;
+            CREATE INDEX IF NOT EXISTS temp.sync_seen_key ON sync_seen (key);
+            """, step: "start a full sync")
         let insert = try database.prepare("INSERT INTO temp.sync_state (generation) VALUES (?1)")
         try insert.bind(1, generation)
         try insert.step()

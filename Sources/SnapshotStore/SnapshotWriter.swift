@@ -39,6 +39,26 @@ public struct SnapshotChange: Sendable {
     }
 }
 
+/// Which of the writer's queues a batch of changes joins.
+public enum WriterLane: Sendable {
+    /// Changes an event caused: committed in their own transactions, ahead of everything in the
+    /// bulk lane, so that a full sync never holds them back (the recovery point).
+    case live
+    /// A full sync's rows: committed in bounded transactions, in order with the tasks.
+    case bulk
+}
+
+/// One bounded piece of a long job on the snapshot (a reconciliation, a prune), run inside a
+/// writer transaction. Live changes are committed between two pieces.
+public enum WriterStep: Sendable {
+    /// More to do: the writer runs `next` in a later transaction. A transaction that fails is
+    /// retried with the same step, so a step carries its progress in what it returns, never in
+    /// state it changes itself.
+    case more(next: SnapshotWriter.Step)
+    /// Done; `after` (if any) runs once the transaction is committed.
+    case done(after: (@Sendable () -> Void)?)
+}
+
 /// Counters the writer keeps; read them with `SnapshotWriter.statistics()`.
 public struct WriterStatistics: Sendable {
     public var rowsUpserted: UInt64 = 0
@@ -55,31 +75,60 @@ public struct WriterStatistics: Sendable {
     public var latencySinceStart = LatencyHistogram()
     /// Wall-clock Unix ms of the last commit.
     public var lastCommitAt: Int64 = 0
-    /// Changes queued and not yet committed.
+    /// Changes queued and not yet committed, including those held for a retry (disk full).
     public var queuedChanges = 0
+    /// Approximate bytes of those changes.
+    public var queuedBytes = 0
 }
 
 /// The thread that owns the read-write `SnapshotStore`: it applies changes in batched transactions.
 ///
-/// Everything queued before a commit goes into that one transaction (group commit), so under load
-/// transactions grow instead of latency. A failed transaction (disk full, I/O error) is rolled back
-/// and retried with backoff, with every change kept: nothing is dropped.
+/// Two queues. Live changes (what an event made dirty) are committed first, all that are queued in
+/// one transaction (group commit: under load transactions grow instead of latency). The bulk queue
+/// (a full sync's rows and every task, in order) is worked through in transactions bounded in rows
+/// and time, with the live changes that arrived meanwhile committed between two of them: a sync
+/// of a million keys, its reconciliation, a prune never hold a live change back for longer than
+/// one bounded slice. A failed transaction (disk full, I/O error) is rolled back and retried with
+/// backoff, with every change kept: nothing is dropped.
+///
+/// A live change may thus be committed before a bulk change of the same key that was queued
+/// before it (a sync's read of the key, then an event and a later read): the older bulk change is
+/// then skipped, never applied over the newer one.
 ///
 /// - Important: `enqueue` never blocks on the disk; the loop thread calls it.
 public final class SnapshotWriter: @unchecked Sendable {
     /// Work run inside the writer's transaction; the returned closure (if any) runs after commit.
     public typealias Task = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
+    /// One piece of a long job; see `WriterStep`.
+    public typealias Step = @Sendable (SnapshotStore) throws -> WriterStep
 
-    private enum Item {
-        case changes([SnapshotChange])
-        case task(Task)
+    /// Most rows of a bulk transaction.
+    static let bulkRowsPerTransaction = 2048
+    /// A bulk transaction takes no more items once it has run this long.
+    static let bulkNanosecondsPerTransaction: UInt64 = 20_000_000
+    /// After SIGTERM, how long a commit that keeps failing (a full disk) is retried before the
+    /// writer gives up on it; with the loop's 3 s this keeps the exit within 5 s.
+    static let shutdownRetryNanoseconds: UInt64 = 1_500_000_000
+
+    private enum Work {
+        case changes([SnapshotChange], bytes: Int)
+        /// `holdsLive`: live changes queued after it wait until it is done (a full sync's start:
+        /// rows read for the new generation must find its bookkeeping in place).
+        case step(Step, holdsLive: Bool)
+    }
+
+    /// A unit of work with the order it was queued in.
+    private struct Entry {
+        let sequence: UInt64
+        var work: Work
     }
 
     private struct Queue {
-        var items: [Item] = []
-        var changeCount = 0
-        var bytes = 0
-        var stopping = false
+        var live: [Entry] = []
+        var bulk: [Entry] = []
+        var nextSequence: UInt64 = 1
+        /// Monotonic ns when `stop` was called.
+        var stopRequestedAt: UInt64?
     }
 
     private let store: SnapshotStore
@@ -89,12 +138,23 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let condition = NSCondition()
     private var queue = Queue()  // guarded by `condition`
     private let stats = Mutex(WriterStatistics())
-    private let queuedBytesCounter = Atomic<Int>(0)
+    /// Everything queued and not committed, held ones included (the metrics, back-pressure).
+    private let uncommittedChanges = Atomic<Int>(0)
+    private let uncommittedBytes = Atomic<Int>(0)
+    private let uncommittedLiveBytes = Atomic<Int>(0)
+    private let abandonedChanges = Atomic<Int>(0)
     private let done = DispatchSemaphore(value: 0)
     private let pruneIntervalMilliseconds: Int64
     private let pruneGraceMilliseconds: Int64
     private let commitIntervalNanoseconds: UInt64
     private var lastLateWarning: UInt64 = 0
+
+    // Writer-thread state: what was taken from `queue` and is not committed yet.
+    private var pendingLive: [Entry] = []
+    private var pendingBulk: [Entry] = []
+    /// For each key a live transaction committed while bulk changes were pending: the sequence of
+    /// that live change. A bulk change of the key queued before it is older and is skipped.
+    private var committedLive: [[UInt8]: UInt64] = [:]
 
     /// Takes ownership of `store` and starts the writer thread.
     ///
@@ -122,26 +182,45 @@ public final class SnapshotWriter: @unchecked Sendable {
         startNamedThread("sm-writer") { [self] in run() }
     }
 
-    /// Bytes of changes queued and not yet committed (for back-pressure on the loop).
-    public var queuedBytes: Int { queuedBytesCounter.load(ordering: .relaxed) }
+    /// Bytes of changes queued and not yet committed, both lanes (back-pressure on a full sync).
+    public var queuedBytes: Int { uncommittedBytes.load(ordering: .relaxed) }
+    /// Bytes of live changes queued and not yet committed (back-pressure on live reads).
+    public var queuedLiveBytes: Int { uncommittedLiveBytes.load(ordering: .relaxed) }
+    /// Changes that were still not committed when the writer gave up at shutdown (0 normally).
+    public var changesNotWritten: Int { abandonedChanges.load(ordering: .relaxed) }
 
     /// Queues changes; returns at once.
-    public func enqueue(_ changes: [SnapshotChange]) {
+    public func enqueue(_ changes: [SnapshotChange], lane: WriterLane = .live) {
         guard !changes.isEmpty else { return }
         let bytes = changes.reduce(0) { $0 + $1.approximateBytes }
-        condition.lock()
-        queue.items.append(.changes(changes))
-        queue.changeCount += changes.count
-        queue.bytes += bytes
-        condition.signal()
-        condition.unlock()
-        queuedBytesCounter.add(bytes, ordering: .relaxed)
+        uncommittedChanges.add(changes.count, ordering: .relaxed)
+        uncommittedBytes.add(bytes, ordering: .relaxed)
+        if lane == .live { uncommittedLiveBytes.add(bytes, ordering: .relaxed) }
+        append(.changes(changes, bytes: bytes), lane: lane)
     }
 
-    /// Queues work to run in order with the changes, inside a transaction.
+    /// Queues work to run in order with the bulk changes, inside a transaction. Live changes may
+    /// be committed before it, even those queued after it.
     public func enqueue(_ task: @escaping Task) {
+        append(.step({ store in .done(after: try task(store)) }, holdsLive: false), lane: .bulk)
+    }
+
+    /// Queues work like `enqueue(_:)`, but no live change queued after it is committed before it.
+    /// Keep it short: it holds the live changes back while the bulk work queued before it runs.
+    public func enqueueHoldingLive(_ task: @escaping Task) {
+        append(.step({ store in .done(after: try task(store)) }, holdsLive: true), lane: .bulk)
+    }
+
+    /// Queues a long job in bounded pieces, in order with the bulk changes.
+    public func enqueue(steps first: @escaping Step) {
+        append(.step(first, holdsLive: false), lane: .bulk)
+    }
+
+    private func append(_ work: Work, lane: WriterLane) {
         condition.lock()
-        queue.items.append(.task(task))
+        let entry = Entry(sequence: queue.nextSequence, work: work)
+        queue.nextSequence += 1
+        if lane == .live { queue.live.append(entry) } else { queue.bulk.append(entry) }
         condition.signal()
         condition.unlock()
     }
@@ -161,15 +240,40 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
     }
 
-    /// Deletes the expired rows the checkpoint thread found, in order with the changes.
+    /// Deletes the expired rows the checkpoint thread found, in order with the changes, a bounded
+    /// number per transaction.
     private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
         let checkpointer = checkpointer
-        enqueue { [self] store in
-            let pruned = try store.deleteExpired(keys: keys, before: cutoff)
-            return { [self] in
-                stats.withLock { $0.rowsPruned += UInt64(pruned) }
-                checkpointer?.pruneCommitted()
+        let finished: @Sendable (Int) -> Void = { [self] pruned in
+            stats.withLock { $0.rowsPruned += UInt64(pruned) }
+            checkpointer?.pruneCommitted()
+        }
+        enqueue(steps: pruneStep(keys[...], before: cutoff, prunedSoFar: 0, finished: finished))
+    }
+
+    private func pruneStep(
+        _ keys: ArraySlice<[UInt8]>, before cutoff: Int64, prunedSoFar: Int,
+        finished: @escaping @Sendable (Int) -> Void
+    ) -> Step {
+        { [self] store in
+            let slice = keys.prefix(SnapshotWriter.bulkRowsPerTransaction)
+            let pruned = prunedSoFar + (try store.deleteExpired(keys: Array(slice), before: cutoff))
+            let rest = keys.dropFirst(slice.count)
+            if rest.isEmpty { return .done(after: { finished(pruned) }) }
+            return .more(next: pruneStep(rest, before: cutoff, prunedSoFar: pruned, finished: finished))
+        }
+    }
+
+    /// Without the checkpoint thread, the writer looks for expired rows itself, a bounded number
+    /// per transaction.
+    private func fallbackPruneStep(before cutoff: Int64, prunedSoFar: Int) -> Step {
+        { [self] store in
+            let keys = try store.expiredKeys(before: cutoff, limit: SnapshotWriter.bulkRowsPerTransaction)
+            let pruned = prunedSoFar + (try store.deleteExpired(keys: keys, before: cutoff))
+            if keys.count == SnapshotWriter.bulkRowsPerTransaction {
+                return .more(next: fallbackPruneStep(before: cutoff, prunedSoFar: pruned))
             }
+            return .done(after: { [self] in stats.withLock { $0.rowsPruned += UInt64(pruned) } })
         }
     }
 
@@ -177,23 +281,21 @@ public final class SnapshotWriter: @unchecked Sendable {
     public func statistics(resetLatency: Bool) -> WriterStatistics {
         stats.withLock { current in
             var copy = current
-            copy.queuedChanges = currentQueuedChanges()
+            copy.queuedChanges = uncommittedChanges.load(ordering: .relaxed)
+            copy.queuedBytes = uncommittedBytes.load(ordering: .relaxed)
             if resetLatency { current.latency = LatencyHistogram() }
             return copy
         }
     }
 
-    private func currentQueuedChanges() -> Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return queue.changeCount
-    }
-
     /// Commits everything queued, then ends the thread. Waits at most `timeoutSeconds`.
+    ///
+    /// A commit that keeps failing (a full disk) is given up `shutdownRetryNanoseconds` after this
+    /// call, with one `snapshot_write_abandoned` line; `changesNotWritten` then says how many.
     @discardableResult
     public func stop(timeoutSeconds: Double = 4) -> Bool {
         condition.lock()
-        queue.stopping = true
+        if queue.stopRequestedAt == nil { queue.stopRequestedAt = Clock.monotonicNanoseconds() }
         condition.signal()
         condition.unlock()
         return done.wait(timeout: .now() + timeoutSeconds) == .success
@@ -201,62 +303,77 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     // MARK: - Writer thread
 
+    /// Why the last transaction failed, while it keeps failing.
+    private struct Failure {
+        let since: UInt64
+        var backoffMilliseconds: Int
+    }
+
     private func run() {
         // At the same priority as the loops: at nice +10 (the choice while the keyspace messages
         // kept the subscription thread busy) the write-to-commit p99 under an unpipelined load
         // that saturates 2 cores was 0.9 s, at nice 0 0.15 s (docs/benchmarks.md).
         var lastPrune = Clock.unixMilliseconds()
-        var failingSince: UInt64?
-        var backoffMilliseconds = 50
-        var pending: [Item] = []
-        var pendingBytes = 0
-        var pendingChanges = 0
+        var failure: Failure?
         while true {
             condition.lock()
-            while queue.items.isEmpty && !queue.stopping && pending.isEmpty {
+            while queue.live.isEmpty && queue.bulk.isEmpty && pendingLive.isEmpty && pendingBulk.isEmpty
+                && queue.stopRequestedAt == nil
+            {
                 condition.wait()
             }
-            let stopping = queue.stopping
-            pending.append(contentsOf: queue.items)
-            pendingBytes += queue.bytes
-            pendingChanges += queue.changeCount
-            queue = Queue(stopping: stopping)
+            let stopRequestedAt = queue.stopRequestedAt
+            pendingLive += queue.live
+            pendingBulk += queue.bulk
+            queue.live = []
+            queue.bulk = []
             condition.unlock()
 
-            if pending.isEmpty && stopping { break }
+            if pendingLive.isEmpty && pendingBulk.isEmpty && stopRequestedAt != nil { break }
 
-            // Without the checkpoint thread, the writer looks for expired rows itself.
             let now = Clock.unixMilliseconds()
-            let prune = checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds
+            if checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds {
+                lastPrune = now
+                pendingBulk.append(
+                    Entry(
+                        sequence: pendingBulk.last?.sequence ?? 0,
+                        work: .step(
+                            fallbackPruneStep(before: now - pruneGraceMilliseconds, prunedSoFar: 0), holdsLive: false)))
+            }
             do {
-                let after = try commit(pending, pruneBefore: prune ? now - pruneGraceMilliseconds : nil)
-                if prune { lastPrune = now }
-                if failingSince != nil {
+                try commitLive()
+                try commitBulk(stopping: stopRequestedAt != nil)
+                if failure != nil {
                     logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
-                    failingSince = nil
-                    backoffMilliseconds = 50
+                    failure = nil
                 }
-                queuedBytesCounter.subtract(pendingBytes, ordering: .relaxed)
-                pending.removeAll(keepingCapacity: true)
-                pendingBytes = 0
-                pendingChanges = 0
-                for action in after { action() }
             } catch {
                 stats.withLock { $0.writeErrors += 1 }
-                if failingSince == nil {
-                    failingSince = Clock.monotonicNanoseconds()
+                let held = uncommittedChanges.load(ordering: .relaxed)
+                if failure == nil {
+                    failure = Failure(since: Clock.monotonicNanoseconds(), backoffMilliseconds: 50)
                     logger.error(
                         "snapshot write failed; changes are kept and retried",
-                        metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(pendingChanges)"])
+                        metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(held)"])
                 }
-                if stopping, let since = failingSince, Clock.monotonicNanoseconds() - since > 3_000_000_000 {
+                if let stopRequestedAt,
+                    Clock.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
+                {
+                    abandonedChanges.store(held, ordering: .relaxed)
                     logger.critical(
-                        "giving up at shutdown: changes were not committed; the next start resyncs from Redis",
-                        metadata: ["event": "snapshot_write_abandoned", "error": "\(error)", "lost_changes": "\(pendingChanges)"])
+                        """
+                        giving up at shutdown: changes could not be written to the snapshot; they are still in Redis \
+                        and the next start's full sync writes them
+                        """,
+                        metadata: [
+                            "event": "snapshot_write_abandoned", "error": "\(error)", "changes_not_written": "\(held)",
+                        ])
                     break
                 }
-                usleep(UInt32(backoffMilliseconds * 1000))
-                backoffMilliseconds = min(backoffMilliseconds * 2, stopping ? 500 : 5000)
+                var backoff = failure!.backoffMilliseconds
+                if stopRequestedAt != nil { backoff = min(backoff, 250) }
+                failure!.backoffMilliseconds = min(backoff * 2, 5000)
+                waitForRetry(milliseconds: backoff, stopRequestedAt: stopRequestedAt)
             }
         }
         // Releases the daemon lock now, not when the last reference goes: a new mirror may open
@@ -267,72 +384,175 @@ public final class SnapshotWriter: @unchecked Sendable {
         done.signal()
     }
 
-    private func commit(_ items: [Item], pruneBefore: Int64?) throws -> [@Sendable () -> Void] {
-        var after: [@Sendable () -> Void] = []
+    /// Sleeps before a retry, and wakes early when `stop` is called meanwhile (its retries are
+    /// bounded), but not for every change queued: a full disk must not be retried per read.
+    private func waitForRetry(milliseconds: Int, stopRequestedAt: UInt64?) {
+        let deadline = Date(timeIntervalSinceNow: Double(milliseconds) / 1000)
+        condition.lock()
+        while queue.stopRequestedAt == stopRequestedAt && Date() < deadline {
+            _ = condition.wait(until: deadline)
+        }
+        condition.unlock()
+    }
+
+    /// Commits, in one transaction, every live change that no `holdsLive` task queued before it
+    /// holds back.
+    private func commitLive() throws {
+        let holdingSequence =
+            pendingBulk.first { entry in
+                if case .step(_, true) = entry.work { return true }
+                return false
+            }?.sequence ?? .max
+        let count = pendingLive.prefix { $0.sequence < holdingSequence }.count
+        guard count > 0 else { return }
+        var changes: [SnapshotChange] = []
+        var bytes = 0
+        for entry in pendingLive[..<count] {
+            guard case .changes(let batch, let batchBytes) = entry.work else { continue }
+            changes += batch
+            bytes += batchBytes
+        }
+        let changedAt = Clock.unixMilliseconds()
+        var counts = RowCounts()
+        try transaction {
+            try apply(SnapshotWriter.inKeyOrder(changes), changedAt: changedAt, counts: &counts)
+        }
+        // Bulk changes queued before these are older: remember the keys, so they are skipped.
+        if pendingBulk.contains(where: { if case .changes = $0.work { return true } else { return false } }) {
+            for entry in pendingLive[..<count] {
+                guard case .changes(let batch, _) = entry.work else { continue }
+                for change in batch { committedLive[change.key] = entry.sequence }
+            }
+        }
+        pendingLive.removeFirst(count)
+        uncommittedLiveBytes.subtract(bytes, ordering: .relaxed)
+        committed(changes, bytes: bytes, counts: counts)
+    }
+
+    /// Works through the head of the bulk queue in one transaction, bounded in rows and time: the
+    /// changes up to the next task, or one step of that task. While `stopping`, a long job is
+    /// abandoned after the piece that ran (a reconciliation or a prune: the next start redoes it),
+    /// so that the changes queued behind it are committed within the shutdown's bound.
+    private func commitBulk(stopping: Bool) throws {
+        guard !pendingBulk.isEmpty else { return }
+        let started = Clock.monotonicNanoseconds()
+        let changedAt = Clock.unixMilliseconds()
+        var consumed = 0
+        var nextStep: Step?
+        var after: (@Sendable () -> Void)?
+        var applied: [SnapshotChange] = []
+        var bytes = 0
+        var counts = RowCounts()
+        try transaction {
+            // Changes are applied in key order, about 512 at a time, so that a large batch walks
+            // the key index page by page instead of hopping across it (docs/benchmarks.md).
+            var run: [SnapshotChange] = []
+            for entry in pendingBulk {
+                if case .step(let step, _) = entry.work {
+                    guard consumed == 0 else { break }  // A step sees every change queued before it committed.
+                    switch try step(store) {
+                    case .more(let next): nextStep = next
+                    case .done(let action):
+                        after = action
+                        consumed = 1
+                    }
+                    break
+                }
+                guard case .changes(let batch, let batchBytes) = entry.work else { continue }
+                for change in batch {
+                    if let newer = committedLive[change.key], newer > entry.sequence { continue }
+                    run.append(change)
+                }
+                consumed += 1
+                bytes += batchBytes
+                if run.count >= 512 {
+                    try apply(SnapshotWriter.inKeyOrder(run), changedAt: changedAt, counts: &counts)
+                    applied += run
+                    run.removeAll(keepingCapacity: true)
+                }
+                if counts.total + run.count >= SnapshotWriter.bulkRowsPerTransaction
+                    || Clock.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
+                {
+                    break
+                }
+            }
+            try apply(SnapshotWriter.inKeyOrder(run), changedAt: changedAt, counts: &counts)
+            applied += run
+        }
+        var skipped = 0
+        for entry in pendingBulk[..<consumed] {
+            if case .changes(let batch, _) = entry.work { skipped += batch.count }
+        }
+        skipped -= applied.count
+        if let nextStep {
+            if stopping { consumed = 1 } else { pendingBulk[0].work = .step(nextStep, holdsLive: false) }
+        }
+        pendingBulk.removeFirst(consumed)
+        if !pendingBulk.contains(where: { if case .changes = $0.work { return true } else { return false } }) {
+            committedLive.removeAll()
+        }
+        if skipped > 0 { uncommittedChanges.subtract(skipped, ordering: .relaxed) }
+        committed(applied, bytes: bytes, counts: counts)
+        after?()
+    }
+
+    /// Rows a transaction wrote, by kind.
+    private struct RowCounts {
         var upserted: UInt64 = 0
         var deleted: UInt64 = 0
         var evicted: UInt64 = 0
-        var pruned = 0
-        let changedAt = Clock.unixMilliseconds()
+        var total: Int { Int(upserted + deleted + evicted) }
+    }
+
+    private func transaction(_ body: () throws -> Void) throws {
         try store.begin()
         do {
-            // Changes between two tasks are applied in key order, so that a large batch (a backlog,
-            // a full sync) walks the key index page by page instead of hopping across it
-            // (docs/benchmarks.md). A task sees every change queued before it.
-            var run: [SnapshotChange] = []
-            func applyRun() throws {
-                for change in SnapshotWriter.inKeyOrder(run) {
-                    switch change.kind {
-                    case .upsert(let record):
-                        try store.upsert(record, changedAt: changedAt, generation: change.generation)
-                        upserted += 1
-                    case .delete(let key):
-                        try store.delete(key: key)
-                        deleted += 1
-                    case .evicted(let key):
-                        try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
-                        evicted += 1
-                    }
-                }
-                run.removeAll(keepingCapacity: true)
-            }
-            for item in items {
-                switch item {
-                case .changes(let changes):
-                    run += changes
-                case .task(let task):
-                    try applyRun()
-                    if let action = try task(store) { after.append(action) }
-                }
-            }
-            try applyRun()
-            if let pruneBefore { pruned = try store.pruneExpired(before: pruneBefore) }
+            try body()
             try store.commit()
-            checkpointer?.request()
         } catch {
             store.rollback()
             throw error
         }
+        checkpointer?.request()
+    }
+
+    private func apply(_ changes: [SnapshotChange], changedAt: Int64, counts: inout RowCounts) throws {
+        for change in changes {
+            switch change.kind {
+            case .upsert(let record):
+                try store.upsert(record, changedAt: changedAt, generation: change.generation)
+                counts.upserted += 1
+            case .delete(let key):
+                try store.delete(key: key)
+                counts.deleted += 1
+            case .evicted(let key):
+                try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
+                counts.evicted += 1
+            }
+        }
+    }
+
+    /// Counts a committed transaction's changes and their write-to-commit latency.
+    private func committed(_ changes: [SnapshotChange], bytes: Int, counts: RowCounts) {
+        uncommittedChanges.subtract(changes.count, ordering: .relaxed)
+        uncommittedBytes.subtract(bytes, ordering: .relaxed)
         let committed = Clock.monotonicNanoseconds()
         let wallClock = Clock.unixMilliseconds()
         var late: UInt64 = 0
         var worst: UInt64 = 0
         stats.withLock { stats in
-            stats.rowsUpserted += upserted
-            stats.rowsDeleted += deleted
-            stats.rowsEvicted += evicted
-            stats.rowsPruned += UInt64(pruned)
+            stats.rowsUpserted += counts.upserted
+            stats.rowsDeleted += counts.deleted
+            stats.rowsEvicted += counts.evicted
             stats.transactions += 1
             stats.lastCommitAt = wallClock
-            for case .changes(let changes) in items {
-                for change in changes where change.dirtiedAt > 0 && change.dirtiedAt <= committed {
-                    let waited = committed - change.dirtiedAt
-                    stats.latency.record(microseconds: waited / 1000)
-                    stats.latencySinceStart.record(microseconds: waited / 1000)
-                    if waited > commitIntervalNanoseconds {
-                        late += 1
-                        worst = max(worst, waited)
-                    }
+            for change in changes where change.dirtiedAt > 0 && change.dirtiedAt <= committed {
+                let waited = committed - change.dirtiedAt
+                stats.latency.record(microseconds: waited / 1000)
+                stats.latencySinceStart.record(microseconds: waited / 1000)
+                if waited > commitIntervalNanoseconds {
+                    late += 1
+                    worst = max(worst, waited)
                 }
             }
             stats.lateCommits += late
@@ -346,7 +566,6 @@ public final class SnapshotWriter: @unchecked Sendable {
                     "max_wait_ms": "\(worst / 1_000_000)", "commit_interval_ms": "\(commitIntervalNanoseconds / 1_000_000)",
                 ])
         }
-        return after
     }
 
     /// `changes` sorted by key (memcmp order, then length, as SQLite compares BLOBs), keeping the

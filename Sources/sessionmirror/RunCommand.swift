@@ -107,6 +107,13 @@ struct RunOptions: ParsableArguments {
         configuration.configureNotifications = settings.configSet ?? true
         configuration.onCacheLoss = settings.onCacheLoss ?? .alert
         configuration.metricsIntervalSeconds = settings.metricsIntervalSeconds ?? 10
+        #if DEBUG
+            // Test-only, and only in debug builds: while this file exists the full sync's reads wait
+            // (the tests that show live changes committed ahead of a sync; docs/architecture.md).
+            if let path = ProcessInfo.processInfo.environment["SESSIONMIRROR_TEST_HOLD_SYNC_READS"] {
+                configuration.syncReadsHeld = { FileManager.default.fileExists(atPath: path) }
+            }
+        #endif
         try configuration.validate()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
         if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
