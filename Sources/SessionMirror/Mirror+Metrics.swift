@@ -97,16 +97,14 @@ extension Mirror {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// Writes `text` to a temporary file beside `path`, then renames it over `path`, so that a
-    /// collector never reads half a file.
+    /// Writes `text` to a new temporary file beside `path`, then renames it over `path`, so that a
+    /// collector never reads half a file. The temporary file gets an unpredictable name and is
+    /// created exclusively, never through a link planted at its name (`SafeFile.replace`).
     static func writeAtomically(_ text: String, to path: String, logger: Logger) {
-        let temporary = path + ".tmp.\(getpid())"
         do {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-            _ = chmod(temporary, 0o644)  // metrics are not secret; node_exporter reads them
-            if rename(temporary, path) != 0 { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+            // Metrics are not secret; node_exporter reads them.
+            try SafeFile.replace(path, with: Array(text.utf8), mode: 0o644)
         } catch {
-            unlink(temporary)
             logger.warning(
                 "cannot write the metrics file", metadata: ["event": "metrics_file_failed", "error": "\(error)", "path": "\(path)"])
         }

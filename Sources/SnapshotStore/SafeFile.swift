@@ -21,22 +21,38 @@ public enum SafeFile {
     public static func open(
         _ path: String, flags: Int32, createMode: mode_t = 0o600, enforceMode: Bool = true
     ) throws(Failure) -> Int32 {
-        let fd = Glibc.open(path, flags | O_NOFOLLOW | O_CLOEXEC, createMode)
+        var fd: Int32 = -1
+        var created = false
+        if flags & O_CREAT != 0 && flags & O_EXCL == 0 {
+            // Tell a new file (which gets `createMode` whatever the umask) from an existing one.
+            fd = Glibc.open(path, flags | O_EXCL | O_NOFOLLOW | O_CLOEXEC, createMode)
+            created = fd >= 0
+            if fd < 0 && errno == EEXIST { fd = Glibc.open(path, (flags & ~O_CREAT) | O_NOFOLLOW | O_CLOEXEC) }
+        } else {
+            fd = Glibc.open(path, flags | O_NOFOLLOW | O_CLOEXEC, createMode)
+            created = fd >= 0 && flags & O_CREAT != 0
+        }
         if fd < 0 {
             let code = errno
-            // O_NOFOLLOW reports a link at the last component as ELOOP.
-            if code == ELOOP { throw Failure(path: path, reason: "is a symbolic link; refusing to follow it") }
+            // O_NOFOLLOW reports a link at the last component as ELOOP; O_EXCL a dangling link as EEXIST.
+            if code == ELOOP || code == EEXIST && isLink(path) {
+                throw Failure(path: path, reason: "is a symbolic link; refusing to follow it")
+            }
             throw Failure(path: path, reason: String(cString: strerror(code)))
         }
         do {
             try checkOwnedRegularFile(fd, path: path)
-            // The umask may have narrowed or widened nothing we want: set the mode we mean.
-            if enforceMode || flags & O_CREAT != 0 { try setMode(fd, createMode, path: path) }
+            if enforceMode || created { try setMode(fd, createMode, path: path) }
         } catch {
             Glibc.close(fd)
             throw error
         }
         return fd
+    }
+
+    private static func isLink(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK
     }
 
     /// Checks the file at `path` (a regular file owned by this user, not a link) and sets its
