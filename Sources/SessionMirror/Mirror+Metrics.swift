@@ -15,6 +15,7 @@ extension Mirror {
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
+            ("values_too_large", "\(stats.valuesTooLarge)"),
             ("rows_upserted", "\(writerStats.rowsUpserted)"),
             ("rows_deleted", "\(writerStats.rowsDeleted)"),
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
@@ -59,6 +60,7 @@ extension Mirror {
         func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
         metric("events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).", [("", values["events_received"])])
         metric("keys_vanished_total", "counter", "Keys found missing without a del, expired or evicted event (rows kept).", [("", values["keys_vanished"])])
+        metric("values_too_large_total", "counter", "Values over --max-value-bytes, not mirrored (rows deleted).", [("", values["values_too_large"])])
         metric("keys_read_total", "counter", "Keys read back from Redis.", [("", values["keys_read"])])
         metric("rows_written_total", "counter", "Snapshot rows written, by kind.", [
             ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),

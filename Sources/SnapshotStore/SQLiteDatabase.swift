@@ -126,6 +126,10 @@ final class SQLiteDatabase {
 
     /// The largest string or blob this connection accepts (`SQLITE_LIMIT_LENGTH`).
     var maximumLength: Int { Int(sqlite3_limit(handle, SQLITE_LIMIT_LENGTH, -1)) }
+
+    /// Lowers `SQLITE_LIMIT_LENGTH` for this connection (tests: a value SQLite refuses, without a
+    /// gigabyte of memory).
+    func limitLength(to bytes: Int32) { sqlite3_limit(handle, SQLITE_LIMIT_LENGTH, bytes) }
 }
 
 /// A prepared statement. Bind, step, read columns, reset.
