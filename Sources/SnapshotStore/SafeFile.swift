@@ -116,6 +116,23 @@ public enum SafeFile {
     /// the same on every Linux architecture Swift supports (`asm-generic/fcntl.h`).
     private static let pathOnly: Int32 = 0o10_000_000
 
+    /// Checks, without opening it (`lstat`), that `path` is absent or a regular file, not a link,
+    /// and with `owned`, that it belongs to this process's effective user. Safe at any time.
+    public static func checkPath(_ path: String, owned: Bool) throws(Failure) {
+        var info = stat()
+        if lstat(path, &info) != 0 {
+            if errno == ENOENT { return }
+            throw Failure(path: path, reason: String(cString: strerror(errno)))
+        }
+        if info.st_mode & S_IFMT == S_IFLNK { throw Failure(path: path, reason: "is a symbolic link; refusing to follow it") }
+        if info.st_mode & S_IFMT != S_IFREG { throw Failure(path: path, reason: "is not a regular file") }
+        if owned && info.st_uid != geteuid() {
+            throw Failure(
+                path: path,
+                reason: "is owned by uid \(info.st_uid), not by this process's user (uid \(geteuid())); refusing to use it")
+        }
+    }
+
     /// The canonical path of an existing file: every symbolic link and `..` resolved.
     public static func resolvedPath(_ path: String) -> String? {
         guard let resolved = realpath(path, nil) else { return nil }

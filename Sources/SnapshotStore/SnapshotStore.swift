@@ -71,6 +71,14 @@ public final class SnapshotStore {
                 throw .cannotCreate(path: path, reason: error.reason)
             }
         }
+        // The companions SQLite will open: a link there would be refused by SQLite with a bare
+        // "unable to open database file"; say what is wrong. Named after the real path, as SQLite
+        // names them. The daemon also wants them (and the file) to be its own.
+        if let realPath = SafeFile.resolvedPath(path) {
+            for file in [realPath, realPath + "-wal", realPath + "-shm"] {
+                do { try SafeFile.checkPath(file, owned: mode == .readWrite) } catch { throw .unsafeFile(error.description) }
+            }
+        }
         // An empty file is a new snapshot; anything else is identified through SQLite (a file that
         // is not a database fails its first read with SQLITE_NOTADB).
         let isNew = !exists || info.st_size == 0

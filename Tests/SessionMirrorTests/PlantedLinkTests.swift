@@ -52,4 +52,22 @@ struct PlantedLinkTests {
         #expect(output.contains("symbolic link"), "\(output)")
         #expect(SnapshotFiles.FileState(path: victim) == before, "log lines went through the planted link")
     }
+
+    @Test("a link planted at the snapshot's -wal is refused with one line naming it, and its target is unchanged")
+    func walLink() async throws {
+        let directory = try TemporaryDirectory(label: "planted-wal")
+        let (victim, before) = try makeVictim(in: directory)
+        let path = directory.file("sessions.db")
+        try SnapshotFiles.createSnapshot(at: path)
+        #expect(symlink(victim, path + "-wal") == 0)
+        for arguments in [
+            ["run", "--redis", "redis://127.0.0.1:1/0", "--prefix", "session:", "--snapshot", path],
+            ["status", "--snapshot", path],
+        ] {
+            let (termination, output) = try await MirrorProcess.runToCompletion(arguments, in: directory, timeout: .seconds(10))
+            #expect(termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
+            #expect(output.contains("sessions.db-wal") && output.contains("symbolic link"), "\(arguments[0]): \(output)")
+        }
+        #expect(SnapshotFiles.FileState(path: victim) == before, "the -wal was written through the planted link")
+    }
 }
