@@ -106,7 +106,8 @@ extension Mirror {
         logger.warning(
             "a value is larger than --max-value-bytes: not mirrored, its row is deleted",
             metadata: [
-                "event": "value_too_large", "redis.key": "\(SessionKey.redacted(key, prefixes: configuration.prefixes))",
+                "event": "value_too_large",
+                "redis.key": "\(SessionKey.redacted(key, prefixes: configuration.prefixes))",
                 "bytes": "\(bytes)", "max_value_bytes": "\(configuration.maxValueBytes)",
             ])
     }

@@ -87,7 +87,8 @@ public struct MirrorConfiguration: Sendable {
         }
         if !(1024...MirrorConfiguration.maxValueBytesLimit).contains(maxValueBytes) {
             throw ConfigurationError.invalid(
-                option: "--max-value-bytes", reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
+                option: "--max-value-bytes",
+                reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw ConfigurationError.invalid(option: "--snapshot", reason: "must not be empty") }
     }

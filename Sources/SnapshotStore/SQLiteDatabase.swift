@@ -57,7 +57,8 @@ final class SQLiteDatabase {
             let configured = sessionmirror_sqlite3_db_config_flag(db, option, Int32(value))
             if configured != SQLITE_OK {
                 close()
-                throw SQLiteError(step: "configure the connection defensively", code: configured, message: "option \(option)")
+                throw SQLiteError(
+                    step: "configure the connection defensively", code: configured, message: "option \(option)")
             }
         }
         if queryOnly {
@@ -166,7 +167,8 @@ final class Statement {
         let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
         // SQLite takes an Int32 length: a larger value would trap in the conversion.
         guard blob.count <= Int(Int32.max) else {
-            throw SQLiteError(step: "bind blob", code: SQLITE_TOOBIG, message: "\(blob.count) bytes is larger than SQLite accepts")
+            throw SQLiteError(
+                step: "bind blob", code: SQLITE_TOOBIG, message: "\(blob.count) bytes is larger than SQLite accepts")
         }
         let status = blob.withUnsafeBytes { raw in
             asText

@@ -94,7 +94,9 @@ public enum SafeFile {
                 opened = (try open(temporary, flags: O_CREAT | O_EXCL | O_WRONLY, createMode: mode), temporary)
             } catch {
                 attempt += 1
-                if errno != EEXIST || attempt == 100 { throw Failure(path: path, reason: "cannot create a temporary file: \(error.reason)") }
+                if errno != EEXIST || attempt == 100 {
+                    throw Failure(path: path, reason: "cannot create a temporary file: \(error.reason)")
+                }
             }
         }
         guard let (fd, temporary) = opened else { return }
@@ -124,12 +126,15 @@ public enum SafeFile {
             if errno == ENOENT { return }
             throw Failure(path: path, reason: String(cString: strerror(errno)))
         }
-        if info.st_mode & S_IFMT == S_IFLNK { throw Failure(path: path, reason: "is a symbolic link; refusing to follow it") }
+        if info.st_mode & S_IFMT == S_IFLNK {
+            throw Failure(path: path, reason: "is a symbolic link; refusing to follow it")
+        }
         if info.st_mode & S_IFMT != S_IFREG { throw Failure(path: path, reason: "is not a regular file") }
         if owned && info.st_uid != geteuid() {
             throw Failure(
                 path: path,
-                reason: "is owned by uid \(info.st_uid), not by this process's user (uid \(geteuid())); refusing to use it")
+                reason:
+                    "is owned by uid \(info.st_uid), not by this process's user (uid \(geteuid())); refusing to use it")
         }
     }
 
@@ -143,12 +148,15 @@ public enum SafeFile {
     private static func checkOwnedRegularFile(_ fd: Int32, path: String) throws(Failure) {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw Failure(path: path, reason: String(cString: strerror(errno))) }
-        if info.st_mode & S_IFMT == S_IFLNK { throw Failure(path: path, reason: "is a symbolic link; refusing to follow it") }
+        if info.st_mode & S_IFMT == S_IFLNK {
+            throw Failure(path: path, reason: "is a symbolic link; refusing to follow it")
+        }
         if info.st_mode & S_IFMT != S_IFREG { throw Failure(path: path, reason: "is not a regular file") }
         if info.st_uid != geteuid() {
             throw Failure(
                 path: path,
-                reason: "is owned by uid \(info.st_uid), not by this process's user (uid \(geteuid())); refusing to use it")
+                reason:
+                    "is owned by uid \(info.st_uid), not by this process's user (uid \(geteuid())); refusing to use it")
         }
     }
 

@@ -76,7 +76,11 @@ public final class SnapshotStore {
         // names them. The daemon also wants them (and the file) to be its own.
         if let realPath = SafeFile.resolvedPath(path) {
             for file in [realPath, realPath + "-wal", realPath + "-shm"] {
-                do { try SafeFile.checkPath(file, owned: mode == .readWrite) } catch { throw .unsafeFile(error.description) }
+                do {
+                    try SafeFile.checkPath(file, owned: mode == .readWrite)
+                } catch {
+                    throw .unsafeFile(error.description)
+                }
             }
         }
         // An empty file is a new snapshot; anything else is identified through SQLite (a file that
@@ -96,7 +100,11 @@ public final class SnapshotStore {
                 try takeLock()
                 // The file and its companions: regular files of ours, not links, 0600.
                 for file in [path, path + "-wal", path + "-shm"] {
-                    do { try SafeFile.narrow(file, to: 0o600) } catch { throw SnapshotError.unsafeFile(error.description) }
+                    do {
+                        try SafeFile.narrow(file, to: 0o600)
+                    } catch {
+                        throw SnapshotError.unsafeFile(error.description)
+                    }
                 }
                 try upgrade(from: version)
             }
@@ -200,9 +208,11 @@ public final class SnapshotStore {
             }
             // A snapshot never has triggers or views: in a copy from elsewhere they are code that
             // would run in this process (the connection does not run them; refusing says why).
-            let foreign = try database.integer("SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')") ?? 0
+            let foreign =
+                try database.integer("SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')") ?? 0
             if foreign > 0 {
-                throw SnapshotError.tampered(path: path, detail: "\(foreign) trigger(s) or view(s), which a snapshot never has")
+                throw SnapshotError.tampered(
+                    path: path, detail: "\(foreign) trigger(s) or view(s), which a snapshot never has")
             }
             return version
         } catch let error as SnapshotError {

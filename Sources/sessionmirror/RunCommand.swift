@@ -73,7 +73,8 @@ struct RunOptions: ParsableArguments {
         if let maxValueBytes {
             // Parsed here rather than by the argument parser: "-1" would read as a missing value.
             guard let bytes = Int(maxValueBytes) else {
-                throw ConfigurationError.invalid(option: "--max-value-bytes", reason: "expected a number of bytes, got '\(maxValueBytes)'")
+                throw ConfigurationError.invalid(
+                    option: "--max-value-bytes", reason: "expected a number of bytes, got '\(maxValueBytes)'")
             }
             flags.maxValueBytes = bytes
         }

@@ -64,9 +64,12 @@ struct PlantedLinkTests {
             ["run", "--redis", "redis://127.0.0.1:1/0", "--prefix", "session:", "--snapshot", path],
             ["status", "--snapshot", path],
         ] {
-            let (termination, output) = try await MirrorProcess.runToCompletion(arguments, in: directory, timeout: .seconds(10))
-            #expect(termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
-            #expect(output.contains("sessions.db-wal") && output.contains("symbolic link"), "\(arguments[0]): \(output)")
+            let (termination, output) = try await MirrorProcess.runToCompletion(
+                arguments, in: directory, timeout: .seconds(10))
+            #expect(
+                termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
+            #expect(
+                output.contains("sessions.db-wal") && output.contains("symbolic link"), "\(arguments[0]): \(output)")
         }
         #expect(SnapshotFiles.FileState(path: victim) == before, "the -wal was written through the planted link")
     }

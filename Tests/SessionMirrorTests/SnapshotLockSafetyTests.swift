@@ -20,7 +20,10 @@ final class SessionWriteLoad: Sendable {
             var index = 0
             while !stopping.load(ordering: .relaxed) {
                 let key = "\(prefix)load:\(index % 5_000)"
-                _ = try? client.command(["SET", key, String(repeating: "v", count: 200 + index % 300), "PX", "600000"].map { Array($0.utf8) })
+                _ = try? client.command(
+                    ["SET", key, String(repeating: "v", count: 200 + index % 300), "PX", "600000"].map {
+                        Array($0.utf8)
+                    })
                 index += 1
                 writes.add(1, ordering: .relaxed)
             }
@@ -45,7 +48,9 @@ func deletedDescriptors(of pid: pid_t) -> [String] {
     let directory = "/proc/\(pid)/fd"
     let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
     return names.compactMap { name in
-        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + name) else { return nil }
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + name) else {
+            return nil
+        }
         return target.hasSuffix(" (deleted)") ? target : nil
     }
 }
@@ -63,7 +68,9 @@ struct SnapshotLockSafetyTests {
         try await daemon.waitForEvent("sync_finished")
         let load = try SessionWriteLoad(redis: redis)
         defer { load.stop() }
-        _ = await eventually(timeout: .seconds(20)) { inode(of: path + "-wal") != nil && load.writes.load(ordering: .relaxed) > 1000 }
+        _ = await eventually(timeout: .seconds(20)) {
+            inode(of: path + "-wal") != nil && load.writes.load(ordering: .relaxed) > 1000
+        }
         let walInode = try #require(inode(of: path + "-wal"))
 
         // Each round: the documented backup, a purge of a prefix nobody uses, and a reader. A
@@ -82,7 +89,8 @@ struct SnapshotLockSafetyTests {
 
             let deleted = deletedDescriptors(of: daemon.process.pid).filter { $0.contains("sessions.db") }
             #expect(deleted.isEmpty, "round \(round): the daemon writes to unlinked files: \(deleted)")
-            #expect(inode(of: path + "-wal") == walInode, "round \(round): the daemon's -wal was removed and made again")
+            #expect(
+                inode(of: path + "-wal") == walInode, "round \(round): the daemon's -wal was removed and made again")
             if !deleted.isEmpty || inode(of: path + "-wal") != walInode { break }
         }
         #expect(daemon.process.poll() == nil, "the daemon ended: \(daemon.output)")

@@ -18,7 +18,8 @@ func makeSnapshot(at path: String, count: Int = 5_000) throws {
     try store.begin()
     for index in 0..<count {
         let record = SnapshotRecord(
-            key: Array("session:\(index)".utf8), type: "string", value: [UInt8](repeating: UInt8(index % 251), count: 300),
+            key: Array("session:\(index)".utf8), type: "string",
+            value: [UInt8](repeating: UInt8(index % 251), count: 300),
             expiresAt: nil)
         try store.upsert(record, changedAt: 1, generation: 0)
     }
@@ -51,18 +52,23 @@ struct SnapshotTrustTests {
 
     static let commands: [Command] = [
         Command(
-            testDescription: "run", arguments: { ["run", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] },
+            testDescription: "run",
+            arguments: { ["run", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] },
             exitCode: 2),
         Command(
             testDescription: "restore",
-            arguments: { ["restore", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] }, exitCode: 2),
+            arguments: { ["restore", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] },
+            exitCode: 2),
         Command(
             testDescription: "verify",
-            arguments: { ["verify", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] }, exitCode: 2),
+            arguments: { ["verify", "--snapshot", $0, "--redis", unreachableRedis, "--prefix", "session:"] },
+            exitCode: 2),
         Command(testDescription: "status", arguments: { ["status", "--snapshot", $0] }, exitCode: 1),
     ]
 
-    @Test("a snapshot with a damaged page gets its documented exit code and one line, and stays byte for byte as it was", arguments: commands)
+    @Test(
+        "a snapshot with a damaged page gets its documented exit code and one line, and stays byte for byte as it was",
+        arguments: commands)
     func damagedSnapshot(_ command: Command) async throws {
         let directory = try TemporaryDirectory(label: "damaged")
         let path = directory.file("sessions.db")
@@ -87,16 +93,19 @@ struct SnapshotTrustTests {
         let directory = try TemporaryDirectory(label: "no-companions")
         let path = directory.file("sessions.db")
         try makeSnapshot(at: path, count: 10)
-        let (termination, output) = try await MirrorProcess.runToCompletion(["status", "--snapshot", path], in: directory)
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["status", "--snapshot", path], in: directory)
         #expect(termination == .exited(0), "\(output)")
         let left = SnapshotFiles.listing(directory.path).filter { $0.hasSuffix("-wal") || $0.hasSuffix("-shm") }
         #expect(left.isEmpty, "\(left)")
     }
 
-    @Test("a snapshot with a trigger or a view is refused by run, restore and status and left as it was", arguments: [
-        "CREATE TRIGGER planted AFTER INSERT ON sessions BEGIN INSERT INTO metadata VALUES ('planted', 'ran'); END;",
-        "CREATE VIEW planted AS SELECT randomblob(8) AS value;",
-    ])
+    @Test(
+        "a snapshot with a trigger or a view is refused by run, restore and status and left as it was",
+        arguments: [
+            "CREATE TRIGGER planted AFTER INSERT ON sessions BEGIN INSERT INTO metadata VALUES ('planted', 'ran'); END;",
+            "CREATE VIEW planted AS SELECT randomblob(8) AS value;",
+        ])
     func plantedSchemaObjectIsRefused(_ sql: String) async throws {
         let directory = try TemporaryDirectory(label: "planted")
         let path = directory.file("sessions.db")
@@ -109,7 +118,8 @@ struct SnapshotTrustTests {
             ["status", "--snapshot", path],
         ] {
             let (termination, output) = try await MirrorProcess.runToCompletion(arguments, in: directory)
-            #expect(termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
+            #expect(
+                termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
             #expect(operatorLines(output).count == 1 && output.contains("tampered"), "\(arguments[0]): \(output)")
         }
         #expect(SnapshotFiles.FileState(path: path) == before, "the snapshot was modified")

@@ -1,11 +1,14 @@
 import Foundation
 import Logging
-@testable import SnapshotStore
 import Testing
+
+@testable import SnapshotStore
 
 @Suite("Values over --max-value-bytes are skipped, counted and logged once", .timeLimit(.minutes(1)))
 struct ValueSizeLimitTests {
-    @Test("a value over the cap deletes its row, is counted and logged once without its value, and other keys keep mirroring")
+    @Test(
+        "a value over the cap deletes its row, is counted and logged once without its value, and other keys keep mirroring"
+    )
     func oversizedValueIsSkipped() async throws {
         let redis = try await RedisServer.start()
         defer { redis.stop() }
@@ -25,7 +28,8 @@ struct ValueSizeLimitTests {
 
         let secret = "SECRETVALUE" + String(repeating: "x", count: 4000)
         try client.checked("SET", "session:big", secret, "EX", "600")
-        #expect(await eventually { (try? snapshotRows(at: path))?[big] == nil }, "the row of the oversized value stayed")
+        #expect(
+            await eventually { (try? snapshotRows(at: path))?[big] == nil }, "the row of the oversized value stayed")
         try client.checked("SET", "session:big", secret + "y", "EX", "600")
         for index in 0..<20 { try client.checked("SET", "session:after:\(index)", "v\(index)", "EX", "600") }
         let mirrored = await eventually {
@@ -42,7 +46,8 @@ struct ValueSizeLimitTests {
         #expect(daemon.lines(event: "snapshot_write_failed").isEmpty, "\(daemon.lines(event: "snapshot_write_failed"))")
     }
 
-    @Test("a bad --max-value-bytes is refused with one line and exit 2", arguments: ["-1", "abc", "100", "99999999999"])
+    @Test(
+        "a bad --max-value-bytes is refused with one line and exit 2", arguments: ["-1", "abc", "100", "99999999999"])
     func badLimitIsRefused(_ value: String) async throws {
         let directory = try TemporaryDirectory(label: "max-value-bad")
         let (termination, output) = try await MirrorProcess.runToCompletion(
@@ -61,21 +66,29 @@ struct ValueSizeLimitTests {
         let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
         store.database.limitLength(to: 10_000)  // as SQLite's own limit would refuse a 1 GB value
         try store.begin()
-        try store.upsert(SnapshotRecord(key: Array("session:big".utf8), type: "string", value: [1], expiresAt: nil), changedAt: 1, generation: 0)
+        try store.upsert(
+            SnapshotRecord(key: Array("session:big".utf8), type: "string", value: [1], expiresAt: nil), changedAt: 1,
+            generation: 0)
         try store.commit()
         let writer = SnapshotWriter(store: store, logger: Logger(label: "test"), pruneIntervalSeconds: 3600)
         writer.enqueue([
             SnapshotChange(
-                kind: .upsert(SnapshotRecord(key: Array("session:big".utf8), type: "string", value: [UInt8](repeating: 7, count: 20_000), expiresAt: nil)),
+                kind: .upsert(
+                    SnapshotRecord(
+                        key: Array("session:big".utf8), type: "string", value: [UInt8](repeating: 7, count: 20_000),
+                        expiresAt: nil)),
                 dirtiedAt: 0, generation: 0),
             SnapshotChange(
-                kind: .upsert(SnapshotRecord(key: Array("session:small".utf8), type: "string", value: [2], expiresAt: nil)),
+                kind: .upsert(
+                    SnapshotRecord(key: Array("session:small".utf8), type: "string", value: [2], expiresAt: nil)),
                 dirtiedAt: 0, generation: 0),
         ])
         let committed = await eventually { writer.statistics(resetLatency: false).transactions >= 1 }
         let statistics = writer.statistics(resetLatency: false)
         #expect(writer.stop())
-        #expect(committed && statistics.writeErrors == 0, "transactions \(statistics.transactions), errors \(statistics.writeErrors)")
+        #expect(
+            committed && statistics.writeErrors == 0,
+            "transactions \(statistics.transactions), errors \(statistics.writeErrors)")
         let rows = try snapshotRows(at: directory.file("s.db"))
         #expect(rows[Array("session:big".utf8)] == nil && rows[Array("session:small".utf8)]?.value == [2])
     }
