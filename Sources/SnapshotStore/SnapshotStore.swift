@@ -17,7 +17,8 @@ public final class SnapshotStore {
     public enum Mode {
         /// Read and write; create the file (0600) when it does not exist.
         case readWrite
-        /// Read only; the file must exist.
+        /// Read only (a read-write connection with `query_only`, see `SQLiteDatabase.init`); the
+        /// file must exist.
         case readOnly
         /// Read and write an existing snapshot beside a running daemon (purge): no daemon lock,
         /// writes wait for the daemon's transactions through SQLite's own locking.
