@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SnapshotStore
 import Synchronization
 
 /// A swift-log handler writing one line per record, logfmt (default) or JSON, for journald and log
@@ -19,23 +20,31 @@ public struct LogfmtLogHandler: LogHandler {
         /// Standard error.
         public init() { path = nil }
 
-        /// A file, created 0600 and appended to.
+        /// A file, created 0600 and appended to. A link planted at `path`, or a file another user
+        /// owns, is refused: the daemon's lines must not go wherever someone else chose.
         public init(path: String) throws {
             self.path = path
-            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-            if fd < 0 { throw ConfigurationError.invalid(option: "--log-file", reason: "cannot open \(path): \(String(cString: strerror(errno)))") }
+            let fd: Int32
+            do {
+                fd = try Sink.open(path)
+            } catch {
+                throw ConfigurationError.invalid(option: "--log-file", reason: "cannot open \(error)")
+            }
             lock.withLock { $0 = fd }
         }
 
-        /// Reopens the file (after logrotate moved it).
+        /// Reopens the file (after logrotate moved it); keeps the old one when the new one is refused.
         public func reopen() {
-            guard let path else { return }
-            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { return }
+            guard let path, let fd = try? Sink.open(path) else { return }
             lock.withLock { old in
                 Glibc.close(old)
                 old = fd
             }
+        }
+
+        /// An existing file keeps its permissions (an operator may have opened it to a group).
+        private static func open(_ path: String) throws(SafeFile.Failure) -> Int32 {
+            try SafeFile.open(path, flags: O_WRONLY | O_CREAT | O_APPEND, createMode: 0o600, enforceMode: false)
         }
 
         func write(_ line: String) {

@@ -84,7 +84,16 @@ extension Mirror {
             let (key, entry) = batch.keys[index]
             let kind: SnapshotChange.Kind
             switch result {
+            case .present(_, let value, _) where value.count > configuration.maxValueBytes:
+                // Too large to keep (SQLite refuses values past its length limit, and a value this
+                // size is not a session anyway). The row goes rather than stays: an older version
+                // of a session would bring back at a restore what the application has since
+                // replaced (a privilege dropped, a second factor not yet passed); without a row the
+                // user logs in again, as without the mirror.
+                kind = .delete(key: key)
+                valueTooLarge(key, bytes: value.count)
             case .present(let type, let value, let expiresAt):
+                if !oversizedKeys.isEmpty { oversizedKeys.remove(key) }
                 kind = .upsert(SnapshotRecord(key: key, type: type, value: value, expiresAt: expiresAt))
             case .missing:
                 switch entry.gone {
@@ -108,6 +117,21 @@ extension Mirror {
         batchesCompleted = max(batchesCompleted, batch.number)
         checkSyncBarrier()
         if phase == .stopping { finishShutdownIfDrained() }
+    }
+
+    /// Counts a value over `max_value_bytes` and logs its key once (redacted; never the value).
+    private func valueTooLarge(_ key: [UInt8], bytes: Int) {
+        stats.valuesTooLarge += 1
+        // Bounded memory: past the bound the set starts over, and a key may be logged again.
+        if oversizedKeys.count >= 10_000 { oversizedKeys.removeAll() }
+        guard oversizedKeys.insert(key).inserted else { return }
+        logger.warning(
+            "a value is larger than --max-value-bytes: not mirrored, its row is deleted",
+            metadata: [
+                "event": "value_too_large",
+                "redis.key": "\(SessionKey.redacted(key, prefixes: configuration.prefixes))",
+                "bytes": "\(bytes)", "max_value_bytes": "\(configuration.maxValueBytes)",
+            ])
     }
 
     // MARK: - Full sync
@@ -154,9 +178,10 @@ extension Mirror {
                 self.connectionLost("scan failed")
                 return
             }
+            // MATCH is a glob over the escaped prefix; the bytes decide, as for invalidations.
             self.dirty.state.withLock { queue in
                 for key in keys {
-                    if let bytes = key.bytes { queue.markFound(bytes) }
+                    if let bytes = key.bytes, bytes.starts(with: prefix) { queue.markFound(bytes) }
                 }
             }
             state.keysScanned += keys.count

@@ -15,6 +15,7 @@ extension Mirror {
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
+            ("values_too_large", "\(stats.valuesTooLarge)"),
             ("rows_upserted", "\(writerStats.rowsUpserted)"),
             ("rows_deleted", "\(writerStats.rowsDeleted)"),
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
@@ -59,6 +60,7 @@ extension Mirror {
         func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
         metric("events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).", [("", values["events_received"])])
         metric("keys_vanished_total", "counter", "Keys found missing without a del, expired or evicted event (rows kept).", [("", values["keys_vanished"])])
+        metric("values_too_large_total", "counter", "Values over --max-value-bytes, not mirrored (rows deleted).", [("", values["values_too_large"])])
         metric("keys_read_total", "counter", "Keys read back from Redis.", [("", values["keys_read"])])
         metric("rows_written_total", "counter", "Snapshot rows written, by kind.", [
             ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),
@@ -97,16 +99,14 @@ extension Mirror {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// Writes `text` to a temporary file beside `path`, then renames it over `path`, so that a
-    /// collector never reads half a file.
+    /// Writes `text` to a new temporary file beside `path`, then renames it over `path`, so that a
+    /// collector never reads half a file. The temporary file gets an unpredictable name and is
+    /// created exclusively, never through a link planted at its name (`SafeFile.replace`).
     static func writeAtomically(_ text: String, to path: String, logger: Logger) {
-        let temporary = path + ".tmp.\(getpid())"
         do {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-            _ = chmod(temporary, 0o644)  // metrics are not secret; node_exporter reads them
-            if rename(temporary, path) != 0 { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+            // Metrics are not secret; node_exporter reads them.
+            try SafeFile.replace(path, with: Array(text.utf8), mode: 0o644)
         } catch {
-            unlink(temporary)
             logger.warning(
                 "cannot write the metrics file", metadata: ["event": "metrics_file_failed", "error": "\(error)", "path": "\(path)"])
         }

@@ -104,6 +104,8 @@ public final class Mirror: @unchecked Sendable {
     /// Flush messages whose attribution (our database or another one) is still being asked.
     var flushChecksPending = 0
     var restoreRunning = false
+    /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
+    var oversizedKeys = Set<[UInt8]>()
     var restoreWanted = false
     var shutdownBarrierReached = false
     var reconnectAttempt = 0

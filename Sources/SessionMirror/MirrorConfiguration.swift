@@ -44,6 +44,8 @@ public struct MirrorConfiguration: Sendable {
     public var pruneIntervalSeconds = 60
     /// Rows are pruned once their expiry passed this long ago.
     public var pruneGraceSeconds = 60
+    /// A value larger than this is not mirrored: its row is deleted (see `Mirror.readFinished`).
+    public var maxValueBytes = MirrorConfiguration.defaultMaxValueBytes
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
@@ -58,6 +60,12 @@ public struct MirrorConfiguration: Sendable {
         self.prefixes = prefixes
         self.snapshotPath = snapshotPath
     }
+
+    /// 16 MiB: a thousand times a large Django session, far below what SQLite accepts.
+    public static let defaultMaxValueBytes = 16 << 20
+    /// The largest `max_value_bytes` accepted: SQLite refuses a value over `SQLITE_MAX_LENGTH`
+    /// (1,000,000,000 bytes by default), and a row is a key and a value together.
+    public static let maxValueBytesLimit = 512 << 20
 
     /// Django's default session key prefix (`KEY_PREFIX` empty, `VERSION` 1, cache backend).
     public static let djangoDefaultPrefix = ":1:django.contrib.sessions.cache"
@@ -89,6 +97,11 @@ public struct MirrorConfiguration: Sendable {
         // limit would overflow on the sync's own keys and resync forever.
         if maxDirtyKeys < 2000 {
             throw ConfigurationError.invalid(option: "maxDirtyKeys", reason: "must be at least 2000")
+        }
+        if !(1024...MirrorConfiguration.maxValueBytesLimit).contains(maxValueBytes) {
+            throw ConfigurationError.invalid(
+                option: "--max-value-bytes",
+                reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw ConfigurationError.invalid(option: "--snapshot", reason: "must not be empty") }
     }

@@ -4,6 +4,8 @@ public struct MirrorStatistics: Sendable {
     public var keysRead: UInt64 = 0
     /// Keys read as missing with no `del`/`expired`/`evicted` event: their rows were kept.
     public var keysVanished: UInt64 = 0
+    /// Values over `max_value_bytes` that were not mirrored (their rows were deleted).
+    public var valuesTooLarge: UInt64 = 0
     public var reconnects: UInt64 = 0
     public var fullSyncs: UInt64 = 0
     public var cacheLosses: UInt64 = 0

@@ -5,12 +5,14 @@ extension RedisConnection {
     /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock.
     func serverTimeMilliseconds() throws -> Int64 {
         let reply = try command("TIME")
+        // Checked arithmetic: an odd reply is an error, never a trap.
         guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
-            let micros = parts[1].text.flatMap({ Int64($0) })
+            let micros = parts[1].text.flatMap({ Int64($0) }), seconds >= 0, (0..<1_000_000).contains(micros),
+            case let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1000), !overflow
         else {
             throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
         }
-        return seconds * 1000 + micros / 1000
+        return milliseconds + micros / 1000
     }
 
     /// Calls `body` with each page of keys under `prefix` (`SCAN … MATCH <escaped prefix>*`).
@@ -25,7 +27,8 @@ extension RedisConnection {
             else {
                 throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
             }
-            try body(keys.compactMap(\.bytes))
+            // MATCH is a glob over the escaped prefix; the bytes decide, as for invalidations.
+            try body(keys.compactMap(\.bytes).filter { $0.starts(with: prefix) })
             cursor = next
         } while cursor != Array("0".utf8)
     }

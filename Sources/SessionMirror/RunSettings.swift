@@ -14,6 +14,7 @@ public struct RunSettings: Sendable, Equatable {
     public var onCacheLoss: MirrorConfiguration.CacheLossAction?
     public var metricsIntervalSeconds: Int?
     public var metricsFile: String?
+    public var maxValueBytes: Int?
     public var logFormat: String?
     public var logLevel: String?
     public var logFile: String?
@@ -35,6 +36,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.onCacheLoss = other.onCacheLoss ?? onCacheLoss
         merged.metricsIntervalSeconds = other.metricsIntervalSeconds ?? metricsIntervalSeconds
         merged.metricsFile = other.metricsFile ?? metricsFile
+        merged.maxValueBytes = other.maxValueBytes ?? maxValueBytes
         merged.logFormat = other.logFormat ?? logFormat
         merged.logLevel = other.logLevel ?? logLevel
         merged.logFile = other.logFile ?? logFile
@@ -117,6 +119,8 @@ public struct RunSettings: Sendable, Equatable {
                 settings.onCacheLoss = try choice(MirrorConfiguration.CacheLossAction.self, MirrorConfiguration.CacheLossAction.allCases)
             case "metrics_interval_s": settings.metricsIntervalSeconds = try integer(0...86_400)
             case "metrics_file": settings.metricsFile = try string()
+            case "max_value_bytes":
+                settings.maxValueBytes = try integer(1024...Int64(MirrorConfiguration.maxValueBytesLimit))
             case "log_format":
                 let text = try string()
                 guard ["logfmt", "json"].contains(text) else { throw fail("expected \"logfmt\" or \"json\", got \"\(text)\"") }

@@ -35,6 +35,12 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case quickCheck = "quick_check"
     }
 
+    /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
+    public static func isDamage(_ error: any Error) -> Bool {
+        if case .corrupt = error as? SnapshotError { return true }
+        return false
+    }
+
     /// Reads the status of the snapshot at `path` (read-only; safe while `run` runs).
     public static func read(path: String, now: Int64 = Clock.unixMilliseconds()) throws -> SnapshotStatus {
         let store = try SnapshotStore(path: path, mode: .readOnly)
@@ -51,6 +57,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
             rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
             lastCommitAt: lastCommit, lastFullSyncAt: try store.metadata("last_full_sync_at").flatMap { Int64($0) },
-            redisRunID: try store.metadata("redis_run_id"), fileBytes: store.fileBytes(), quickCheck: try store.quickCheck())
+            redisRunID: try store.metadata("redis_run_id"), fileBytes: store.fileBytes(),
+            // Opening ran quick_check and refuses a file it finds damaged (`isDamage`).
+            quickCheck: "ok")
     }
 }

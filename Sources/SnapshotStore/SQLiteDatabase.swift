@@ -23,11 +23,16 @@ final class SQLiteDatabase {
     private(set) var handle: OpaquePointer?
     let path: String
 
-    init(path: String, readOnly: Bool, create: Bool) throws {
+    /// Opens `path` read-write (read-only when the file system or its permissions allow no more),
+    /// never creating it. `queryOnly` refuses every write of this connection.
+    ///
+    /// Read-only users (restore, verify, status) open read-write with `query_only` rather than
+    /// with SQLITE_OPEN_READONLY: a read-only connection that creates the `-wal` and `-shm` of a
+    /// WAL database cannot remove them when it closes, while a read-write one that closes last
+    /// checkpoints nothing new and removes them, as SQLite's locks decide.
+    init(path: String, queryOnly: Bool) throws {
         self.path = path
-        var flags = readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE
-        if create && !readOnly { flags |= SQLITE_OPEN_CREATE }
-        flags |= SQLITE_OPEN_NOMUTEX
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX
         var db: OpaquePointer?
         let status = sqlite3_open_v2(path, &db, flags, nil)
         if status != SQLITE_OK {
@@ -40,6 +45,30 @@ final class SQLiteDatabase {
         handle = db
         sqlite3_extended_result_codes(db, 1)
         sqlite3_busy_timeout(db, 5000)
+        // The file may come from a backup or another user: its schema must not run anything. No
+        // triggers or views fire (the snapshot has none; `SnapshotStore` refuses a file that has
+        // some), functions with side effects are refused in the schema (trusted_schema off), and
+        // the defensive mode forbids writes that could corrupt the file on purpose (writable_schema,
+        // direct writes to shadow tables).
+        for (option, value) in [
+            (SQLITE_DBCONFIG_DEFENSIVE, 1), (SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0), (SQLITE_DBCONFIG_ENABLE_TRIGGER, 0),
+            (SQLITE_DBCONFIG_ENABLE_VIEW, 0),
+        ] {
+            let configured = sessionmirror_sqlite3_db_config_flag(db, option, Int32(value))
+            if configured != SQLITE_OK {
+                close()
+                throw SQLiteError(
+                    step: "configure the connection defensively", code: configured, message: "option \(option)")
+            }
+        }
+        if queryOnly {
+            do {
+                try execute("PRAGMA query_only = ON", step: "make the connection read-only")
+            } catch {
+                close()
+                throw error
+            }
+        }
     }
 
     deinit { close() }
@@ -59,7 +88,18 @@ final class SQLiteDatabase {
         if status != SQLITE_OK {
             let message = errorMessage.map { String(cString: $0) } ?? lastMessage
             sqlite3_free(errorMessage)
-            throw SQLiteError(step: step ?? sql, code: status, message: message)
+            throw failure(step: step ?? sql, code: status, message: message)
+        }
+    }
+
+    /// The error for a failed call: a damaged file or one that is not a database becomes the
+    /// `SnapshotError` that says so in one line (whatever statement found it), anything else an
+    /// `SQLiteError` naming the step.
+    func failure(step: String, code: Int32, message: String) -> any Error {
+        switch code & 0xff {
+        case SQLITE_NOTADB: return SnapshotError.notASnapshot(path: path, detail: "not an SQLite database")
+        case SQLITE_CORRUPT: return SnapshotError.corrupt(path: path, detail: message)
+        default: return SQLiteError(step: step, code: code, message: message)
         }
     }
 
@@ -67,7 +107,7 @@ final class SQLiteDatabase {
         var statement: OpaquePointer?
         let status = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
         guard status == SQLITE_OK, let statement else {
-            throw SQLiteError(step: "prepare \(sql)", code: status, message: lastMessage)
+            throw failure(step: "prepare \(sql)", code: status, message: lastMessage)
         }
         return Statement(database: self, statement: statement)
     }
@@ -84,6 +124,13 @@ final class SQLiteDatabase {
     }
 
     var changes: Int { Int(sqlite3_changes(handle)) }
+
+    /// The largest string or blob this connection accepts (`SQLITE_LIMIT_LENGTH`).
+    var maximumLength: Int { Int(sqlite3_limit(handle, SQLITE_LIMIT_LENGTH, -1)) }
+
+    /// Lowers `SQLITE_LIMIT_LENGTH` for this connection (tests: a value SQLite refuses, without a
+    /// gigabyte of memory).
+    func limitLength(to bytes: Int32) { sqlite3_limit(handle, SQLITE_LIMIT_LENGTH, bytes) }
 }
 
 /// A prepared statement. Bind, step, read columns, reset.
@@ -118,6 +165,11 @@ final class Statement {
         }
         // SQLITE_TRANSIENT ((sqlite3_destructor_type)-1) tells SQLite to copy the bytes now.
         let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+        // SQLite takes an Int32 length: a larger value would trap in the conversion.
+        guard blob.count <= Int(Int32.max) else {
+            throw SQLiteError(
+                step: "bind blob", code: SQLITE_TOOBIG, message: "\(blob.count) bytes is larger than SQLite accepts")
+        }
         let status = blob.withUnsafeBytes { raw in
             asText
                 ? sqlite3_bind_text(statement, index, raw.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(raw.count), transient)
@@ -134,7 +186,7 @@ final class Statement {
         case SQLITE_ROW: return true
         case SQLITE_DONE: return false
         default:
-            throw SQLiteError(step: "step \(sql)", code: status, message: database.lastMessage)
+            throw database.failure(step: "step \(sql)", code: status, message: database.lastMessage)
         }
     }
 

@@ -6,6 +6,11 @@ public enum SnapshotError: Error, CustomStringConvertible {
     case cannotCreate(path: String, reason: String)
     case missing(path: String)
     case locked(path: String)
+    /// The file holds schema objects SessionMirror never creates.
+    case tampered(path: String, detail: String)
+    /// A companion file (lock, -wal, -shm) or the snapshot is a link, not a regular file, or
+    /// belongs to another user.
+    case unsafeFile(String)
     case sqlite(SQLiteError)
 
     public var description: String {
@@ -22,6 +27,10 @@ public enum SnapshotError: Error, CustomStringConvertible {
             return "snapshot \(path) does not exist"
         case .locked(let path):
             return "snapshot \(path) is in use by another `sessionmirror run`"
+        case .tampered(let path, let detail):
+            return "snapshot \(path) holds \(detail): it may have been tampered with; it was left untouched"
+        case .unsafeFile(let detail):
+            return "unsafe snapshot file \(detail)"
         case .sqlite(let error):
             return "snapshot: \(error)"
         }

@@ -17,7 +17,8 @@ public final class SnapshotStore {
     public enum Mode {
         /// Read and write; create the file (0600) when it does not exist.
         case readWrite
-        /// Read only; the file must exist.
+        /// Read only (a read-write connection with `query_only`, see `SQLiteDatabase.init`); the
+        /// file must exist.
         case readOnly
         /// Read and write an existing snapshot beside a running daemon (purge): no daemon lock,
         /// writes wait for the daemon's transactions through SQLite's own locking.
@@ -49,38 +50,68 @@ public final class SnapshotStore {
     /// Opens (or, read-write, creates) the snapshot at `path`.
     ///
     /// Refuses, without writing anything, a file that is not a SessionMirror snapshot, a damaged
-    /// one, or one written by a newer format version.
+    /// one (`run`, `restore`, `verify` and `status` run SQLite's `quick_check` first), one with
+    /// triggers or views, or one written by a newer format version.
+    ///
+    /// - Important: the snapshot's own files (`.db`, `-wal`, `-shm`) are never opened here outside
+    ///   SQLite, except to create a new, empty file: on Linux, closing any descriptor of a file
+    ///   drops every POSIX lock the process holds on it, SQLite's included, and another process's
+    ///   connection would then believe it is the last one and remove the daemon's `-wal`.
     public init(path: String, mode: Mode) throws(SnapshotError) {
         self.path = path
-        let exists = FileManager.default.fileExists(atPath: path)
+        var info = stat()
+        let exists = stat(path, &info) == 0
         if !exists && mode != .readWrite { throw .missing(path: path) }
-        var isNew = false
         if !exists {
             // Create it 0600 ourselves: it holds bearer credentials. SQLite gives the -wal and -shm
-            // files the same permissions as the database file.
-            let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-            if fd < 0 { throw .cannotCreate(path: path, reason: String(cString: strerror(errno))) }
-            Glibc.close(fd)
-            isNew = true
-        } else {
-            try SnapshotStore.checkHeader(path: path, isNew: &isNew)
+            // files the same permissions as the database file. Nothing in this process can have a
+            // file open that did not exist, so closing this descriptor drops no lock.
+            do {
+                Glibc.close(try SafeFile.open(path, flags: O_CREAT | O_EXCL | O_WRONLY, createMode: 0o600))
+            } catch {
+                throw .cannotCreate(path: path, reason: error.reason)
+            }
         }
+        // The companions SQLite will open: a link there would be refused by SQLite with a bare
+        // "unable to open database file"; say what is wrong. Named after the real path, as SQLite
+        // names them. The daemon also wants them (and the file) to be its own.
+        if let realPath = SafeFile.resolvedPath(path) {
+            for file in [realPath, realPath + "-wal", realPath + "-shm"] {
+                do {
+                    try SafeFile.checkPath(file, owned: mode == .readWrite)
+                } catch {
+                    throw .unsafeFile(error.description)
+                }
+            }
+        }
+        // An empty file is a new snapshot; anything else is identified through SQLite (a file that
+        // is not a database fails its first read with SQLITE_NOTADB).
+        let isNew = !exists || info.st_size == 0
         do {
-            database = try SQLiteDatabase(path: path, readOnly: mode == .readOnly, create: false)
+            database = try SQLiteDatabase(path: path, queryOnly: mode == .readOnly)
         } catch {
             throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
         }
-        // Identify the file before anything touches it: a foreign or newer file stays as it was.
-        let version = try identify(isNew: isNew, mode: mode)
-        if mode == .readOnly {
-            // restore, verify and status read the whole file once: memory-mapped reads save a
-            // pread per page (a quarter of a million-row restore's time went to the kernel).
-            try? database.execute("PRAGMA mmap_size = 4294967296")
-        }
-        if mode == .readWrite {
-            try takeLock()
-            if exists { _ = chmod(path, 0o600) }
-            try upgrade(from: version)
+        do throws(SnapshotError) {
+            // Identify the file before anything touches it: a foreign, damaged or newer file stays as
+            // it was (SQLite removes the -wal and -shm it made when this connection closes).
+            let version = try identify(isNew: isNew, mode: mode)
+            if version > 0 && mode != .maintenance { try checkIntegrity() }
+            if mode == .readWrite {
+                try takeLock()
+                // The file and its companions: regular files of ours, not links, 0600.
+                for file in [path, path + "-wal", path + "-shm"] {
+                    do {
+                        try SafeFile.narrow(file, to: 0o600)
+                    } catch {
+                        throw SnapshotError.unsafeFile(error.description)
+                    }
+                }
+                try upgrade(from: version)
+            }
+        } catch {
+            close()
+            throw error
         }
         if mode != .readOnly {
             // The full sync's bookkeeping (`beginFullSync`), per connection, never in the file.
@@ -92,6 +123,7 @@ public final class SnapshotStore {
                     CREATE TEMP TABLE sync_state (generation INTEGER NOT NULL);
                     """, step: "create the full sync's temporary tables")
             } catch {
+                close()
                 throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
             }
         }
@@ -108,27 +140,20 @@ public final class SnapshotStore {
         }
     }
 
-    /// A non-empty file must start with SQLite's magic header; an empty file counts as new.
-    private static func checkHeader(path: String, isNew: inout Bool) throws(SnapshotError) {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw .cannotCreate(path: path, reason: "cannot read the file (permissions?)")
-        }
-        defer { try? handle.close() }
-        let header = (try? handle.read(upToCount: 16)) ?? Data()
-        if header.isEmpty {
-            isNew = true
-            return
-        }
-        if header != Data("SQLite format 3\0".utf8) {
-            throw .notASnapshot(path: path, detail: "not an SQLite database")
-        }
-    }
-
-    /// Only one daemon may write a snapshot: an advisory flock on a companion lock file.
+    /// Only one daemon may write a snapshot: an advisory flock on a companion lock file, named after
+    /// the real file (every symbolic link resolved), so that a second daemon given a link to the
+    /// same snapshot finds the same lock.
     private func takeLock() throws(SnapshotError) {
-        let lockPath = path + ".lock"
-        let fd = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
-        if fd < 0 { throw .cannotCreate(path: lockPath, reason: String(cString: strerror(errno))) }
+        guard let realPath = SafeFile.resolvedPath(path) else {
+            throw .cannotCreate(path: path, reason: "cannot resolve its path: \(String(cString: strerror(errno)))")
+        }
+        let lockPath = realPath + ".lock"
+        let fd: Int32
+        do {
+            fd = try SafeFile.open(lockPath, flags: O_CREAT | O_RDWR, createMode: 0o600)
+        } catch {
+            throw .unsafeFile(error.description)
+        }
         // A lock just released can linger for a moment: a child forked by another thread holds a
         // copy of the descriptor until its exec closes it (O_CLOEXEC). A second daemon holds it for
         // good; one second tells the two apart.
@@ -137,11 +162,30 @@ public final class SnapshotStore {
             attempts += 1
             if attempts == 100 {
                 Glibc.close(fd)
-                throw .locked(path: path)
+                throw .locked(path: realPath == path ? path : "\(path) (\(realPath))")
             }
             usleep(10_000)
         }
         lockDescriptor = fd
+    }
+
+    /// SQLite's `quick_check` (every page and index entry well formed; not a comparison of every
+    /// index with its table, which `integrity_check` adds at several times the cost): a damaged file
+    /// is refused before anything is written to it or restored from it.
+    private func checkIntegrity() throws(SnapshotError) {
+        let result: String
+        do {
+            result = try quickCheck()
+        } catch let error as SnapshotError {
+            throw error
+        } catch {
+            throw .corrupt(path: path, detail: (error as? SQLiteError)?.message ?? "\(error)")
+        }
+        if result != "ok" {
+            // One line: quick_check lists up to 100 problems.
+            let first = result.split(separator: ";").first.map(String.init) ?? result
+            throw .corrupt(path: path, detail: "quick_check: \(first.prefix(160))")
+        }
     }
 
     /// Checks that the file is a SessionMirror snapshot this build can read; returns its format
@@ -163,10 +207,19 @@ public final class SnapshotStore {
             if mode == .maintenance && version < SnapshotStore.formatVersion {
                 throw SnapshotError.notASnapshot(path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
             }
+            // A snapshot never has triggers or views: in a copy from elsewhere they are code that
+            // would run in this process (the connection does not run them; refusing says why).
+            let foreign =
+                try database.integer("SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')") ?? 0
+            if foreign > 0 {
+                throw SnapshotError.tampered(
+                    path: path, detail: "\(foreign) trigger(s) or view(s), which a snapshot never has")
+            }
             return version
         } catch let error as SnapshotError {
             throw error
         } catch let error as SQLiteError {
+            if error.code & 0xff == SQLITE_NOTADB { throw .notASnapshot(path: path, detail: "not an SQLite database") }
             if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
             throw .sqlite(error)
         } catch {
@@ -188,6 +241,8 @@ public final class SnapshotStore {
             // benchmark): give the disk back down to 64 MB once it is checkpointed.
             try database.execute("PRAGMA journal_size_limit = 67108864")
             try migrate(from: version)
+        } catch let error as SnapshotError {
+            throw error
         } catch let error as SQLiteError {
             if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
             throw .sqlite(error)
@@ -242,6 +297,13 @@ public final class SnapshotStore {
     /// Inserts or replaces a live row. A row that already holds this value and expiry is left as
     /// it is; during a full sync of `generation` its key is remembered as seen instead.
     public func upsert(_ record: SnapshotRecord, changedAt: Int64, generation: Int64) throws {
+        // The mirror skips values over `max_value_bytes` before they get here; a value SQLite would
+        // refuse (SQLITE_TOOBIG) must not fail every transaction it is in, retried forever. Its row
+        // goes, as a skipped value's does (see `Mirror`): never an older version of the session.
+        if record.value.count > database.maximumLength - record.key.count {
+            try delete(key: record.key)
+            return
+        }
         guard let statement = upsertStatement else { throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage) }
         defer { statement.reset() }
         try statement.bind(1, blob: record.key)

@@ -75,7 +75,12 @@ struct LogOptions: ParsableArguments {
     }
 
     static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws -> LogfmtLogHandler.Sink {
-        let sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
+        let sink: LogfmtLogHandler.Sink
+        do {
+            sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
+        } catch {
+            throw fail("\(error)")  // an operator's error: one line, exit 2
+        }
         LoggingSystem.bootstrap { _ in LogfmtLogHandler(format: format, sink: sink, level: level) }
         return sink
     }

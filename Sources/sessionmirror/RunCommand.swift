@@ -43,6 +43,10 @@ struct RunOptions: ParsableArguments {
     var metricsInterval: Int?
     @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?
+    @Option(
+        name: .customLong("max-value-bytes"),
+        help: "Values larger than this many bytes are not mirrored; their rows are deleted (default 16777216).")
+    var maxValueBytes: String?
     @Option(name: .customLong("log-format"), help: "logfmt or json (default logfmt).") var logFormat: LogfmtLogHandler.Format?
     @Option(name: .customLong("log-level"), help: "trace … critical (default info).") var logLevel: Logger.Level?
     @Option(name: .customLong("log-file"), help: "Append log lines here instead of stderr; SIGHUP reopens it.")
@@ -72,6 +76,14 @@ struct RunOptions: ParsableArguments {
         flags.onCacheLoss = onCacheLoss
         flags.metricsIntervalSeconds = metricsInterval
         flags.metricsFile = metricsFile
+        if let maxValueBytes {
+            // Parsed here rather than by the argument parser: "-1" would read as a missing value.
+            guard let bytes = Int(maxValueBytes) else {
+                throw ConfigurationError.invalid(
+                    option: "--max-value-bytes", reason: "expected a number of bytes, got '\(maxValueBytes)'")
+            }
+            flags.maxValueBytes = bytes
+        }
         flags.logFormat = logFormat?.rawValue
         flags.logLevel = logLevel?.rawValue
         flags.logFile = logFile
@@ -114,6 +126,7 @@ struct RunOptions: ParsableArguments {
                 configuration.syncReadsHeld = { FileManager.default.fileExists(atPath: path) }
             }
         #endif
+        configuration.maxValueBytes = settings.maxValueBytes ?? MirrorConfiguration.defaultMaxValueBytes
         try configuration.validate()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
         if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
