@@ -1,4 +1,5 @@
 import RedisClient
+import SnapshotStore
 
 /// Everything `sessionmirror run` needs to know.
 public struct MirrorConfiguration: Sendable {
@@ -44,6 +45,8 @@ public struct MirrorConfiguration: Sendable {
     public var pruneIntervalSeconds = 60
     /// Rows are pruned once their expiry passed this long ago.
     public var pruneGraceSeconds = 60
+    /// Signs every row the daemon writes (HMAC-SHA256); nil: rows are not signed.
+    public var integrityKey: IntegrityKey?
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
