@@ -26,24 +26,45 @@ public struct Doctor: Sendable {
         self.prefixes = prefixes
     }
 
-    /// The `ACL SETUSER` line for a least-privilege user that can run the mirror, restore, verify
-    /// and purge for these prefixes: its channels are the ones the mirror subscribes to, exactly.
+    /// Stands for the password's SHA-256 in the printed ACL lines: Redis stores only the hash
+    /// (`#<hex>`), so no clear-text password is ever pasted into a shell or a config.
+    public static let passwordHashPlaceholder = "#<sha256-hex-of-password>"
+
+    /// The `ACL SETUSER` line for the always-running daemon: it reads the sessions (`%R~`), and
+    /// writes only its own keys (`__sessionmirror__:`, the canary and doctor's probes); its channels
+    /// are exactly the ones it subscribes to; its commands the ones it sends.
     ///
     /// No `CONFIG`: on Redis 7.0 `CONFIG GET` cannot be limited to one parameter and would show
     /// `requirepass` and `masterauth`. Such a user runs the daemon with `config_set = false` and
-    /// `notify-keyspace-events` set in redis.conf.
-    public static func aclLine(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
-        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+    /// `notify-keyspace-events` set in redis.conf. It cannot restore: with `on_cache_loss = restore`
+    /// the daemon needs the restore user's rights too.
+    public static func daemonACL(prefixes: [[UInt8]], database: Int, user: String = "sessionmirror") -> String {
+        let keys = prefixes.map { "%R~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let channels = KeyspaceNotifications.channelNames(database: database).map { "&" + $0 }
-        var commands = [
-            "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
-            "+eval_ro", "+type", "+mget", "+dump", "+pexpiretime", "+exists", "+set", "+restore", "+time", "+unlink",
+        let commands = [
+            "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+eval_ro", "+type", "+mget",
+            "+dump", "+pexpiretime", "+exists", "+set",
         ]
-        if database != 0 { commands.append("+select") }
-        return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
-            + ["~__sessionmirror__:*"] + channels + ["&__sessionmirror__:shutdown-barrier", "-@all"]
-            + commands).joined(separator: " ")
+        return (["ACL", "SETUSER", user, "reset", "on", passwordHashPlaceholder] + keys + ["~__sessionmirror__:*"]
+            + channels + ["&__sessionmirror__:shutdown-barrier"] + commands + select(database)).joined(separator: " ")
     }
+
+    /// The `ACL SETUSER` line for `restore`, `verify` and `purge`: they write and delete the
+    /// sessions, so they run as a user of their own that no always-running process holds.
+    public static func maintenanceACL(
+        prefixes: [[UInt8]], database: Int, user: String = "sessionmirror-restore"
+    ) -> String {
+        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+        let commands = [
+            "+ping", "+info", "+time", "+scan", "+set", "+restore", "+exists", "+unlink", "+eval_ro", "+type", "+mget",
+            "+dump", "+pexpiretime",
+        ]
+        return (["ACL", "SETUSER", user, "reset", "on", passwordHashPlaceholder] + keys + commands + select(database))
+            .joined(separator: " ")
+    }
+
+    /// SELECT limited to the one database (Redis 7.0 accepts a first argument after `|`).
+    private static func select(_ database: Int) -> [String] { database == 0 ? [] : ["+select|\(database)"] }
 
     /// Runs every check; the first failing connect ends the list.
     public func run() -> [DoctorCheck] {
@@ -146,8 +167,9 @@ public struct Doctor: Sendable {
         add("client tracking", tracking.errorMessage == nil ? .ok : .fail, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
             fix: "grant +client|tracking +client|id: the mirror learns of changed keys through it")
         let time = reply(["TIME"])
-        add("time", time.elements != nil ? .ok : .fail, "TIME (restore judges expiry by Redis's clock): \(time.errorMessage ?? "ok")",
-            fix: "grant +time")
+        add("time", time.elements != nil ? .ok : .warn,
+            "TIME (restore and verify judge expiry by Redis's clock; the daemon does not need it): \(time.errorMessage ?? "ok")",
+            fix: "grant +time to the restore user")
 
         // Memory policy and the subscriber's output buffer.
         if let policy = reply(["CONFIG", "GET", "maxmemory-policy"]).elements?.last?.text {
