@@ -48,7 +48,8 @@ public struct CacheLossReport: Sendable, Equatable {
             parts.append("the snapshot records no cache loss seen by the daemon")
         }
         if let redisUptimeSeconds {
-            parts.append("Redis has been up \(redisUptimeSeconds) s (since its last start; a FLUSHALL does not show here)")
+            parts.append(
+                "Redis has been up \(redisUptimeSeconds) s (since its last start; a FLUSHALL does not show here)")
         }
         return parts.joined(separator: "; ")
     }

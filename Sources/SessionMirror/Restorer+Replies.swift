@@ -88,12 +88,15 @@ struct ReplyOutcome {
         if let stoppedBy = summary.stoppedBy {
             logger.critical(
                 "Redis refuses every write: restore stopped",
-                metadata: ["event": "restore_stopped", "error": "\(stoppedBy)", "not_attempted": "\(summary.notAttempted)"])
+                metadata: [
+                    "event": "restore_stopped", "error": "\(stoppedBy)", "not_attempted": "\(summary.notAttempted)",
+                ])
         }
     }
 
     private mutating func logKey(
-        _ message: Logger.Message, event: String, key: [UInt8], _ metadata: Logger.Metadata, level: Logger.Level = .warning
+        _ message: Logger.Message, event: String, key: [UInt8], _ metadata: Logger.Metadata,
+        level: Logger.Level = .warning
     ) {
         keyLines += 1
         guard keyLines <= ReplyOutcome.maximumKeyLines else { return }
@@ -119,7 +122,8 @@ enum KeyScopeResolution {
         case .recorded:
             guard let recorded = try? store.recordedScope() else {
                 throw RestoreError(
-                    description: "snapshot \(snapshotPath) does not record which prefixes it mirrors (no daemon of this "
+                    description:
+                        "snapshot \(snapshotPath) does not record which prefixes it mirrors (no daemon of this "
                         + "version has run on it): give them with --prefix, or --all-prefixes for a snapshot you trust")
             }
             return recorded.prefixes

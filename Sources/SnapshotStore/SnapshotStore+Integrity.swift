@@ -14,6 +14,10 @@ import Foundation
 /// writer thread and a restore thread is safe.
 public struct IntegrityKey: @unchecked Sendable {
     private let key: SymmetricKey
+    /// The HMAC state once the key is absorbed, copied for each row: its hashers are copy-on-write
+    /// values, so a copy costs nothing until it is updated, and the key's two blocks are not hashed
+    /// again for every row.
+    private let keyed: HMAC<SHA256>
 
     /// Keys shorter than this are refused: a password-like secret is not a MAC key.
     public static let minimumBytes = 16
@@ -22,6 +26,7 @@ public struct IntegrityKey: @unchecked Sendable {
     public init(bytes: [UInt8]) throws(IntegrityError) {
         guard bytes.count >= IntegrityKey.minimumBytes else { throw .keyTooShort(bytes: bytes.count) }
         key = SymmetricKey(data: bytes)
+        keyed = HMAC<SHA256>(key: key)
     }
 
     /// The key held in `path` (one trailing newline is not part of it, so that `openssl rand -hex 32`
@@ -42,20 +47,26 @@ public struct IntegrityKey: @unchecked Sendable {
     /// The MAC of a row. Every field is length-prefixed (or fixed-size), so that no two different
     /// rows encode to the same bytes.
     func mac(key rowKey: [UInt8], type: String, value: [UInt8], expiresAt: Int64?, state: RowState) -> [UInt8] {
-        var hmac = HMAC<SHA256>(key: key)
-        hmac.update(data: IntegrityKey.rowLabel)
-        func integer(_ number: UInt64) { hmac.update(data: withUnsafeBytes(of: number.bigEndian) { Array($0) }) }
-        integer(UInt64(rowKey.count))
-        hmac.update(data: rowKey)
+        // One buffer, one update: many small updates cost more than the hashing itself.
         let typeBytes = Array(type.utf8)
+        var message: [UInt8] = []
+        message.reserveCapacity(IntegrityKey.rowLabel.count + 48 + rowKey.count + typeBytes.count + value.count)
+        func integer(_ number: UInt64) {
+            for shift in stride(from: 56, through: 0, by: -8) { message.append(UInt8(truncatingIfNeeded: number >> shift)) }
+        }
+        message += IntegrityKey.rowLabel
+        integer(UInt64(rowKey.count))
+        message += rowKey
         integer(UInt64(typeBytes.count))
-        hmac.update(data: typeBytes)
+        message += typeBytes
         integer(UInt64(value.count))
-        hmac.update(data: value)
+        message += value
         // A missing expiry is a flag, not a sentinel value that a real expiry could collide with.
         integer(expiresAt == nil ? 0 : 1)
         integer(UInt64(bitPattern: expiresAt ?? 0))
         integer(UInt64(bitPattern: state.rawValue))
+        var hmac = keyed
+        hmac.update(data: message)
         return Array(hmac.finalize())
     }
 
@@ -150,7 +161,8 @@ extension SnapshotStore {
             while try select.step() {
                 let state = RowState(rawValue: select.int64(4)) ?? .live
                 let mac = key.mac(
-                    key: select.blob(0), type: select.text(1), value: select.blob(2), expiresAt: select.optionalInt64(3),
+                    key: select.blob(0), type: select.text(1), value: select.blob(2),
+                    expiresAt: select.optionalInt64(3),
                     state: state)
                 signatures.append((select.blob(0), mac))
             }
@@ -212,9 +224,11 @@ extension SnapshotStore {
         try select.bind(1, blob: rowKey)
         guard try select.step() else { return }
         let mac = key.mac(
-            key: rowKey, type: select.text(0), value: select.blob(1), expiresAt: select.optionalInt64(2), state: .evicted)
+            key: rowKey, type: select.text(0), value: select.blob(1), expiresAt: select.optionalInt64(2),
+            state: .evicted)
         let update = try database.prepare(
-            "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3, mac = ?4 WHERE key = ?1 AND state = 0")
+            "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3, mac = ?4 WHERE key = ?1 AND state = 0"
+        )
         try update.bind(1, blob: rowKey)
         try update.bind(2, changedAt)
         try update.bind(3, generation)

@@ -24,7 +24,8 @@ extension SnapshotStore {
 
     /// The scope the daemon last recorded; nil for a snapshot no daemon of this version has run on.
     public func recordedScope() throws -> MirrorScope? {
-        guard let text = try metadata("mirror_prefixes"), let database = try metadata("mirror_database").flatMap({ Int($0) })
+        guard let text = try metadata("mirror_prefixes"),
+            let database = try metadata("mirror_database").flatMap({ Int($0) })
         else { return nil }
         var prefixes: [[UInt8]] = []
         for item in text.split(separator: ",") {

@@ -12,9 +12,9 @@ struct DoctorCommand: ParsableCommand {
     @Flag(help: "Print the checks as one JSON object.") var json = false
 
     func run() throws {
+        try refuseEmptyPrefixes(prefix.prefixes)
         let endpoint = try redis.endpoint()
         let checks = Doctor(endpoint: endpoint, prefixes: prefix.bytes).run()
-        try refuseEmptyPrefixes(prefix.prefixes)
         let daemon = Doctor.daemonACL(prefixes: prefix.bytes, database: endpoint.database)
         let maintenance = Doctor.maintenanceACL(prefixes: prefix.bytes, database: endpoint.database)
         if json {

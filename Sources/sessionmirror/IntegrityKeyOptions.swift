@@ -36,5 +36,7 @@ struct IntegrityKeyOptions: ParsableArguments {
 
 /// Refuses an empty `--prefix` (exit 2): it would match every key in the database.
 func refuseEmptyPrefixes(_ prefixes: [String]) throws {
-    if prefixes.contains(where: \.isEmpty) { throw fail("--prefix: an empty prefix would match every key in the database") }
+    if prefixes.contains(where: \.isEmpty) {
+        throw fail("--prefix: an empty prefix would match every key in the database")
+    }
 }

@@ -11,7 +11,7 @@ struct RestoreCommand: ParsableCommand {
         discussion: """
             Never overwrites a key that exists (unless --overwrite). Writes only keys under the prefixes the \
             daemon recorded in the snapshot, unless --prefix or --all-prefixes says otherwise. Exit status: 0 all \
-            done, 1 some keys failed or rows failed the integrity check, 2 usage, connection or snapshot errors, \
+            done, 1 some keys failed, were too large for Redis or failed the integrity check, 2 usage, connection or snapshot errors, \
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 
@@ -89,7 +89,7 @@ struct RestoreCommand: ParsableCommand {
             ])
         if json { printJSON(summary) }
         if summary.stoppedBy != nil { throw ExitCode(3) }
-        if summary.failed > 0 || summary.tampered > 0 { throw ExitCode(1) }
+        if summary.failed > 0 || summary.tampered > 0 || summary.skippedTooLarge > 0 { throw ExitCode(1) }
     }
 }
 

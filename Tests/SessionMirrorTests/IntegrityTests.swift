@@ -11,7 +11,8 @@ private let otherKey = try! IntegrityKey(bytes: Array("fedcba9876543210fedcba987
 private func restore(_ path: String, _ redis: RedisServer, key: IntegrityKey?) throws -> RestoreSummary {
     var options = RestoreOptions()
     options.integrityKey = key
-    return try Restorer(snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t")).run()
+    return try Restorer(snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t"))
+        .run()
 }
 
 /// A signed snapshot of `s:a` … `s:e`, then three changes made with the sqlite3 shell, as someone
@@ -89,10 +90,15 @@ struct IntegrityTests {
         let signed = directory.file("signed.db")
         let unsigned = directory.file("unsigned.db")
         let now = try redis.client().serverTimeMilliseconds()
-        try makeSnapshot(signed, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: now + 60_000)], integrityKey: key)
-        try makeSnapshot(unsigned, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: now + 60_000)])
-        for (path, given, expected) in [(signed, otherKey, "another integrity key"), (signed, nil, "integrity-protected"),
-                                        (unsigned, key, "no integrity key check")] {
+        try makeSnapshot(
+            signed, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: now + 60_000)],
+            integrityKey: key)
+        try makeSnapshot(
+            unsigned, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: now + 60_000)])
+        for (path, given, expected) in [
+            (signed, otherKey, "another integrity key"), (signed, nil, "integrity-protected"),
+            (unsigned, key, "no integrity key check"),
+        ] {
             do {
                 _ = try restore(path, redis, key: given)
                 Issue.record("restore accepted \(path) with the wrong key")
@@ -102,9 +108,33 @@ struct IntegrityTests {
         }
         #expect(try redis.client().checked("DBSIZE").integer == 0)
         // The daemon refuses to write into a snapshot signed with another key.
-        var configuration = MirrorConfiguration(endpoint: redis.endpoint(), prefixes: [bytes("s:")], snapshotPath: signed)
+        var configuration = MirrorConfiguration(
+            endpoint: redis.endpoint(), prefixes: [bytes("s:")], snapshotPath: signed)
         configuration.integrityKey = otherKey
-        #expect(throws: IntegrityError.self) { _ = try Mirror(configuration: configuration, logger: Logger(label: "t")) }
+        #expect(throws: IntegrityError.self) {
+            _ = try Mirror(configuration: configuration, logger: Logger(label: "t"))
+        }
+    }
+
+    @Test("a key given for the first time signs the rows already in the snapshot, which then restore")
+    func firstKeySignsExistingRows() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "integrity")
+        let path = directory.file("s.db")
+        let now = try redis.client().serverTimeMilliseconds()
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("a"), expiresAt: now + 60_000),
+                SnapshotRecord(
+                    key: bytes("s:b"), type: "string", value: bytes("b"), expiresAt: now + 60_000, state: .evicted),
+            ])
+        let store = try SnapshotStore(path: path, mode: .readWrite)
+        try store.enableIntegrity(key)
+        store.close()
+        let summary = try restore(path, redis, key: key)
+        #expect(summary.restored == 2 && summary.tampered == 0)
     }
 
     @Test("the daemon signs every row it writes, evicted ones too, and a restore with its key brings them all back")
@@ -121,14 +151,16 @@ struct IntegrityTests {
             _ = try? env.client.command("SET", "other:push", "x")
             try env.client.checked("CONFIG", "SET", "maxmemory", "0")
             let evicted = await eventually {
-                (try? sqlite3(env.snapshotPath, "SELECT count(*) FROM sessions WHERE state = 1")).flatMap { Int($0) } ?? 0 > 0
+                (try? sqlite3(env.snapshotPath, "SELECT count(*) FROM sessions WHERE state = 1")).flatMap { Int($0) }
+                    ?? 0 > 0
             }
             #expect(evicted, "no row was marked evicted")
             var options = RestoreOptions()
             options.integrityKey = key
             options.scope = .prefixes([env.prefix])
             let summary = try Restorer(
-                snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), options: options, logger: Logger(label: "t")
+                snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), options: options,
+                logger: Logger(label: "t")
             ).run()
             #expect(summary.tampered == 0 && summary.failed == 0)
             #expect(summary.restored + summary.skippedExisting == 21)

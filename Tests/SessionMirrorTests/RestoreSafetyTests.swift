@@ -67,7 +67,8 @@ struct RestoreScopeTests {
         try makeSnapshot(
             path,
             sessionRows(3, now: now) + [
-                SnapshotRecord(key: bytes(":1:views.decorators.cache.page"), type: "string", value: bytes("x"), expiresAt: nil)
+                SnapshotRecord(
+                    key: bytes(":1:views.decorators.cache.page"), type: "string", value: bytes("x"), expiresAt: nil)
             ])
         let summary = try Restorer(
             snapshotPath: path, endpoint: redis.endpoint(), options: RestoreOptions(), logger: Logger(label: "t")
@@ -77,8 +78,10 @@ struct RestoreScopeTests {
 
         var everything = RestoreOptions()
         everything.scope = .everything
-        let all = try Restorer(snapshotPath: path, endpoint: redis.endpoint(), options: everything, logger: Logger(label: "t"))
-            .run()
+        let all = try Restorer(
+            snapshotPath: path, endpoint: redis.endpoint(), options: everything, logger: Logger(label: "t")
+        )
+        .run()
         #expect(all.restored == 1 && all.skippedExisting == 3)
     }
 
@@ -101,10 +104,35 @@ struct RestoreScopeTests {
     }
 }
 
+@Suite("restore says how long Redis has been without the sessions", .timeLimit(.minutes(2)))
+struct RestoreLossAgeTests {
+    @Test("after a FLUSHALL the daemon saw, restore logs how long ago it was and Redis's uptime before writing")
+    func restoreReportsLossAge() async throws {
+        try await withMirroredRedis { env in
+            try env.client.checked("SET", "session:a", "v", "EX", "3600")
+            try await env.waitUntilSnapshotMatchesRedis()
+            try env.client.checked("FLUSHALL")
+            let recorded = await eventually {
+                (try? sqlite3(env.snapshotPath, "SELECT value FROM metadata WHERE name = 'cache_loss_reason'"))
+                    == "flush"
+            }
+            #expect(recorded, "the daemon did not record the loss")
+            let (ended, output) = try await MirrorProcess.runToCompletion(
+                ["restore", "--snapshot", env.snapshotPath, "--redis", env.redis.url()], in: env.directory)
+            #expect(ended == .exited(0), "\(output)")
+            let line = logLines(output).first { $0.contains("event=restore_loss_age") }
+            #expect(line?.contains("loss_age_s=") == true && line?.contains("redis_uptime_s=") == true, "\(output)")
+            #expect(try env.client.checked("GET", "session:a").text == "v")
+        }
+    }
+}
+
 @Suite("restore into a Redis that refuses writes stops with a bounded log", .timeLimit(.minutes(2)))
 struct RestoreRefusalTests {
     /// Restores 20,000 rows with the binary; returns its exit and log lines.
-    private func restoreManyRows(into url: String, clock: RedisServer) async throws -> (ChildProcess.Termination?, [String]) {
+    private func restoreManyRows(into url: String, clock: RedisServer) async throws -> (
+        ChildProcess.Termination?, [String]
+    ) {
         let directory = try TemporaryDirectory(label: "refusal")
         let path = directory.file("s.db")
         try makeSnapshot(path, sessionRows(20_000, now: try clock.client().serverTimeMilliseconds()))
@@ -164,14 +192,17 @@ struct RestoreRefusalTests {
         var rows = sessionRows(50, now: now)
         rows.insert(
             SnapshotRecord(
-                key: bytes("s:huge"), type: "string", value: Array(repeating: 0x41, count: 2 << 20), expiresAt: now + 3_600_000),
+                key: bytes("s:huge"), type: "string", value: Array(repeating: 0x41, count: 2 << 20),
+                expiresAt: now + 3_600_000),
             at: 10)
         try makeSnapshot(path, rows)
         for run in 0..<2 {
             var options = RestoreOptions()
             options.pipelineBytes = 64 << 10  // bounded by bytes: the 2 MB row never waits in a full pipeline
-            let summary = try Restorer(snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t"))
-                .run()
+            let summary = try Restorer(
+                snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t")
+            )
+            .run()
             #expect(summary.skippedTooLarge == 1, "run \(run)")
             #expect(summary.restored + summary.skippedExisting == 50, "run \(run)")
             #expect(summary.stoppedBy == nil)
@@ -189,8 +220,10 @@ struct RestoreRefusalTests {
         try makeSnapshot(path, sessionRows(200, now: try redis.client().serverTimeMilliseconds(), valueBytes: 100_000))
         var options = RestoreOptions()
         options.pipelineBytes = 1 << 20
-        let summary = try Restorer(snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t"))
-            .run()
+        let summary = try Restorer(
+            snapshotPath: path, endpoint: redis.endpoint(), options: options, logger: Logger(label: "t")
+        )
+        .run()
         #expect(summary.restored == 200 && summary.failed == 0)
         #expect(try redis.client().checked("STRLEN", "s:199").integer == 100_000)
     }
