@@ -166,4 +166,43 @@ struct IntegrityTests {
             #expect(summary.restored + summary.skippedExisting == 21)
         }
     }
+
+    @Test("the key comes from systemd's credential by default; without it a signed snapshot is refused with exit 2")
+    func keyFromCredentialsDirectory() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let directory = try TemporaryDirectory(label: "integrity")
+        let path = directory.file("s.db")
+        let now = try redis.client().serverTimeMilliseconds()
+        try makeSnapshot(
+            path, [SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("v"), expiresAt: now + 60_000)],
+            integrityKey: key)
+        try redis.client().checked("SET", "s:a", "v", "PXAT", "\(now + 60_000)")
+        let credentials = directory.file("credentials")
+        try FileManager.default.createDirectory(atPath: credentials, withIntermediateDirectories: false)
+        try "0123456789abcdef0123456789abcdef\n".write(
+            toFile: credentials + "/sessionmirror-integrity-key", atomically: true, encoding: .utf8)
+        let arguments = ["verify", "--snapshot", path, "--redis", redis.url()]
+
+        let withCredential = try MirrorProcess.start(
+            arguments, in: directory, logName: "with.log", environment: ["CREDENTIALS_DIRECTORY": credentials])
+        #expect(await withCredential.waitForExit(timeout: .seconds(20)) == .exited(0), "\(withCredential.output)")
+        let without = try MirrorProcess.start(
+            arguments, in: directory, logName: "without.log", environment: ["CREDENTIALS_DIRECTORY": ""])
+        #expect(await without.waitForExit(timeout: .seconds(20)) == .exited(2), "\(without.output)")
+        #expect(without.output.contains("integrity-protected"), "\(without.output)")
+    }
+
+    @Test("run refuses a key file that is too short, naming the option, with exit 2")
+    func runRefusesShortKey() async throws {
+        let directory = try TemporaryDirectory(label: "integrity")
+        let keyFile = directory.file("key")
+        try "short\n".write(toFile: keyFile, atomically: true, encoding: .utf8)
+        let (ended, output) = try await MirrorProcess.runToCompletion(
+            ["run", "--snapshot", directory.file("s.db"), "--redis", "redis://127.0.0.1:1/0", "--integrity-key-file", keyFile],
+            in: directory)
+        #expect(ended == .exited(2), "\(output)")
+        #expect(output.contains("--integrity-key-file") && output.contains("at least 16"), "\(output)")
+        #expect(!FileManager.default.fileExists(atPath: directory.file("s.db")))
+    }
 }
