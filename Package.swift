@@ -10,6 +10,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // HMAC-SHA256 for the snapshot's optional row integrity: a maintained implementation.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // The only two targets that see C: hiredis on a libuv loop, and sqlite3.
@@ -29,7 +31,10 @@ let package = Package(
         ),
         .target(
             name: "SnapshotStore",
-            dependencies: ["CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         // prctl(2), which is variadic in C: fixed-argument wrappers, header only.
         .systemLibrary(name: "CSessionMirrorProcess"),

@@ -26,28 +26,61 @@ public struct Doctor: Sendable {
         self.prefixes = prefixes
     }
 
-    /// The `ACL SETUSER` line for a least-privilege user that can run the mirror, restore, verify
-    /// and purge for these prefixes: its channels are the ones the mirror subscribes to, exactly.
+    /// Stands for the password's SHA-256 in the printed ACL lines: Redis stores only the hash
+    /// (`#<hex>`), so no clear-text password is ever pasted into a shell or a config.
+    public static let passwordHashPlaceholder = "#<sha256-hex-of-password>"
+
+    /// The `ACL SETUSER` line for the always-running daemon: it reads the sessions (`%R~`), and
+    /// writes only its own keys (`__sessionmirror__:`, the canary and doctor's probes); its channels
+    /// are exactly the ones it subscribes to; its commands the ones it sends.
     ///
     /// No `CONFIG`: on Redis 7.0 `CONFIG GET` cannot be limited to one parameter and would show
     /// `requirepass` and `masterauth`. Such a user runs the daemon with `config_set = false` and
-    /// `notify-keyspace-events` set in redis.conf. On a server without EVAL_RO (Redis 6.2) the read
-    /// script runs under EVAL with TIME and PTTL, so the line grants those instead.
-    public static func aclLine(
+    /// `notify-keyspace-events` set in redis.conf. It cannot restore: with `on_cache_loss = restore`
+    /// the daemon needs the restore user's rights too. On Redis 6.2 the read script runs under `EVAL`
+    /// with `TIME` and `PTTL`, and key permissions cannot be read-only (`%R~` came with Redis 7.0),
+    /// so the line grants those instead.
+    public static func daemonACL(
         prefixes: [[UInt8]], database: Int, user: String = "sessionmirror", server: ServerProfile? = nil
     ) -> String {
-        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+        let keys = prefixes.map {
+            sessionKeyPermission(server) + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self)
+        }
         let channels = KeyspaceNotifications.channelNames(database: database).map { "&" + $0 }
-        var commands = [
-            "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan",
-            "+type", "+mget", "+dump", "+exists", "+set", "+restore", "+time", "+unlink",
-        ]
-        commands += server?.readMode == .timeAndPTTL ? ["+eval", "+pttl"] : ["+eval_ro", "+pexpiretime"]
-        if database != 0 { commands.append("+select") }
-        return (["ACL", "SETUSER", user, "on", ">CHANGE-ME", "resetkeys", "resetchannels"] + keys
-            + ["~__sessionmirror__:*"] + channels + ["&__sessionmirror__:shutdown-barrier", "-@all"]
-            + commands).joined(separator: " ")
+        let commands =
+            ["+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+type", "+mget", "+dump", "+exists", "+set"]
+            + readCommands(server)
+        return (["ACL", "SETUSER", user, "reset", "resetchannels", "on", passwordHashPlaceholder] + keys + ["~__sessionmirror__:*"]
+            + channels + ["&__sessionmirror__:shutdown-barrier"] + commands + select(database)).joined(separator: " ")
     }
+
+    /// The `ACL SETUSER` line for `restore`, `verify` and `purge`: they write and delete the
+    /// sessions, so they run as a user of their own that no always-running process holds.
+    public static func maintenanceACL(
+        prefixes: [[UInt8]], database: Int, user: String = "sessionmirror-restore", server: ServerProfile? = nil
+    ) -> String {
+        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+        let commands =
+            ["+ping", "+info", "+time", "+scan", "+set", "+restore", "+exists", "+unlink", "+type", "+mget", "+dump"]
+            + readCommands(server)
+        return (["ACL", "SETUSER", user, "reset", "on", passwordHashPlaceholder] + keys + commands + select(database))
+            .joined(separator: " ")
+    }
+
+    /// The commands of the read script on `server` (Redis 7 and Valkey when unknown).
+    private static func readCommands(_ server: ServerProfile?) -> [String] {
+        server?.readMode == .timeAndPTTL ? ["+eval", "+pttl", "+time"] : ["+eval_ro", "+pexpiretime"]
+    }
+
+    /// Read-only session keys for the daemon where the server has key permissions by operation
+    /// (Redis 7.0 and later, every Valkey); plain `~` on Redis 6.2.
+    private static func sessionKeyPermission(_ server: ServerProfile?) -> String {
+        guard let server, server.name != .valkey, server.version < ServerProfile.Version(7, 0) else { return "%R~" }
+        return "~"
+    }
+
+    /// SELECT limited to the one database (Redis 7.0 accepts a first argument after `|`).
+    private static func select(_ database: Int) -> [String] { database == 0 ? [] : ["+select|\(database)"] }
 
     /// Runs every check; the first failing connect ends the list.
     public func run() -> [DoctorCheck] { inspect().checks }
@@ -167,8 +200,9 @@ public struct Doctor: Sendable {
         add("client tracking", tracking.errorMessage == nil ? .ok : .fail, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
             fix: "grant +client|tracking +client|id: the mirror learns of changed keys through it")
         let time = reply(["TIME"])
-        add("time", time.elements != nil ? .ok : .fail, "TIME (restore judges expiry by Redis's clock): \(time.errorMessage ?? "ok")",
-            fix: "grant +time")
+        add("time", time.elements != nil ? .ok : .warn,
+            "TIME (restore and verify judge expiry by Redis's clock; the daemon does not need it): \(time.errorMessage ?? "ok")",
+            fix: "grant +time to the restore user")
 
         // Memory policy and the subscriber's output buffer.
         if let policy = reply(["CONFIG", "GET", "maxmemory-policy"]).elements?.last?.text {

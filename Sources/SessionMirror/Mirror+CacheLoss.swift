@@ -7,6 +7,15 @@ extension Mirror {
     /// because of it; with `--on-cache-loss restore`, put every valid session back at once.
     func handleCacheLoss(reason: String) {
         cacheLossHandler?(reason)
+        if reason != "again" {
+            // For `restore`, which says how long Redis has been without the sessions.
+            let seenAt = Clock.unixMilliseconds()
+            writer.enqueue { store in
+                try store.setMetadata(CacheLossReport.seenAtName, String(seenAt))
+                try store.setMetadata(CacheLossReport.reasonName, reason)
+                return nil
+            }
+        }
         guard configuration.onCacheLoss == .restore else {
             logger.notice(
                 "restore with: sessionmirror restore --snapshot \(configuration.snapshotPath) --redis \(configuration.endpoint)",
@@ -20,7 +29,8 @@ extension Mirror {
         restoreRunning = true
         restoreWanted = false
         var options = RestoreOptions()
-        options.prefixes = configuration.prefixes
+        options.scope = .prefixes(configuration.prefixes)
+        options.integrityKey = configuration.integrityKey
         let restorer = Restorer(
             snapshotPath: configuration.snapshotPath, endpoint: configuration.endpoint, options: options, logger: logger)
         // Queued behind every change already read, so the restore sees them committed. The restore

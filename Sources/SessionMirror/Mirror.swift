@@ -136,6 +136,9 @@ public final class Mirror: @unchecked Sendable {
             token = fresh
         }
         canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
+        // What restore, verify and purge may touch, and the key that signs every row from here on.
+        try store.recordScope(MirrorScope(prefixes: configuration.prefixes, database: configuration.endpoint.database))
+        try store.enableIntegrity(configuration.integrityKey)
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
             pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds)

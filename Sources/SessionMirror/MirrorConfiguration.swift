@@ -1,4 +1,5 @@
 import RedisClient
+import SnapshotStore
 
 /// Everything `sessionmirror run` needs to know.
 public struct MirrorConfiguration: Sendable {
@@ -46,6 +47,8 @@ public struct MirrorConfiguration: Sendable {
     public var pruneGraceSeconds = 60
     /// A value larger than this is not mirrored: its row is deleted (see `Mirror.readFinished`).
     public var maxValueBytes = MirrorConfiguration.defaultMaxValueBytes
+    /// Signs every row the daemon writes (HMAC-SHA256); nil: rows are not signed.
+    public var integrityKey: IntegrityKey?
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000

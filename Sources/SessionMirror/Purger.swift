@@ -8,12 +8,18 @@ import SnapshotStore
 public struct Purger {
     public let snapshotPath: String
     public let endpoint: RedisEndpoint
-    public let prefixes: [[UInt8]]
+    /// The keys deleted: the given prefixes, or those the daemon recorded in the snapshot; never
+    /// every key.
+    public let scope: KeyScope
 
-    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]]) {
+    public init(snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope) {
         self.snapshotPath = snapshotPath
         self.endpoint = endpoint
-        self.prefixes = prefixes
+        self.scope = scope
+    }
+
+    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]]) {
+        self.init(snapshotPath: snapshotPath, endpoint: endpoint, scope: .prefixes(prefixes))
     }
 
     /// What was deleted.
@@ -28,7 +34,14 @@ public struct Purger {
     }
 
     public func run() throws -> Summary {
+        // Checked before anything opens: an empty prefix would UNLINK every key of the database.
+        if case .prefixes(let prefixes) = scope, prefixes.isEmpty || prefixes.contains(where: \.isEmpty) {
+            throw RestoreError(description: "--prefix: an empty prefix would delete every key in the database")
+        }
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
+        guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
+            throw RestoreError(description: "purge deletes keys under prefixes: give them with --prefix")
+        }
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
         // also removes evicted rows and rows of keys Redis had already lost.

@@ -3,10 +3,21 @@ import Logging
 import RedisClient
 import SnapshotStore
 
+/// Which of the snapshot's rows a restore, verify or purge may touch.
+public enum KeyScope: Sendable, Equatable {
+    /// The prefixes the daemon recorded in the snapshot (`MirrorScope`): the default. A snapshot
+    /// without them is refused.
+    case recorded
+    /// These prefixes, given by the operator.
+    case prefixes([[UInt8]])
+    /// Every row, whatever its key (`--all-prefixes`): only for a snapshot you trust.
+    case everything
+}
+
 /// What a restore should do.
 public struct RestoreOptions: Sendable {
-    /// Only rows whose key starts with one of these (all rows when empty).
-    public var prefixes: [[UInt8]] = []
+    /// Which rows may be written; rows outside are counted (`otherPrefix`), never written.
+    public var scope = KeyScope.recorded
     /// Put rows back under another prefix.
     public var renamePrefix: PrefixRename?
     /// Replace keys that exist instead of skipping them.
@@ -17,6 +28,14 @@ public struct RestoreOptions: Sendable {
     public var skipEvicted = false
     /// Commands in flight at once.
     public var pipelineDepth = 16_384
+    /// Bytes of commands in flight at once: large values must not make the pipeline's memory grow
+    /// with the count alone.
+    public var pipelineBytes = 16 << 20
+    /// Check every row's MAC with this key and never write a row that fails it.
+    public var integrityKey: IntegrityKey?
+    /// Stop once this many identical errors in a row say that Redis refuses every write (OOM,
+    /// READONLY, NOPERM, LOADING, ...).
+    public var refusalLimit = 5
 
     public init() {}
 }
@@ -41,6 +60,16 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     public var failed = 0
     /// Rows left out because their key is under none of the prefixes.
     public var otherPrefix = 0
+    /// Rows whose MAC did not match (integrity key given): never written.
+    public var tampered = 0
+    /// Rows whose value is larger than Redis accepts in one argument (`proto-max-bulk-len`).
+    public var skippedTooLarge = 0
+    /// Rows not attempted because Redis refused every write and the restore stopped.
+    public var notAttempted = 0
+    /// Why the restore stopped early: Redis's error, when it refused every write.
+    public var stoppedBy: String?
+    /// Errors Redis returned, by message, with how many rows each.
+    public var errors: [String: Int] = [:]
     public var elapsedSeconds = 0.0
     public var keysPerSecond = 0.0
     public var dryRun = false
@@ -52,13 +81,20 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
         case skippedEvicted = "skipped_evicted"
         case failed
         case otherPrefix = "other_prefix"
+        case tampered
+        case skippedTooLarge = "skipped_too_large"
+        case notAttempted = "not_attempted"
+        case stoppedBy = "stopped_by"
+        case errors
         case elapsedSeconds = "elapsed_s"
         case keysPerSecond = "keys_per_s"
         case dryRun = "dry_run"
     }
 
     /// Rows looked at.
-    public var total: Int { restored + skippedExisting + skippedExpired + skippedEvicted + failed }
+    public var total: Int {
+        restored + skippedExisting + skippedExpired + skippedEvicted + failed + tampered + skippedTooLarge + notAttempted
+    }
 }
 
 /// A restore that cannot start (exit 2): the snapshot, the connection, or a refusal by Redis.
@@ -85,25 +121,36 @@ public struct Restorer: Sendable {
     }
 
     /// Runs the restore. `progress` gets (rows done) now and then.
+    ///
+    /// Stops early, with `stoppedBy` set, when Redis refuses every write (`refusalLimit` identical
+    /// errors in a row that are not about one key): the rows not sent are counted, not tried.
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
         let started = Clock.monotonicNanoseconds()
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
+        let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
+        do {
+            try store.checkIntegrityKey(options.integrityKey)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
         let now = try redis.serverTimeMilliseconds()
-        var summary = RestoreSummary()
-        summary.dryRun = options.dryRun
-        var inFlight: [[UInt8]] = []  // keys of commands whose replies are pending, in order
-        var inFlightHead = 0
+        let maximumValueBytes = redis.maximumArgumentBytes()
+        var outcome = ReplyOutcome(options: options, prefixes: prefixes ?? [], logger: logger)
+        outcome.summary.dryRun = options.dryRun
+        var pending: [(key: [UInt8], bytes: Int)] = []  // commands whose replies are pending, in order
+        var pendingHead = 0
+        var pendingBytes = 0
 
-        func drain(keeping limit: Int) throws {
-            while inFlight.count - inFlightHead > limit {
-                let key = inFlight[inFlightHead]
-                inFlightHead += 1
-                let reply = try redis.readReply()
-                record(reply, key: key, into: &summary)
+        func drain(keepingCount countLimit: Int, bytes byteLimit: Int) throws {
+            while pending.count - pendingHead > countLimit || (pendingBytes > byteLimit && pending.count > pendingHead) {
+                let (key, bytes) = pending[pendingHead]
+                pendingHead += 1
+                pendingBytes -= bytes
+                outcome.record(try redis.readReply(), key: key)
             }
-            if inFlightHead > 65_536 {
-                inFlight.removeFirst(inFlightHead)
-                inFlightHead = 0
+            if pendingHead > 65_536 {
+                pending.removeFirst(pendingHead)
+                pendingHead = 0
             }
         }
 
@@ -118,40 +165,60 @@ public struct Restorer: Sendable {
         }
 
         do {
-            try store.forEachRecord { row in
-                guard SessionKey.matches(row.key, prefixes: options.prefixes) else {
-                    summary.otherPrefix += 1
+            try store.forEachRecord(verifying: options.integrityKey) { row, authenticity in
+                if let prefixes, !SessionKey.matches(row.key, prefixes: prefixes) {
+                    outcome.summary.otherPrefix += 1
+                    return true
+                }
+                if authenticity == .tampered {
+                    outcome.tampered(row.key)
                     return true
                 }
                 if let expiresAt = row.expiresAt, expiresAt <= now {
-                    summary.skippedExpired += 1
+                    outcome.summary.skippedExpired += 1
                     return true
                 }
                 if row.state == .evicted && options.skipEvicted {
-                    summary.skippedEvicted += 1
+                    outcome.summary.skippedEvicted += 1
+                    return true
+                }
+                if outcome.summary.stoppedBy != nil {
+                    outcome.summary.notAttempted += 1
                     return true
                 }
                 let key = renamed(row.key)
+                // Redis closes the connection on an argument over proto-max-bulk-len: the restore
+                // would stop at this row on every attempt.
+                if row.value.count > maximumValueBytes || key.count > maximumValueBytes {
+                    outcome.tooLarge(key, bytes: row.value.count, limit: maximumValueBytes)
+                    return true
+                }
+                let before = encoded.count
                 encode(row, key: key, into: &encoded)
                 encodedCount += 1
-                inFlight.append(key)
-                if encodedCount == 1024 { try flushEncoded() }
+                pending.append((key, encoded.count - before))
+                pendingBytes += encoded.count - before
+                if encodedCount == 1024 || encoded.count >= 1 << 20 { try flushEncoded() }
                 // Read replies in blocks: the first read of a block flushes every command appended
                 // since the last one in one write, and each read takes many replies. Draining one
                 // reply per command cost a write and a read syscall per key (half the client's
                 // time went to the kernel).
-                if inFlight.count - inFlightHead >= options.pipelineDepth + 1024 && encodedCount == 0 {
-                    try drain(keeping: options.pipelineDepth)
+                if encodedCount == 0
+                    && (pending.count - pendingHead >= options.pipelineDepth + 1024 || pendingBytes > options.pipelineBytes)
+                {
+                    try drain(keepingCount: options.pipelineDepth, bytes: options.pipelineBytes / 2)
                 }
-                let done = summary.total
+                let done = outcome.summary.total
                 if done % 100_000 == 0, done > 0 { progress?(done) }
                 return true
             }
             try flushEncoded()
-            try drain(keeping: 0)
+            try drain(keepingCount: 0, bytes: 0)
         } catch let error as RedisError {
-            throw RestoreError(description: "restore stopped after \(summary.restored) keys: \(error)")
+            throw RestoreError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
         }
+        outcome.finish()
+        var summary = outcome.summary
         summary.elapsedSeconds = Double(Clock.monotonicNanoseconds() - started) / 1e9
         summary.keysPerSecond = summary.elapsedSeconds > 0 ? Double(summary.restored) / summary.elapsedSeconds : 0
         return summary
@@ -206,26 +273,5 @@ public struct Restorer: Sendable {
         RESP.appendArgument(row.value, into: &buffer)
         if row.expiresAt != nil { RESP.appendArgument(Restorer.absttl, into: &buffer) }
         if options.overwrite { RESP.appendArgument(Restorer.replace, into: &buffer) }
-    }
-
-    private func record(_ reply: RedisReply, key: [UInt8], into summary: inout RestoreSummary) {
-        switch reply {
-        case .status:
-            summary.restored += 1
-        case .null:
-            summary.skippedExisting += 1  // SET ... NX on an existing key
-        case .integer(let exists) where options.dryRun:
-            if exists == 1 && !options.overwrite { summary.skippedExisting += 1 } else { summary.restored += 1 }
-        case .error(let message) where message.hasPrefix("BUSYKEY"):
-            summary.skippedExisting += 1
-        default:
-            summary.failed += 1
-            logger.error(
-                "restoring a key failed",
-                metadata: [
-                    "event": "restore_key_failed", "redis.key": "\(SessionKey.redacted(key, prefixes: options.prefixes))",
-                    "error": "\(reply.errorMessage ?? "unexpected reply")",
-                ])
-        }
     }
 }

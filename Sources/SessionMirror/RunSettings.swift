@@ -19,6 +19,8 @@ public struct RunSettings: Sendable, Equatable {
     public var logLevel: String?
     public var logFile: String?
     public var django: DjangoPreset?
+    /// The file holding the key that signs the snapshot's rows.
+    public var integrityKeyFile: String?
 
     public init() {}
 
@@ -41,6 +43,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.logLevel = other.logLevel ?? logLevel
         merged.logFile = other.logFile ?? logFile
         merged.django = other.django ?? django
+        merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
         return merged
     }
 
@@ -131,6 +134,7 @@ public struct RunSettings: Sendable, Equatable {
                 guard levels.contains(text) else { throw fail("expected one of \(levels.joined(separator: ", ")), got \"\(text)\"") }
                 settings.logLevel = text
             case "log_file": settings.logFile = try string()
+            case "integrity_key_file": settings.integrityKeyFile = try string()
             case "django.key_prefix":
                 django.keyPrefix = try string()
                 sawDjango = true

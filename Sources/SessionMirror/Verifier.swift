@@ -13,6 +13,8 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var evicted = 0
     /// Rows whose expiry has passed (by Redis's clock): ignored.
     public var expired = 0
+    /// Rows whose MAC did not match (integrity key given): changed or added outside sessionmirror.
+    public var tampered = 0
 
     enum CodingKeys: String, CodingKey {
         case equal
@@ -22,29 +24,57 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         case onlyInRedis = "only_in_redis"
         case evicted
         case expired
+        case tampered
     }
 
     /// True when every unexpired key is equal on both sides.
-    public var inSync: Bool { differentValue == 0 && differentExpiry == 0 && onlyInSnapshot == 0 && onlyInRedis == 0 }
+    public var inSync: Bool {
+        differentValue == 0 && differentExpiry == 0 && onlyInSnapshot == 0 && onlyInRedis == 0 && tampered == 0
+    }
 }
 
 /// Compares the snapshot with Redis for the prefixes (read-only on both sides).
 public struct Verifier {
     public let snapshotPath: String
     public let endpoint: RedisEndpoint
-    public let prefixes: [[UInt8]]
+    /// The keys compared: by default the prefixes the daemon recorded in the snapshot.
+    public let scope: KeyScope
     /// Expiries within this many ms count as equal.
     public let toleranceMilliseconds: Int64
+    /// Check every row's MAC with this key; a row that fails it is reported as tampered.
+    public let integrityKey: IntegrityKey?
 
-    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]], toleranceMilliseconds: Int64 = 1000) {
+    public init(
+        snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope, toleranceMilliseconds: Int64 = 1000,
+        integrityKey: IntegrityKey? = nil
+    ) {
         self.snapshotPath = snapshotPath
         self.endpoint = endpoint
-        self.prefixes = prefixes
+        self.scope = scope
         self.toleranceMilliseconds = toleranceMilliseconds
+        self.integrityKey = integrityKey
+    }
+
+    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]], toleranceMilliseconds: Int64 = 1000) {
+        self.init(
+            snapshotPath: snapshotPath, endpoint: endpoint, scope: .prefixes(prefixes),
+            toleranceMilliseconds: toleranceMilliseconds)
     }
 
     public func run() throws -> VerifyReport {
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
+        // Verify compares keys under prefixes (it scans Redis for them): "every row" has none to scan.
+        let prefixes =
+            try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath)
+            ?? ((try? store.recordedScope())?.prefixes ?? [])
+        guard !prefixes.isEmpty else {
+            throw RestoreError(description: "verify needs the prefixes to compare: give them with --prefix")
+        }
+        do {
+            try store.checkIntegrityKey(integrityKey)
+        } catch {
+            throw RestoreError(description: "\(error)")
+        }
         var report = VerifyReport()
         let readMode: KeyReader.Mode
         do {
@@ -88,9 +118,13 @@ public struct Verifier {
             batch.removeAll(keepingCapacity: true)
         }
 
-        try store.forEachRecord { row in
+        try store.forEachRecord(verifying: integrityKey) { row, authenticity in
             guard SessionKey.matches(row.key, prefixes: prefixes) else { return true }
             snapshotKeys.insert(row.key)
+            if authenticity == .tampered {
+                report.tampered += 1
+                return true
+            }
             if let expiresAt = row.expiresAt, expiresAt <= now {
                 report.expired += 1
                 return true

@@ -8,7 +8,7 @@ import Foundation
 ///   lets run beside the daemon.
 public final class SnapshotStore {
     /// The schema version this build writes (`PRAGMA user_version`).
-    public static let formatVersion: Int64 = 2
+    public static let formatVersion: Int64 = 3
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
     /// The SQLite library loaded at run time.
@@ -28,18 +28,20 @@ public final class SnapshotStore {
     public let path: String
     let database: SQLiteDatabase
     private var lockDescriptor: Int32 = -1
+    /// Signs every row written when set (`enableIntegrity`, SnapshotStore+Integrity.swift).
+    var integrityKey: IntegrityKey?
 
     /// A row that already holds the same live value and expiry is not written again (a resync of
     /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
     private lazy var upsertStatement = try? database.prepare(
         """
-        INSERT INTO sessions (key, type, value, expires_at, changed_at, state, sync_generation)
-        VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+        INSERT INTO sessions (key, type, value, expires_at, changed_at, state, sync_generation, mac)
+        VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)
         ON CONFLICT (key) DO UPDATE SET
             changed_at = excluded.changed_at, type = excluded.type, value = excluded.value,
-            expires_at = excluded.expires_at, state = 0, sync_generation = excluded.sync_generation
+            expires_at = excluded.expires_at, state = 0, sync_generation = excluded.sync_generation, mac = excluded.mac
         WHERE NOT (sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
-            AND sessions.expires_at IS excluded.expires_at)
+            AND sessions.expires_at IS excluded.expires_at AND sessions.mac IS excluded.mac)
         """)
     private lazy var markSeenStatement = try? database.prepare(
         "INSERT INTO temp.sync_seen (key) SELECT ?1 FROM temp.sync_state WHERE generation = ?2")
@@ -283,6 +285,16 @@ public final class SnapshotStore {
                 COMMIT;
                 """, step: "migrate schema to version 2")
         }
+        if version < 3 {
+            // Version 3: an optional HMAC per row (SnapshotStore+Integrity.swift); NULL when unsigned.
+            try database.execute(
+                """
+                BEGIN IMMEDIATE;
+                ALTER TABLE sessions ADD COLUMN mac BLOB;
+                PRAGMA user_version = 3;
+                COMMIT;
+                """, step: "migrate schema to version 3")
+        }
     }
 
     // MARK: - Writes (writer thread)
@@ -312,6 +324,11 @@ public final class SnapshotStore {
         try statement.bind(4, record.expiresAt)
         try statement.bind(5, changedAt)
         try statement.bind(6, generation)
+        if let integrityKey {
+            try statement.bind(7, blob: integrityKey.mac(for: record, state: .live))
+        } else {
+            try statement.bind(7, nil as Int64?)
+        }
         try statement.step()
         if database.changes == 0 {
             guard let markSeen = markSeenStatement else { throw SQLiteError(step: "prepare mark seen", code: 1, message: database.lastMessage) }
@@ -351,6 +368,7 @@ public final class SnapshotStore {
 
     /// Marks a live row evicted; the value is kept for a restore.
     public func markEvicted(key: [UInt8], changedAt: Int64, generation: Int64) throws {
+        if integrityKey != nil { return try markEvictedSigned(key: key, changedAt: changedAt, generation: generation) }
         guard let statement = evictStatement else { throw SQLiteError(step: "prepare evict", code: 1, message: database.lastMessage) }
         defer { statement.reset() }
         try statement.bind(1, blob: key)

@@ -12,26 +12,39 @@ struct DoctorCommand: ParsableCommand {
     @Flag(help: "Print the checks as one JSON object.") var json = false
 
     func run() throws {
+        try refuseEmptyPrefixes(prefix.prefixes)
         let endpoint = try redis.endpoint()
         let (checks, server) = Doctor(endpoint: endpoint, prefixes: prefix.bytes).inspect()
-        let acl = Doctor.aclLine(prefixes: prefix.bytes, database: endpoint.database, server: server)
+        let daemon = Doctor.daemonACL(prefixes: prefix.bytes, database: endpoint.database, server: server)
+        let maintenance = Doctor.maintenanceACL(prefixes: prefix.bytes, database: endpoint.database, server: server)
         if json {
             struct Report: Encodable {
                 let checks: [DoctorCheck]
-                let aclSetuser: String
+                let daemonACL: String
+                let restoreACL: String
                 enum CodingKeys: String, CodingKey {
                     case checks
-                    case aclSetuser = "acl_setuser"
+                    case daemonACL = "acl_setuser_daemon"
+                    case restoreACL = "acl_setuser_restore"
                 }
             }
-            printJSON(Report(checks: checks, aclSetuser: acl))
+            printJSON(Report(checks: checks, daemonACL: daemon, restoreACL: maintenance))
         } else {
             for check in checks {
                 let name = check.name.padding(toLength: 17, withPad: " ", startingAt: 0)
                 print("\(check.status.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(name) \(check.detail)")
                 if let fix = check.fix, check.status != .ok { print("      fix: \(fix)") }
             }
-            print("\nA least-privilege user for the mirror, restore, verify and purge (replace CHANGE-ME):\n  \(acl)")
+            print(
+                """
+
+                Least-privilege users (replace \(Doctor.passwordHashPlaceholder) with the password's SHA-256, \
+                from: echo -n 'the password' | sha256sum):
+                the daemon (reads the sessions; writes only its own __sessionmirror__: keys):
+                  \(daemon)
+                restore, verify and purge (writes and deletes the sessions; run it only when needed):
+                  \(maintenance)
+                """)
         }
         if checks.contains(where: { $0.status == .fail }) { throw ExitCode(1) }
     }

@@ -22,14 +22,17 @@ struct PurgeCommand: ParsableCommand {
     func run() throws {
         _ = try log.bootstrap()
         let logger = Logger(label: "sessionmirror.purge")
-        let prefixes = prefix.bytes
+        try refuseEmptyPrefixes(prefix.prefixes)
+        // Without --prefix: the prefixes the daemon recorded in the snapshot.
+        let scope: KeyScope = prefix.prefixes.isEmpty ? .recorded : .prefixes(prefix.bytes)
         guard yes else {
+            let what = prefix.prefixes.isEmpty ? "the snapshot's recorded prefixes" : "\(prefix.prefixes)"
             throw ValidationError(
-                "purge deletes every session under \(prefixes.map { String(decoding: $0, as: UTF8.self) }) from Redis and the snapshot; add --yes to confirm")
+                "purge deletes every session under \(what) from Redis and the snapshot; add --yes to confirm")
         }
         let summary: Purger.Summary
         do {
-            summary = try Purger(snapshotPath: snapshot, endpoint: try redis.endpoint(), prefixes: prefixes).run()
+            summary = try Purger(snapshotPath: snapshot, endpoint: try redis.endpoint(), scope: scope).run()
         } catch let error as ValidationError {
             throw error
         } catch {

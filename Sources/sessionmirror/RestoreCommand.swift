@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RedisClient
 import SessionMirror
 
 struct RestoreCommand: ParsableCommand {
@@ -8,14 +9,23 @@ struct RestoreCommand: ParsableCommand {
         commandName: "restore",
         abstract: "Put every still-valid session from the snapshot back into Redis.",
         discussion: """
-            Never overwrites a key that exists (unless --overwrite). Exit status: 0 all done, 1 some keys \
-            failed, 2 usage, connection or snapshot errors.
+            Never overwrites a key that exists (unless --overwrite). Writes only keys under the prefixes the \
+            daemon recorded in the snapshot, unless --prefix or --all-prefixes says otherwise. Exit status: 0 all \
+            done, 1 some keys failed, were too large for Redis or failed the integrity check, 2 usage, connection or snapshot errors, \
+            3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 
     @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
     @OptionGroup var redis: RedisOptions
-    @Option(name: .customLong("prefix"), help: "Only restore keys under this prefix (repeatable; default: every row).")
+    @Option(
+        name: .customLong("prefix"),
+        help: "Only restore keys under this prefix (repeatable; default: the prefixes the snapshot records).")
     var prefixes: [String] = []
+    @Flag(
+        name: .customLong("all-prefixes"),
+        help: "Restore every row whatever its key (only for a snapshot you trust: it may hold any key).")
+    var allPrefixes = false
+    @OptionGroup var integrity: IntegrityKeyOptions
     @Option(name: .customLong("rename-prefix"), help: "OLD=NEW: put keys under OLD back under NEW (switching Django session engines).")
     var renamePrefix: String?
     @Flag(name: .customLong("dry-run"), help: "Report what would happen; write nothing.") var dryRun = false
@@ -27,8 +37,11 @@ struct RestoreCommand: ParsableCommand {
     func run() throws {
         _ = try log.bootstrap()
         let logger = Logger(label: "sessionmirror.restore")
+        try refuseEmptyPrefixes(prefixes)
+        if allPrefixes && !prefixes.isEmpty { throw fail("--all-prefixes and --prefix: choose one") }
         var options = RestoreOptions()
-        options.prefixes = prefixes.map { Array($0.utf8) }
+        options.scope = allPrefixes ? .everything : prefixes.isEmpty ? .recorded : .prefixes(prefixes.map { Array($0.utf8) })
+        options.integrityKey = try integrity.key()
         options.dryRun = dryRun
         options.overwrite = overwrite
         options.skipEvicted = skipEvicted
@@ -38,9 +51,11 @@ struct RestoreCommand: ParsableCommand {
                 throw ValidationError("--rename-prefix: expected OLD=NEW, got '\(renamePrefix)'")
             }
             options.renamePrefix = PrefixRename(old: Array(parts[0].utf8), new: Array(parts[1].utf8))
-            if options.prefixes.isEmpty { options.prefixes = [Array(parts[0].utf8)] }
+            if options.scope == .recorded { options.scope = .prefixes([Array(parts[0].utf8)]) }
         }
-        let restorer = Restorer(snapshotPath: snapshot, endpoint: try redis.endpoint(), options: options, logger: logger)
+        let endpoint = try redis.endpoint()
+        reportCacheLossAge(snapshotPath: snapshot, endpoint: endpoint, logger: logger)
+        let restorer = Restorer(snapshotPath: snapshot, endpoint: endpoint, options: options, logger: logger)
         let progress = ProgressReporter(logger: logger)
         let summary: RestoreSummary
         do {
@@ -50,11 +65,16 @@ struct RestoreCommand: ParsableCommand {
             throw fail("\(error)")
         }
         progress.finish()
-        if summary.total == 0 && summary.otherPrefix > 0 {
+        if summary.total == 0 && summary.otherPrefix > 0 && !prefixes.isEmpty {
             // Almost always a typo or a wrong cache VERSION: say so rather than report success.
             throw fail(
-                "no row of \(snapshot) is under \(options.prefixes.map { String(decoding: $0, as: UTF8.self) }); "
+                "no row of \(snapshot) is under \(prefixes); "
                     + "its \(summary.otherPrefix) rows are under other prefixes: check --prefix (Django KEY_PREFIX and VERSION)")
+        }
+        if summary.otherPrefix > 0 && options.scope == .recorded {
+            logger.warning(
+                "rows under prefixes the daemon does not mirror were not restored",
+                metadata: ["event": "restore_other_prefix", "rows": "\(summary.otherPrefix)"])
         }
         logger.notice(
             "\(dryRun ? "dry run: nothing written" : "restore finished")",
@@ -62,12 +82,24 @@ struct RestoreCommand: ParsableCommand {
                 "event": "restore_finished", "restored": "\(summary.restored)",
                 "skipped_existing": "\(summary.skippedExisting)", "skipped_expired": "\(summary.skippedExpired)",
                 "skipped_evicted": "\(summary.skippedEvicted)", "failed": "\(summary.failed)",
+                "other_prefix": "\(summary.otherPrefix)", "tampered": "\(summary.tampered)",
+                "skipped_too_large": "\(summary.skippedTooLarge)", "not_attempted": "\(summary.notAttempted)",
                 "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
                 "keys_per_s": "\(Int(summary.keysPerSecond))", "dry_run": "\(dryRun)",
             ])
         if json { printJSON(summary) }
-        if summary.failed > 0 { throw ExitCode(1) }
+        if summary.stoppedBy != nil { throw ExitCode(3) }
+        if summary.failed > 0 || summary.tampered > 0 || summary.skippedTooLarge > 0 { throw ExitCode(1) }
     }
+}
+
+/// Says how long Redis has been without the sessions: logouts made in that time come back.
+private func reportCacheLossAge(snapshotPath: String, endpoint: RedisEndpoint, logger: Logger) {
+    guard let report = CacheLossReport.measure(snapshotPath: snapshotPath, endpoint: endpoint) else { return }
+    var metadata: Logger.Metadata = ["event": "restore_loss_age"]
+    if let age = report.lossAgeSeconds() { metadata["loss_age_s"] = "\(String(format: "%.1f", age))" }
+    if let uptime = report.redisUptimeSeconds { metadata["redis_uptime_s"] = "\(uptime)" }
+    logger.notice("\(report.sentence())", metadata: metadata)
 }
 
 /// A progress bar on a terminal, periodic progress lines otherwise.

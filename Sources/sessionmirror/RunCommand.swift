@@ -51,6 +51,10 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace … critical (default info).") var logLevel: Logger.Level?
     @Option(name: .customLong("log-file"), help: "Append log lines here instead of stderr; SIGHUP reopens it.")
     var logFile: String?
+    @Option(
+        name: .customLong("integrity-key-file"),
+        help: "Sign every row with the key in this file (default: the systemd credential sessionmirror-integrity-key).")
+    var integrityKeyFile: String?
 
     /// The file's settings overridden by the flags.
     func settings() throws -> RunSettings {
@@ -87,6 +91,7 @@ struct RunOptions: ParsableArguments {
         flags.logFormat = logFormat?.rawValue
         flags.logLevel = logLevel?.rawValue
         flags.logFile = logFile
+        flags.integrityKeyFile = integrityKeyFile
         return file.overridden(by: flags)
     }
 
@@ -127,6 +132,11 @@ struct RunOptions: ParsableArguments {
             }
         #endif
         configuration.maxValueBytes = settings.maxValueBytes ?? MirrorConfiguration.defaultMaxValueBytes
+        do {
+            configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
+        } catch {
+            throw ConfigurationError.invalid(option: option("--integrity-key-file", "integrity_key_file"), reason: "\(error)")
+        }
         try configuration.validate()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
         if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }

@@ -11,6 +11,7 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
+    @OptionGroup var integrity: IntegrityKeyOptions
     @Option(name: .customLong("tolerance-ms"), help: "Expiries this close count as equal.") var toleranceMs: Int64 = 1000
     @Flag(help: "Print the report as one JSON object on stdout.") var json = false
     @OptionGroup var log: LogOptions
@@ -18,9 +19,12 @@ struct VerifyCommand: ParsableCommand {
     func run() throws {
         _ = try log.bootstrap()
         let logger = Logger(label: "sessionmirror.verify")
+        try refuseEmptyPrefixes(prefix.prefixes)
+        // Without --prefix: the prefixes the daemon recorded in the snapshot.
         let verifier = Verifier(
-            snapshotPath: snapshot, endpoint: try redis.endpoint(), prefixes: prefix.bytes,
-            toleranceMilliseconds: toleranceMs)
+            snapshotPath: snapshot, endpoint: try redis.endpoint(),
+            scope: prefix.prefixes.isEmpty ? .recorded : .prefixes(prefix.bytes), toleranceMilliseconds: toleranceMs,
+            integrityKey: try integrity.key())
         let report: VerifyReport
         do {
             report = try verifier.run()
@@ -33,6 +37,7 @@ struct VerifyCommand: ParsableCommand {
                 "event": "verify_finished", "equal": "\(report.equal)", "different_value": "\(report.differentValue)",
                 "different_expiry": "\(report.differentExpiry)", "only_in_snapshot": "\(report.onlyInSnapshot)",
                 "only_in_redis": "\(report.onlyInRedis)", "evicted": "\(report.evicted)", "expired": "\(report.expired)",
+                "tampered": "\(report.tampered)",
             ])
         if json { printJSON(report) }
         if !report.inSync { throw ExitCode(1) }

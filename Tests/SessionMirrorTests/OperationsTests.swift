@@ -119,38 +119,67 @@ struct StatusDoctorMetricsTests {
         }
     }
 
-    @Test("the ACL line doctor prints is enough to mirror, restore and purge, and doctor finds nothing failing with it")
-    func leastPrivilegeUserWorks() async throws {
+    @Test(
+        "doctor's two ACL users work: the daemon's mirrors and sees a FLUSHALL but cannot write a session; the restore user restores and purges",
+        arguments: [0, 2])
+    func leastPrivilegeUsersWork(database: Int) async throws {
         let redis = try await RedisServer.start(arguments: ["--notify-keyspace-events", "Egxe"])
         defer { redis.stop() }
-        let admin = try redis.client()
+        let admin = try redis.client(database: database)
         let prefix = bytes("session:")
-        let line = Doctor.aclLine(prefixes: [prefix], database: 0).replacingOccurrences(of: ">CHANGE-ME", with: ">s3cret")
-        try admin.checked(line.split(separator: " ").map { Array($0.utf8) })
-        var endpoint = redis.endpoint()
-        endpoint.username = "sessionmirror"
-        endpoint.password = "s3cret"
+        // The password hash exactly as the printed hint computes it: echo -n 'pw' | sha256sum.
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+        shell.arguments = ["-c", "echo -n 's3cret' | sha256sum"]
+        let pipe = Pipe()
+        shell.standardOutput = pipe
+        try shell.run()
+        let hash = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).prefix(64)
+        shell.waitUntilExit()
+        for line in [
+            Doctor.daemonACL(prefixes: [prefix], database: database),
+            Doctor.maintenanceACL(prefixes: [prefix], database: database),
+        ] {
+            #expect(line.contains(" reset ") && !line.contains(" >"), "no clear-text password: \(line)")
+            #expect(line.contains("+select|2") == (database == 2), "\(line)")
+            let filled = line.replacingOccurrences(of: Doctor.passwordHashPlaceholder, with: "#" + hash)
+            try admin.checked(filled.split(separator: " ").map { Array($0.utf8) })
+        }
+        var daemonEndpoint = redis.endpoint(database: database)
+        daemonEndpoint.username = "sessionmirror"
+        daemonEndpoint.password = "s3cret"
+        var restoreEndpoint = daemonEndpoint
+        restoreEndpoint.username = "sessionmirror-restore"
 
-        let checks = Doctor(endpoint: endpoint, prefixes: [prefix]).run()
+        let checks = Doctor(endpoint: daemonEndpoint, prefixes: [prefix]).run()
         #expect(checks.filter { $0.status == .fail }.isEmpty, "\(checks.filter { $0.status != .ok })")
 
+        // The daemon, as its own user: mirrors a session, detects a FLUSHALL.
         let directory = try TemporaryDirectory(label: "acl")
         let path = directory.file("s.db")
-        var configuration = MirrorConfiguration(endpoint: endpoint, prefixes: [prefix], snapshotPath: path)
+        var configuration = MirrorConfiguration(endpoint: daemonEndpoint, prefixes: [prefix], snapshotPath: path)
         configuration.metricsIntervalSeconds = 0
         configuration.configureNotifications = false  // no CONFIG for this user: flags are in the server's config
         let mirror = try RunningMirror.start(configuration: configuration)
         defer { mirror.stop() }
         try await mirror.waitUntilReady()
         for index in 0..<10 { try admin.checked("SET", "session:u\(index)", "v\(index)", "EX", "3600") }
-        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: prefix)
-
+        try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: prefix, database: database)
         try admin.checked("FLUSHALL")
+        #expect(await mirror.waitForStatistics { $0.cacheLosses >= 1 }, "the daemon's user did not see the FLUSHALL")
+
+        // The daemon's user reads sessions but cannot write one.
+        let daemonClient = try RedisConnection(endpoint: daemonEndpoint, timeoutSeconds: 10)
+        let write = try daemonClient.command("SET", "session:forged", "x")
+        #expect(write.errorMessage?.hasPrefix("NOPERM") == true, "\(write)")
+        daemonClient.close()
+
+        // The restore user puts the sessions back and purges them.
         let summary = try Restorer(
-            snapshotPath: path, endpoint: endpoint, options: RestoreOptions(), logger: Logger(label: "t")
+            snapshotPath: path, endpoint: restoreEndpoint, options: RestoreOptions(), logger: Logger(label: "t")
         ).run()
         #expect(summary.restored == 10 && summary.failed == 0)
-        let purged = try Purger(snapshotPath: path, endpoint: endpoint, prefixes: [prefix]).run()
+        let purged = try Purger(snapshotPath: path, endpoint: restoreEndpoint, prefixes: [prefix]).run()
         #expect(purged.redisKeysDeleted == 10)
     }
 

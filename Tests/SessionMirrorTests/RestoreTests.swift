@@ -7,8 +7,16 @@ import Testing
 
 /// Writes rows straight into a new snapshot (no daemon), for restore tests that need exact rows:
 /// expired ones, evicted ones, rows under other prefixes. The store is closed on return.
-func makeSnapshot(_ path: String, _ rows: [SnapshotRecord]) throws {
+///
+/// `scope` is recorded as a daemon would record it (nil: none, as before this version), and
+/// `integrityKey` signs the rows.
+func makeSnapshot(
+    _ path: String, _ rows: [SnapshotRecord], scope: MirrorScope? = MirrorScope(prefixes: [bytes("s:")], database: 0),
+    integrityKey: IntegrityKey? = nil
+) throws {
     let store = try SnapshotStore(path: path, mode: .readWrite)
+    if let scope { try store.recordScope(scope) }
+    try store.enableIntegrity(integrityKey)
     try store.begin()
     for row in rows {
         try store.upsert(row, changedAt: 1, generation: 1)
@@ -146,7 +154,7 @@ struct RestoreTests {
         ])
         let summary = try restore(path, redis) {
             $0.renamePrefix = PrefixRename(old: bytes(old), new: bytes(new))
-            $0.prefixes = [bytes(old)]
+            $0.scope = .prefixes([bytes(old)])
         }
         #expect(summary.restored == 1 && summary.otherPrefix == 1)
         let client = try redis.client()

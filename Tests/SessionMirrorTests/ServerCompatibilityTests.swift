@@ -191,12 +191,20 @@ struct ServerCompatibilityTests {
         #expect(
             version.status == .ok && version.detail.hasPrefix("\(expectedName) \(server.name.split(separator: " ")[1])")
         )
-        let line = Doctor.aclLine(prefixes: [prefix], database: 0, server: profile)
-            .replacingOccurrences(of: ">CHANGE-ME", with: ">s3cret")
-        try admin.checked(line.split(separator: " ").map { Array($0.utf8) })
+        // Both users doctor prints, with the SHA-256 of "s3cret" (echo -n s3cret | sha256sum) for the placeholder.
+        let hash = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0"
+        for line in [
+            Doctor.daemonACL(prefixes: [prefix], database: 0, server: profile),
+            Doctor.maintenanceACL(prefixes: [prefix], database: 0, server: profile),
+        ] {
+            let filled = line.replacingOccurrences(of: Doctor.passwordHashPlaceholder, with: "#" + hash)
+            try admin.checked(filled.split(separator: " ").map { Array($0.utf8) })
+        }
         var endpoint = redis.endpoint()
         endpoint.username = "sessionmirror"
         endpoint.password = "s3cret"
+        var restoreEndpoint = endpoint
+        restoreEndpoint.username = "sessionmirror-restore"
         let checks = Doctor(endpoint: endpoint, prefixes: [prefix]).run()
         #expect(checks.filter { $0.status == .fail }.isEmpty, "\(checks.filter { $0.status != .ok })")
 
@@ -212,11 +220,11 @@ struct ServerCompatibilityTests {
         #expect(connected?["redis.server"] == (server.name.hasPrefix("Valkey") ? "valkey" : "redis"))
         for index in 0..<10 { try admin.checked("SET", "session:u\(index)", "v\(index)", "EX", "3600") }
         try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: prefix)
-        let report = try Verifier(snapshotPath: path, endpoint: endpoint, prefixes: [prefix]).run()
+        let report = try Verifier(snapshotPath: path, endpoint: restoreEndpoint, prefixes: [prefix]).run()
         #expect(report.inSync && report.equal == 10, "\(report)")
         try admin.checked("FLUSHALL")
         let summary = try Restorer(
-            snapshotPath: path, endpoint: endpoint, options: RestoreOptions(), logger: Logger(label: "t")
+            snapshotPath: path, endpoint: restoreEndpoint, options: RestoreOptions(), logger: Logger(label: "t")
         )
         .run()
         #expect(summary.restored == 10 && summary.failed == 0)
