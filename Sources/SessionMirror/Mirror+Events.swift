@@ -211,20 +211,17 @@ extension Mirror {
         dirty.state.withLock { $0.clearBarrier() }
         sync = nil
         let finished = state
-        let runIDChanged = storedRunID != nil && currentRunID != nil && storedRunID != currentRunID
-        // Missing rows are logouts, not a loss, when Redis provably kept its data through the gap:
-        // same run_id, the canary survived, and nothing was evicted since we last looked.
-        let lossRuledOut =
-            !runIDChanged && canaryPresentAtConnect == true && storedEvictedKeys != nil
-            && evictedKeysAtConnect == storedEvictedKeys
+        let evidence = LossEvidence(
+            previousRunID: storedRunID, runID: currentRunID,
+            canary: canaryPresentAtConnect.map { $0 ? .present : .absent } ?? .unknown,
+            previousEvictedKeys: storedEvictedKeys, evictedKeys: evictedKeysAtConnect)
         let evictedKeys = evictedKeysAtConnect
         let runID = currentRunID
-        let maxFraction = configuration.maxResyncDeleteFraction
         let previousRunID = storedRunID
         // In bounded pieces: live changes are committed between two of them.
-        let reconciliation = Reconciliation(
-            generation: state.generation, now: Clock.unixMilliseconds(), maxDeleteFraction: maxFraction,
-            runIDChanged: runIDChanged, lossRuledOut: lossRuledOut)
+        let reconciliation = evidence.reconciliation(
+            generation: state.generation, now: Clock.unixMilliseconds(),
+            maxDeleteFraction: configuration.maxResyncDeleteFraction)
         writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
             try store.setMetadata("redis_run_id", runID)
             try store.setMetadata("redis_evicted_keys", evictedKeys.map { String($0) })
