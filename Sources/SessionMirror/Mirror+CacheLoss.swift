@@ -45,7 +45,7 @@ extension Mirror {
                     loop.execute { [self] in
                         restoreRunning = false
                         stats.restores += 1
-                        if restoreWanted && phase != .stopping { handleCacheLoss(reason: "again") }
+                        if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
                     }
                 }
                 thread.name = "sessionmirror-restore"

@@ -9,6 +9,7 @@ extension Mirror {
     // MARK: - Events (loop thread)
 
     func dirtyOverflow() {
+        guard let connection = connected else { return }
         stats.dirtyOverflows += 1
         let count = dirty.state.withLock { queue in
             defer { queue.removeAll() }
@@ -17,8 +18,8 @@ extension Mirror {
         logger.warning(
             "too many changed keys waiting to be read; dropping them and resyncing",
             metadata: ["event": "dirty_overflow", "dirty": "\(count)", "limit": "\(configuration.maxDirtyKeys)"])
-        sync = nil
-        startFullSync(reason: "dirty_overflow")
+        connection.sync = nil
+        startFullSync(reason: "dirty_overflow", on: connection)
     }
 
     // MARK: - Reads
@@ -28,38 +29,42 @@ extension Mirror {
     /// so a live change waits for at most that half ahead of it on the connection, never for the
     /// whole sync (docs/architecture.md, "Full syncs").
     func issueReads() {
-        guard let reader, phase == .connected || phase == .stopping, reader.isConnected else { return }
+        assertOnLoop()
+        guard let connection, connecting == nil, connection.reader.isConnected else { return }
         let limit = configuration.maxKeysInFlight
         let syncLimit = max(limit / 2, configuration.readBatchSize)
         for lane in [DirtyQueue.Lane.live, .sync] {
-            while keysInFlight < limit {
+            while connection.keysInFlight < limit {
                 if lane == .live && writer.queuedLiveBytes >= configuration.maxWriterBacklogBytes { break }
                 if lane == .sync
-                    && (syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes
+                    && (connection.syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes
                         || configuration.syncReadsHeld?() == true)
                 {
                     break
                 }
                 let keys = dirty.state.withLock { $0.take(configuration.readBatchSize, from: lane) }
                 if keys.isEmpty { break }
-                batchesIssued += 1
-                let batch = ReadBatch(keys: keys, lane: lane, number: batchesIssued, generation: generation)
-                keysInFlight += keys.count
-                if lane == .sync { syncKeysInFlight += keys.count }
-                reader.send(
-                    KeyReader.command(for: keys.map(\.key), mode: serverProfile?.readMode ?? .pexpiretime)
+                connection.batchesIssued += 1
+                let batch = ReadBatch(
+                    keys: keys, lane: lane, number: connection.batchesIssued, generation: generation,
+                    attempt: connection.attempt)
+                connection.keysInFlight += keys.count
+                if lane == .sync { connection.syncKeysInFlight += keys.count }
+                connection.reader.send(
+                    KeyReader.command(for: keys.map(\.key), mode: connection.serverProfile?.readMode ?? .pexpiretime)
                 ) { [weak self] reply in
                     self?.readFinished(batch, reply)
                 }
             }
         }
-        if sync?.drain != nil { checkSyncBarrier() }
+        if connection.sync?.drain != nil { checkSyncBarrier() }
     }
 
     private func readFinished(_ batch: ReadBatch, _ reply: RedisReply?) {
-        guard let reply, reader != nil else { return }  // Disconnected: the reconnect resyncs.
-        keysInFlight -= batch.keys.count
-        if batch.lane == .sync { syncKeysInFlight -= batch.keys.count }
+        // Disconnected: the reconnect resyncs.
+        guard let reply, let connection, connection.attempt == batch.attempt else { return }
+        connection.keysInFlight -= batch.keys.count
+        if batch.lane == .sync { connection.syncKeysInFlight -= batch.keys.count }
         guard let results = KeyReader.parse(reply, count: batch.keys.count) else {
             stats.errors += 1
             let why = reply.errorMessage ?? "unexpected reply shape"
@@ -68,7 +73,7 @@ extension Mirror {
                 connectFailed(
                     MirrorSetupError(
                         description: "reading keys was refused (\(why)): the Redis user needs "
-                            + (serverProfile?.readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime")
+                            + (connection.serverProfile?.readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime")
                             + " +mget +type +dump "
                             + "on the session keys; `sessionmirror doctor` prints the whole ACL line",
                         permanent: !everSynced))
@@ -114,9 +119,9 @@ extension Mirror {
         }
         stats.keysRead += UInt64(results.count)
         writer.enqueue(changes, lane: batch.lane == .live ? .live : .bulk)
-        batchesCompleted = max(batchesCompleted, batch.number)
+        connection.batchesCompleted = max(connection.batchesCompleted, batch.number)
         checkSyncBarrier()
-        if phase == .stopping { finishShutdownIfDrained() }
+        if isStopping { finishShutdownIfDrained() }
     }
 
     /// Counts a value over `max_value_bytes` and logs its key once (redacted; never the value).
@@ -136,7 +141,7 @@ extension Mirror {
 
     // MARK: - Full sync
 
-    func startFullSync(reason: String) {
+    func startFullSync(reason: String, on connection: NodeConnection) {
         generation += 1
         let newGeneration = generation
         // Persisted before any row carries it, so that a crash mid-sync can never make stale rows
@@ -147,28 +152,32 @@ extension Mirror {
             try store.beginFullSync(generation: newGeneration)
             return nil
         }
-        sync = SyncState(generation: newGeneration, reason: reason, startedAt: Clock.monotonicNanoseconds())
+        connection.sync = SyncState(generation: newGeneration, reason: reason, startedAt: Clock.monotonicNanoseconds())
         stats.fullSyncs += 1
         logger.info("full sync started", metadata: ["event": "sync_started", "reason": "\(reason)"])
         continueScan()
     }
 
     func continueScan() {
-        guard phase == .connected, let reader, var state = sync, !state.scanInFlight, state.drain == nil else { return }
+        guard let connection = connected, var state = connection.sync, !state.scanInFlight, state.drain == nil else {
+            return
+        }
         // Bounded memory: scan on only while the reads keep up.
         guard dirty.state.withLock({ $0.syncCount }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
             return
         }
         let prefix = configuration.prefixes[state.prefixIndex]
         state.scanInFlight = true
-        sync = state
+        connection.sync = state
         let command: [[UInt8]] = [
             Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
             Array("COUNT".utf8), Array("1000".utf8),
         ]
         let generation = state.generation
-        reader.send(command) { [weak self] reply in
-            guard let self, let reply, var state = self.sync, state.generation == generation else { return }
+        connection.reader.send(command) { [weak self] reply in
+            guard let self, let reply, var state = connection.sync, state.generation == generation,
+                self.connected === connection
+            else { return }
             guard let items = reply.elements, items.count == 2, let cursor = items[0].bytes, let keys = items[1].elements
             else {
                 self.stats.errors += 1
@@ -194,39 +203,36 @@ extension Mirror {
                     state.drain = .waitingForKeys
                 }
             }
-            self.sync = state
+            connection.sync = state
             self.checkSyncBarrier()
             self.continueScan()
         }
     }
 
     func checkSyncBarrier() {
-        guard var state = sync, let drain = state.drain else { return }
+        guard let connection, var state = connection.sync, let drain = state.drain else { return }
         if case .waitingForKeys = drain {
             guard dirty.state.withLock({ $0.keysBeforeBarrier }) == 0 else { return }
-            state.drain = .waitingForReads(throughBatch: batchesIssued)
-            sync = state
+            state.drain = .waitingForReads(throughBatch: connection.batchesIssued)
+            connection.sync = state
         }
-        guard case .waitingForReads(let through) = state.drain, batchesCompleted >= through else { return }
+        guard case .waitingForReads(let through) = state.drain, connection.batchesCompleted >= through else { return }
         dirty.state.withLock { $0.clearBarrier() }
-        sync = nil
+        connection.sync = nil
         let finished = state
+        let attempt = connection.attempt
         let evidence = LossEvidence(
-            previousRunID: storedRunID, runID: currentRunID,
-            canary: canaryPresentAtConnect.map { $0 ? .present : .absent } ?? .unknown,
-            previousEvictedKeys: storedEvictedKeys, evictedKeys: evictedKeysAtConnect)
-        let evictedKeys = evictedKeysAtConnect
-        let runID = currentRunID
-        let previousRunID = storedRunID
+            previousRunID: storedRunID, runID: connection.runID, canary: connection.canary,
+            previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
         // In bounded pieces: live changes are committed between two of them.
         let reconciliation = evidence.reconciliation(
             generation: state.generation, now: Clock.unixMilliseconds(),
             maxDeleteFraction: configuration.maxResyncDeleteFraction)
         writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
-            try store.setMetadata("redis_run_id", runID)
-            try store.setMetadata("redis_evicted_keys", evictedKeys.map { String($0) })
+            try store.setMetadata("redis_run_id", evidence.runID)
+            try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
             try store.setMetadata("last_full_sync_at", String(Clock.unixMilliseconds()))
-            return { self.loop.execute { self.syncFinished(finished, outcome, previousRunID: previousRunID) } }
+            return { self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) } }
         })
     }
 
@@ -243,13 +249,18 @@ extension Mirror {
         }
     }
 
-    private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, previousRunID: String?) {
+    /// - Parameters:
+    ///   - evidence: what the reconciliation decided on, now recorded in the snapshot.
+    ///   - attempt: the connection the sync ran on; the canary is written only while it is still
+    ///     the current one (a newer one has a sync of its own to finish first).
+    private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, evidence: LossEvidence, attempt: Int) {
+        assertOnLoop()
         // Backoff resets only once a connection proved useful: one that connects and then fails
         // every read (an ACL refusing the script) must not reconnect in a tight loop.
         reconnectAttempt = 0
-        storedRunID = currentRunID
-        storedEvictedKeys = evictedKeysAtConnect
-        if outcome.refusedReason == nil { writeCanary() }
+        storedRunID = evidence.runID
+        storedEvictedKeys = evidence.evictedKeys
+        if outcome.refusedReason == nil, let connection, connection.attempt == attempt { writeCanary(on: connection) }
         let seconds = Double(Clock.monotonicNanoseconds() - state.startedAt) / 1e9
         logger.info(
             "full sync finished",
@@ -264,8 +275,8 @@ extension Mirror {
                 "sessions are missing from Redis and a loss cannot be ruled out: not deleting any row",
                 metadata: [
                     "event": "cache_loss_suspected", "reason": "\(reason)", "rows_missing": "\(outcome.missingRows)",
-                    "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(currentRunID ?? "?")",
-                    "redis.previous_run_id": "\(previousRunID ?? "?")",
+                    "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(evidence.runID ?? "?")",
+                    "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
                 ])
             handleCacheLoss(reason: reason)
         }
@@ -280,11 +291,11 @@ extension Mirror {
 
     /// The snapshot agrees with Redis: (re)write the canary, so that the next reconnect can tell
     /// logouts in the gap from a loss.
-    private func writeCanary() {
+    private func writeCanary(on connection: NodeConnection) {
         // Not while a flush is being attributed: the canary must show the state before it.
-        guard flushChecksPending == 0, let reader else { return }
-        canaryWritesSent += 1
-        reader.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
+        guard connection.flushChecksPending == 0 else { return }
+        connection.canaryWritesSent += 1
+        connection.reader.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
             guard let self, let reply else { return }
             if let refusal = reply.errorMessage, !self.canaryWriteRefused {
                 self.canaryWriteRefused = true
@@ -302,16 +313,17 @@ extension Mirror {
     /// answer comes after every read issued before it. No row is at risk meanwhile: a key found
     /// missing is deleted only on its own `del` / `expired` event (`readFinished`).
     func flushSignalled(canaryWritesBefore: Int) {
-        guard let reader else { return }
-        flushChecksPending += 1
+        assertOnLoop()
+        guard let connection else { return }
+        connection.flushChecksPending += 1
         // Every canary write we sent must have run before the flush (its invalidation came before
         // the flush message on the subscription). One that may have run after (Redis sends the
         // invalidations of a pass of its loop after a flush in the same pass) makes the canary's
         // presence meaningless: then the flush counts as ours, at the cost of a harmless NX restore.
-        let canaryPredatesFlush = canaryWritesBefore == canaryWritesSent
-        reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
-            guard let self, reply != nil, self.flushChecksPending > 0 else { return }
-            self.flushChecksPending -= 1
+        let canaryPredatesFlush = canaryWritesBefore == connection.canaryWritesSent
+        connection.reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
+            guard let self, reply != nil, connection.flushChecksPending > 0 else { return }
+            connection.flushChecksPending -= 1
             if reply?.integer == 1 && canaryPredatesFlush { return }  // Another database was flushed.
             self.flushDetected()
         }
@@ -320,7 +332,7 @@ extension Mirror {
     /// Our database was flushed (FLUSHALL, or FLUSHDB of it): every session is gone from Redis.
     func flushDetected() {
         stats.cacheLosses += 1
-        let runID = currentRunID
+        let runID = connection?.runID
         // The counts come from the writer, behind every change already read.
         writer.enqueue { [self] store in
             let counts = try store.counts(now: Clock.unixMilliseconds())
@@ -339,51 +351,65 @@ extension Mirror {
     // MARK: - Shutdown
 
     func beginShutdown(reason: String) {
-        guard phase != .stopping else { return }
-        let wasConnected = phase == .connected
-        phase = .stopping
-        reconnectTimer?.close()
-        reconnectTimer = nil
-        sync = nil
+        assertOnLoop()
+        let connection = connected
+        switch state {
+        case .stopping: return
+        case .idle(let reconnectTimer): reconnectTimer?.close()
+        case .connecting(let connecting, let handshake):
+            handshake.subscribeTimer?.close()
+            connecting.reader.abort()
+        case .connected: break
+        }
+        connection?.sync = nil
+        state = .stopping(Shutdown(connection: connection, barrierReached: false))
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
         onStopping?()
         // Bounded: exit within 5 s whatever Redis does.
         let deadline = LoopTimer(loop: loop) { [weak self] in self?.finishShutdown() }
         deadline.start(afterMilliseconds: 3000)
         timers.append(deadline)
-        if wasConnected {
+        if let connection {
             // The confirmation of this SUBSCRIBE comes after every event Redis had queued for us.
-            subscription.sendBarrier(attempt: attempt)
+            subscription.sendBarrier(attempt: connection.attempt)
         } else {
-            shutdownBarrierReached = true
-            finishShutdown()
+            shutdownBarrierReached()
         }
     }
 
+    /// The subscription has put every event Redis had queued before the shutdown in the dirty set
+    /// (or there was no connection to wait for).
+    func shutdownBarrierReached() {
+        guard case .stopping(var shutdown) = state else { return }
+        shutdown.barrierReached = true
+        state = .stopping(shutdown)
+        if shutdown.connection == nil { finishShutdown() } else { finishShutdownIfDrained() }
+    }
+
     func finishShutdownIfDrained() {
-        guard phase == .stopping, shutdownBarrierReached else { return }
+        guard case .stopping(let shutdown) = state, shutdown.barrierReached else { return }
         issueReads()
-        if (dirty.state.withLock { $0.isEmpty } && keysInFlight == 0) || reader == nil { finishShutdown() }
+        guard let connection = shutdown.connection else { return finishShutdown() }
+        if dirty.state.withLock({ $0.isEmpty }) && connection.keysInFlight == 0 { finishShutdown() }
     }
 
     private func finishShutdown() {
-        guard phase == .stopping else { return }
-        let pending = dirty.state.withLock { $0.count } + keysInFlight
+        assertOnLoop()
+        guard case .stopping(var shutdown) = state else { return }
+        let pending = dirty.state.withLock { $0.count } + (shutdown.connection?.keysInFlight ?? 0)
         if pending > 0 {
             logger.warning(
                 "stopping before every change was read; the next start resyncs",
                 metadata: ["event": "shutdown_incomplete", "dirty": "\(pending)"])
         }
-        let oldReader = reader
-        reader = nil
-        attempt += 1
-        oldReader?.abort()
+        let old = shutdown.connection
+        shutdown.connection = nil
+        state = .stopping(shutdown)
+        old?.reader.abort()
         subscription.abort()
         checkHook?.close()
         for timer in timers { timer.close() }
         for signal in signals { signal.close() }
-        reconnectTimer?.close()
-        subscribeTimer?.close()
         publishStatistics()
         loop.stop()
     }
