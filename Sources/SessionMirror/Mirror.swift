@@ -12,36 +12,6 @@ import Synchronization
 /// every timer; one writer thread owns the SQLite connection, and a checkpoint thread a second
 /// one. No loop ever waits for the disk. See docs/architecture.md.
 public final class Mirror: @unchecked Sendable {
-    struct SyncState {
-        let generation: Int64
-        let reason: String
-        let startedAt: UInt64
-        var prefixIndex = 0
-        var cursor: [UInt8] = Array("0".utf8)
-        var scanInFlight = false
-        var keysScanned = 0
-        /// Set when the SCAN is complete: what the reconciliation still waits for.
-        var drain: Drain?
-    }
-
-    /// After its SCAN, a full sync waits until every key dirty at its end is read: first until
-    /// each has been taken from the dirty set (`DirtyQueue.keysBeforeBarrier`), then until the
-    /// reads issued by then have completed (replies come in order on the reader connection).
-    enum Drain {
-        case waitingForKeys
-        case waitingForReads(throughBatch: UInt64)
-    }
-
-    struct ReadBatch {
-        let keys: [(key: [UInt8], entry: DirtyQueue.Entry)]
-        let lane: DirtyQueue.Lane
-        /// The batch's number: batches are issued, and complete, in this order.
-        let number: UInt64
-        let generation: Int64
-        /// The connection it was sent on: its reply is stale once another one is current.
-        let attempt: Int
-    }
-
     let configuration: MirrorConfiguration
     let logger: Logger
     let loop = EventLoop()
