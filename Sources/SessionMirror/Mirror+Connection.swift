@@ -158,7 +158,8 @@ extension Mirror {
             connection.canary = reply.integer.map { $0 == 1 ? .present : .absent } ?? .unknown
             connection.reader.send(.command("INFO", "stats")) { reply in
                 guard let reply else { return }
-                connection.evictedKeys = reply.text.flatMap { RedisInfo($0).fields["evicted_keys"] }.flatMap { Int64($0) }
+                connection.evictedKeys = reply.text.flatMap { RedisInfo($0).fields["evicted_keys"] }
+                    .flatMap { Int64($0) }
                 next()
             }
         }

@@ -46,7 +46,8 @@ extension Mirror {
             while connection.keysInFlight < limit {
                 if lane == .live && writer.queuedLiveBytes >= configuration.maxWriterBacklogBytes { break }
                 if lane == .sync
-                    && (connection.syncKeysInFlight >= syncLimit || writer.queuedBytes >= configuration.maxWriterBacklogBytes
+                    && (connection.syncKeysInFlight >= syncLimit
+                        || writer.queuedBytes >= configuration.maxWriterBacklogBytes
                         || configuration.syncReadsHeld?() == true)
                 {
                     break
@@ -82,7 +83,8 @@ extension Mirror {
                 connectFailed(
                     MirrorSetupError(
                         description: "reading keys was refused (\(why)): the Redis user needs "
-                            + (connection.serverProfile?.readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime")
+                            + (connection.serverProfile?.readMode == .timeAndPTTL
+                                ? "+eval +time +pttl" : "+eval_ro +pexpiretime")
                             + " +mget +type +dump "
                             + "on the session keys; `sessionmirror doctor` prints the whole ACL line",
                         permanent: !everSynced))
