@@ -55,12 +55,56 @@ extension Mirror {
                     loop.execute { [self] in
                         restoreRunning = false
                         stats.restores += 1
-                        if restoreWanted && phase != .stopping { handleCacheLoss(reason: "again") }
+                        if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
                     }
                 }
                 thread.name = "sessionmirror-restore"
                 thread.start()
             }
         }
+    }
+}
+
+extension Mirror {
+    // MARK: - Flush detection
+
+    /// Redis sent the flush message every tracking client gets on FLUSHALL, and on FLUSHDB of any
+    /// database. Whether ours was flushed, the canary says: asked on the reader connection, its
+    /// answer comes after every read issued before it. No row is at risk meanwhile: a key found
+    /// missing is deleted only on its own `del` / `expired` event (`readFinished`).
+    func flushSignalled(canaryWritesBefore: Int) {
+        assertOnLoop()
+        guard let connection else { return }
+        connection.flushChecksPending += 1
+        // Every canary write we sent must have run before the flush (its invalidation came before
+        // the flush message on the subscription). One that may have run after (Redis sends the
+        // invalidations of a pass of its loop after a flush in the same pass) makes the canary's
+        // presence meaningless: then the flush counts as ours, at the cost of a harmless NX restore.
+        let canaryPredatesFlush = canaryWritesBefore == connection.canaryWritesSent
+        connection.reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
+            guard let self, reply != nil, connection.flushChecksPending > 0 else { return }
+            connection.flushChecksPending -= 1
+            if reply?.integer == 1 && canaryPredatesFlush { return }  // Another database was flushed.
+            self.flushDetected()
+        }
+    }
+
+    /// Our database was flushed (FLUSHALL, or FLUSHDB of it): every session is gone from Redis.
+    func flushDetected() {
+        stats.cacheLosses += 1
+        let runID = connection?.runID
+        // The counts come from the writer, behind every change already read.
+        writer.enqueue { [self] store in
+            let counts = try store.counts(now: Clock.unixMilliseconds())
+            return {
+                self.logger.error(
+                    "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",
+                    metadata: [
+                        "event": "cache_loss", "reason": "flush", "rows_live": "\(counts.live)",
+                        "rows_evicted": "\(counts.evicted)", "redis.run_id": "\(runID ?? "?")",
+                    ])
+            }
+        }
+        handleCacheLoss(reason: "flush")
     }
 }

@@ -19,7 +19,7 @@ extension Mirror {
             ("rows_upserted", "\(writerStats.rowsUpserted)"),
             ("rows_deleted", "\(writerStats.rowsDeleted)"),
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
-            ("dirty_backlog", "\(dirty.state.withLock { $0.count } + keysInFlight)"),
+            ("dirty_backlog", "\(dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0))"),
             ("writer_queue", "\(writerStats.queuedChanges)"),
             ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
             ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
@@ -33,8 +33,8 @@ extension Mirror {
             ("cache_losses", "\(stats.cacheLosses)"),
             ("restores", "\(stats.restores)"),
             ("errors", "\(stats.errors + writerStats.writeErrors)"),
-            ("connected", "\(phase == .connected)"),
-            ("redis.run_id", "\(currentRunID ?? "")"),
+            ("connected", "\(connected != nil)"),
+            ("redis.run_id", "\(connection?.runID ?? "")"),
         ]
         var metadata: Logger.Metadata = ["event": "metrics"]
         for (key, value) in fields { metadata[key] = "\(value)" }

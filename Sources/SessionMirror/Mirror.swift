@@ -12,36 +12,6 @@ import Synchronization
 /// every timer; one writer thread owns the SQLite connection, and a checkpoint thread a second
 /// one. No loop ever waits for the disk. See docs/architecture.md.
 public final class Mirror: @unchecked Sendable {
-    enum Phase { case idle, connecting, connected, stopping }
-
-    struct SyncState {
-        let generation: Int64
-        let reason: String
-        let startedAt: UInt64
-        var prefixIndex = 0
-        var cursor: [UInt8] = Array("0".utf8)
-        var scanInFlight = false
-        var keysScanned = 0
-        /// Set when the SCAN is complete: what the reconciliation still waits for.
-        var drain: Drain?
-    }
-
-    /// After its SCAN, a full sync waits until every key dirty at its end is read: first until
-    /// each has been taken from the dirty set (`DirtyQueue.keysBeforeBarrier`), then until the
-    /// reads issued by then have completed (replies come in order on the reader connection).
-    enum Drain {
-        case waitingForKeys
-        case waitingForReads(throughBatch: UInt64)
-    }
-
-    struct ReadBatch {
-        let keys: [(key: [UInt8], entry: DirtyQueue.Entry)]
-        let lane: DirtyQueue.Lane
-        /// The batch's number: batches are issued, and complete, in this order.
-        let number: UInt64
-        let generation: Int64
-    }
-
     let configuration: MirrorConfiguration
     let logger: Logger
     let loop = EventLoop()
@@ -69,54 +39,39 @@ public final class Mirror: @unchecked Sendable {
     /// embedding); `configuration.onCacheLoss` decides whether a restore follows.
     public var cacheLossHandler: (@Sendable (String) -> Void)?
 
-    // Loop-thread state.
-    var phase = Phase.idle
-    var reader: AsyncRedisConnection?
+    // MARK: - Loop-thread state
+    //
+    // Not private, against the house rule: the Mirror+*.swift extensions in the other files read
+    // and change it. Only the loop thread does; `assertOnLoop()` checks it at the entry points.
+
+    /// Where the mirror is in its lifetime. Each case owns what exists only in it (the connection,
+    /// its reads in flight, the full sync, what the handshake learned), so that dropping a
+    /// connection is one assignment (`Mirror+State.swift`).
+    var state = State.idle(reconnectTimer: nil)
     let dirty = SharedDirtyQueue()
     var subscription: KeyspaceSubscription!
-    /// The current connection attempt; news from older ones is ignored.
-    var attempt = 0
-    var subscriberUp = false
-    var readerUp = false
-    var keysInFlight = 0
-    /// Keys of the sync lane among `keysInFlight`: they may fill only part of the window.
-    var syncKeysInFlight = 0
-    var batchesIssued: UInt64 = 0
-    var batchesCompleted: UInt64 = 0
+    /// The number of the latest connection attempt: each `NodeConnection` keeps its own, and news
+    /// tagged with another one is stale.
+    var lastAttempt = 0
     var generation: Int64
+    /// `run_id` and `evicted_keys` recorded at the last full sync (the snapshot's metadata).
     var storedRunID: String?
+    var storedEvictedKeys: Int64?
     /// `__sessionmirror__:canary:<token>`: a key without TTL that the mirror writes when the snapshot
     /// agrees with Redis. A flush or a restart without persistence removes it; logouts do not.
     let canaryKey: [UInt8]
-    /// Redis's `evicted_keys` counter as last recorded in the snapshot (same `run_id`).
-    var storedEvictedKeys: Int64?
-    /// What the current connection found: the canary present, and `evicted_keys`.
-    var canaryPresentAtConnect: Bool?
-    var evictedKeysAtConnect: Int64?
+    /// A refused canary write is logged once per process.
     var canaryWriteRefused = false
-    /// Canary writes sent on the current connection (compared with the canary invalidations seen
-    /// before a flush message).
-    var canaryWritesSent = 0
-    var currentRunID: String?
-    var sync: SyncState?
     var everConnected = false
     var everSynced = false
-    /// Flush messages whose attribution (our database or another one) is still being asked.
-    var flushChecksPending = 0
     var restoreRunning = false
+    var restoreWanted = false
     /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
     var oversizedKeys = Set<[UInt8]>()
-    var restoreWanted = false
-    var shutdownBarrierReached = false
     var reconnectAttempt = 0
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
     var timers: [LoopTimer] = []
-    var reconnectTimer: LoopTimer?
-    var subscribeTimer: LoopTimer?
-    var pendingServerVersion: String?
-    /// The server of the current connection, read before anything is changed on it.
-    var serverProfile: ServerProfile?
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
 
@@ -149,18 +104,17 @@ public final class Mirror: @unchecked Sendable {
                 connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
                 subscribed: { [weak self] attempt, clientID in self?.subscriptionsReady(attempt, clientID: clientID) },
                 lost: { [weak self] attempt, reason in
-                    guard let self, attempt == self.attempt else { return }
+                    guard let self, self.isCurrent(attempt) else { return }
                     self.connectionLost(reason)
                 },
                 refused: { [weak self] attempt, message in self?.subscriptionRefused(attempt, message: message) },
                 flushed: { [weak self] attempt, canaryWrites in
-                    guard let self, attempt == self.attempt else { return }
+                    guard let self, self.isCurrent(attempt) else { return }
                     self.flushSignalled(canaryWritesBefore: canaryWrites)
                 },
                 barrierReached: { [weak self] attempt in
-                    guard let self, attempt == self.attempt else { return }
-                    self.shutdownBarrierReached = true
-                    self.finishShutdownIfDrained()
+                    guard let self, self.isCurrent(attempt) else { return }
+                    self.shutdownBarrierReached()
                 }))
     }
 
@@ -196,6 +150,7 @@ public final class Mirror: @unchecked Sendable {
     // MARK: - Start-up (loop thread)
 
     private func start() {
+        assertOnLoop()
         for signal in [SIGTERM, SIGINT] {
             signals.append(
                 LoopSignal(loop: loop, signal: signal) { [weak self] number in
@@ -244,19 +199,20 @@ public final class Mirror: @unchecked Sendable {
 
     /// Runs after every I/O phase: turns the events parsed in it into pipelined reads.
     private func afterIO() {
-        if phase == .connected && dirty.state.withLock({ $0.count }) > configuration.maxDirtyKeys { dirtyOverflow() }
+        assertOnLoop()
+        if case .connected = state, dirty.state.withLock({ $0.count }) > configuration.maxDirtyKeys { dirtyOverflow() }
         issueReads()
         continueScan()
-        if phase == .stopping { finishShutdownIfDrained() }
+        if case .stopping = state { finishShutdownIfDrained() }
         publishStatistics()
     }
 
     func publishStatistics() {
         stats.eventsReceived = dirty.eventsReceived.load(ordering: .relaxed)
         stats.dirtyBacklog = dirty.state.withLock { $0.count }
-        stats.keysInFlight = keysInFlight
-        stats.connected = phase == .connected
-        stats.redisRunID = currentRunID
+        stats.keysInFlight = connection?.keysInFlight ?? 0
+        stats.connected = connected != nil
+        stats.redisRunID = connection?.runID
         let copy = stats
         statisticsBox.withLock { $0 = copy }
     }

@@ -1,0 +1,198 @@
+import Logging
+import RedisClient
+import SnapshotStore
+
+/// The full sync: SCAN every prefix, mark what it finds for reading, wait for those reads, then
+/// reconcile the snapshot (`LossEvidence` decides whether missing rows go) and write the canary.
+extension Mirror {
+    /// A full sync in progress, owned by the `NodeConnection` it runs on.
+    struct SyncState {
+        let generation: Int64
+        let reason: String
+        let startedAt: UInt64
+        var prefixIndex = 0
+        var cursor: [UInt8] = Array("0".utf8)
+        var scanInFlight = false
+        var keysScanned = 0
+        /// Set when the SCAN is complete: what the reconciliation still waits for.
+        var drain: Drain?
+    }
+
+    /// After its SCAN, a full sync waits until every key dirty at its end is read: first until
+    /// each has been taken from the dirty set (`DirtyQueue.keysBeforeBarrier`), then until the
+    /// reads issued by then have completed (replies come in order on the reader connection).
+    enum Drain {
+        case waitingForKeys
+        case waitingForReads(throughBatch: UInt64)
+    }
+
+    /// Rows a piece of the reconciliation reads, in one writer transaction.
+    static let reconcileRowsPerTransaction = 4096
+
+    // MARK: - Full sync
+
+    func startFullSync(reason: String, on connection: NodeConnection) {
+        generation += 1
+        let newGeneration = generation
+        // Persisted before any row carries it, so that a crash mid-sync can never make stale rows
+        // look seen by the next sync; and before any live change read from now on is committed.
+        dirty.state.withLock { $0.clearBarrier() }
+        writer.enqueueHoldingLive { store in
+            try store.setMetadata("sync_generation", String(newGeneration))
+            try store.beginFullSync(generation: newGeneration)
+            return nil
+        }
+        connection.sync = SyncState(generation: newGeneration, reason: reason, startedAt: Clock.monotonicNanoseconds())
+        stats.fullSyncs += 1
+        logger.info("full sync started", metadata: ["event": "sync_started", "reason": "\(reason)"])
+        continueScan()
+    }
+
+    func continueScan() {
+        guard let connection = connected, var state = connection.sync, !state.scanInFlight, state.drain == nil else {
+            return
+        }
+        // Bounded memory: scan on only while the reads keep up.
+        guard dirty.state.withLock({ $0.syncCount }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
+            return
+        }
+        let prefix = configuration.prefixes[state.prefixIndex]
+        state.scanInFlight = true
+        connection.sync = state
+        let command: [[UInt8]] = [
+            Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+            Array("COUNT".utf8), Array("1000".utf8),
+        ]
+        let generation = state.generation
+        connection.reader.send(command) { [weak self] reply in
+            guard let self, let reply, var state = connection.sync, state.generation == generation,
+                self.connected === connection
+            else { return }
+            guard let items = reply.elements, items.count == 2, let cursor = items[0].bytes, let keys = items[1].elements
+            else {
+                self.stats.errors += 1
+                self.logger.error(
+                    "SCAN failed; reconnecting to resync",
+                    metadata: ["event": "scan_failed", "error": "\(reply.errorMessage ?? "unexpected reply")"])
+                self.connectionLost("scan failed")
+                return
+            }
+            // MATCH is a glob over the escaped prefix; the bytes decide, as for invalidations.
+            self.dirty.state.withLock { queue in
+                for key in keys {
+                    if let bytes = key.bytes, bytes.starts(with: prefix) { queue.markFound(bytes) }
+                }
+            }
+            state.keysScanned += keys.count
+            state.scanInFlight = false
+            state.cursor = cursor
+            if cursor == Array("0".utf8) {
+                state.prefixIndex += 1
+                if state.prefixIndex == self.configuration.prefixes.count {
+                    self.dirty.state.withLock { $0.setBarrier() }
+                    state.drain = .waitingForKeys
+                }
+            }
+            connection.sync = state
+            self.checkSyncBarrier()
+            self.continueScan()
+        }
+    }
+
+    func checkSyncBarrier() {
+        guard let connection, var state = connection.sync, let drain = state.drain else { return }
+        if case .waitingForKeys = drain {
+            guard dirty.state.withLock({ $0.keysBeforeBarrier }) == 0 else { return }
+            state.drain = .waitingForReads(throughBatch: connection.batchesIssued)
+            connection.sync = state
+        }
+        guard case .waitingForReads(let through) = state.drain, connection.batchesCompleted >= through else { return }
+        dirty.state.withLock { $0.clearBarrier() }
+        connection.sync = nil
+        let finished = state
+        let attempt = connection.attempt
+        let evidence = LossEvidence(
+            previousRunID: storedRunID, runID: connection.runID, canary: connection.canary,
+            previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
+        // In bounded pieces: live changes are committed between two of them.
+        let reconciliation = evidence.reconciliation(
+            generation: state.generation, now: Clock.unixMilliseconds(),
+            maxDeleteFraction: configuration.maxResyncDeleteFraction)
+        writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
+            try store.setMetadata("redis_run_id", evidence.runID)
+            try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
+            try store.setMetadata("last_full_sync_at", String(Clock.unixMilliseconds()))
+            return { self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) } }
+        })
+    }
+
+    /// The writer step that runs one piece of `reconciliation`, then the next, and `finish` in the
+    /// transaction of the last piece.
+    private func reconcileStep(
+        _ reconciliation: Reconciliation,
+        finish: @escaping @Sendable (SnapshotStore, ReconcileOutcome) throws -> (@Sendable () -> Void)?
+    ) -> SnapshotWriter.Step {
+        { [self] store in
+            let next = try reconciliation.step(in: store, rows: Mirror.reconcileRowsPerTransaction)
+            if let outcome = next.outcome { return .done(after: try finish(store, outcome)) }
+            return .more(next: reconcileStep(next, finish: finish))
+        }
+    }
+
+    /// - Parameters:
+    ///   - evidence: what the reconciliation decided on, now recorded in the snapshot.
+    ///   - attempt: the connection the sync ran on; the canary is written only while it is still
+    ///     the current one (a newer one has a sync of its own to finish first).
+    private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, evidence: LossEvidence, attempt: Int) {
+        assertOnLoop()
+        // Backoff resets only once a connection proved useful: one that connects and then fails
+        // every read (an ACL refusing the script) must not reconnect in a tight loop.
+        reconnectAttempt = 0
+        storedRunID = evidence.runID
+        storedEvictedKeys = evidence.evictedKeys
+        if outcome.refusedReason == nil, let connection, connection.attempt == attempt { writeCanary(on: connection) }
+        let seconds = Double(Clock.monotonicNanoseconds() - state.startedAt) / 1e9
+        logger.info(
+            "full sync finished",
+            metadata: [
+                "event": "sync_finished", "reason": "\(state.reason)", "keys_scanned": "\(state.keysScanned)",
+                "rows_deleted": "\(outcome.deleted)", "rows_missing": "\(outcome.missingRows)",
+                "rows_unexpired": "\(outcome.unexpiredRows)", "duration_s": "\(String(format: "%.3f", seconds))",
+            ])
+        if let reason = outcome.refusedReason {
+            stats.cacheLosses += 1
+            logger.error(
+                "sessions are missing from Redis and a loss cannot be ruled out: not deleting any row",
+                metadata: [
+                    "event": "cache_loss_suspected", "reason": "\(reason)", "rows_missing": "\(outcome.missingRows)",
+                    "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(evidence.runID ?? "?")",
+                    "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
+                ])
+            handleCacheLoss(reason: reason)
+        }
+        onStatus?(
+            "mirroring \(configuration.prefixes.count) prefix(es) from \(configuration.endpoint); "
+                + "\(outcome.unexpiredRows - outcome.deleted) sessions in the snapshot")
+        if !everSynced {
+            everSynced = true
+            onReady?()
+        }
+    }
+
+    /// The snapshot agrees with Redis: (re)write the canary, so that the next reconnect can tell
+    /// logouts in the gap from a loss.
+    private func writeCanary(on connection: NodeConnection) {
+        // Not while a flush is being attributed: the canary must show the state before it.
+        guard connection.flushChecksPending == 0 else { return }
+        connection.canaryWritesSent += 1
+        connection.reader.send([Array("SET".utf8), canaryKey, Array("1".utf8)]) { [weak self] reply in
+            guard let self, let reply else { return }
+            if let refusal = reply.errorMessage, !self.canaryWriteRefused {
+                self.canaryWriteRefused = true
+                self.logger.warning(
+                    "cannot write the canary key; after a disconnect, more than --max-resync-delete missing rows will be kept as a suspected loss",
+                    metadata: ["event": "canary_refused", "error": "\(refusal)"])
+            }
+        }
+    }
+}
