@@ -2,7 +2,7 @@ import RedisClient
 import SnapshotStore
 import Testing
 
-@Suite("Keys and values are mirrored byte for byte", .timeLimit(.minutes(1)))
+@Suite("Keys and values are mirrored byte for byte", .timeLimit(.minutes(5)))
 struct BinaryKeyTests {
     /// NUL, 0xff, a newline and every glob character: the prefix must match itself literally in
     /// the SCAN MATCH pattern.

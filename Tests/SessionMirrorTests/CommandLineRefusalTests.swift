@@ -15,7 +15,7 @@ private func messageLines(_ output: String) -> [String] {
 /// instead of exiting, and the test would see it still running.
 private let unreachableRedis = "redis://127.0.0.1:1/0"
 
-@Suite("The binary refuses bad input with one clear line and a non-zero exit", .timeLimit(.minutes(1)))
+@Suite("The binary refuses bad input with one clear line and a non-zero exit", .timeLimit(.minutes(5)))
 struct CommandLineRefusalTests {
     /// A bad command line and a word its one-line message must contain.
     struct BadArguments: Sendable, CustomTestStringConvertible {

@@ -8,7 +8,7 @@ import Testing
 /// The kernel shows this from outside: the `/proc/<pid>` files of a non-dumpable process belong to
 /// root instead of the process's user. As root, the test starts the daemon as `nobody` (with
 /// `setpriv`) so that the two owners differ; as another user, it starts the daemon as itself.
-@Suite("Core dumps", .timeLimit(.minutes(1)))
+@Suite("Core dumps", .timeLimit(.minutes(5)))
 struct CoreDumpTests {
     static let nobody: uid_t = 65534
     static let setpriv = "/usr/bin/setpriv"

@@ -44,7 +44,7 @@ private func writeSessions(_ client: RedisConnection) throws {
 
 @Suite(
     "A full disk: changes are held, reported and given up at shutdown with a clear line",
-    .enabled(if: getuid() == 0, "mounts a tmpfs: needs root"), .timeLimit(.minutes(2)))
+    .enabled(if: getuid() == 0, "mounts a tmpfs: needs root"), .timeLimit(.minutes(5)))
 struct DiskFullTests {
     @Test(
         "while the disk is full, the writer_queue metric counts the changes held for a retry; they are written once space returns"

@@ -3,7 +3,7 @@ import SessionMirror
 import SnapshotStore
 import Testing
 
-@Suite("Expiry and eviction reach the snapshot", .timeLimit(.minutes(1)))
+@Suite("Expiry and eviction reach the snapshot", .timeLimit(.minutes(5)))
 struct ExpiryAndEvictionTests {
     @Test("a key read after it expired (lazy expiry) loses its row")
     func lazyExpiry() async throws {

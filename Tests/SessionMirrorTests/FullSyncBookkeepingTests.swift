@@ -4,7 +4,7 @@ import Testing
 
 /// A full sync rewrites only the rows that changed; the rows it found unchanged are remembered as
 /// seen instead, so that the reconciliation deletes only what Redis no longer has.
-@Suite("A full sync does not rewrite unchanged rows", .timeLimit(.minutes(1)))
+@Suite("A full sync does not rewrite unchanged rows", .timeLimit(.minutes(5)))
 struct FullSyncBookkeepingTests {
     private func record(_ key: String, _ value: String) -> SnapshotRecord {
         SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)

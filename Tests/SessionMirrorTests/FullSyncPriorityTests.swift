@@ -15,7 +15,7 @@ private final class Gate: Sendable {
 /// Live changes keep their commit interval while a full sync runs: they are read before the sync's
 /// keys and committed ahead of its rows. These tests observe order, not time: the sync (or a long
 /// job in the writer) is held until the test has seen the live change in the snapshot.
-@Suite("Live changes are committed ahead of a full sync", .timeLimit(.minutes(2)))
+@Suite("Live changes are committed ahead of a full sync", .timeLimit(.minutes(5)))
 struct FullSyncPriorityTests {
     private static let prefix = "session:"
 
@@ -113,7 +113,7 @@ struct FullSyncPriorityTests {
 }
 
 /// The writer's two queues, against a real snapshot file.
-@Suite("The writer commits live changes ahead of bulk work", .timeLimit(.minutes(1)))
+@Suite("The writer commits live changes ahead of bulk work", .timeLimit(.minutes(5)))
 struct WriterPriorityTests {
     private func change(_ key: String, _ value: String, generation: Int64 = 1, live: Bool) -> SnapshotChange {
         SnapshotChange(
@@ -181,7 +181,7 @@ struct WriterPriorityTests {
 }
 
 /// The reconciliation in bounded pieces, with changes committed between them.
-@Suite("The reconciliation runs in bounded pieces", .timeLimit(.minutes(1)))
+@Suite("The reconciliation runs in bounded pieces", .timeLimit(.minutes(5)))
 struct ReconciliationPieceTests {
     private func record(_ key: String, _ value: String) -> SnapshotRecord {
         SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)

@@ -34,7 +34,7 @@ private func tamperedSnapshot(_ path: String, now: Int64) throws {
         """)
 }
 
-@Suite("the snapshot's optional integrity protection", .timeLimit(.minutes(2)))
+@Suite("the snapshot's optional integrity protection", .timeLimit(.minutes(5)))
 struct IntegrityTests {
     @Test("restore refuses a tampered value, a tampered expiry and an added row, and restores the rest")
     func restoreRefusesTamperedRows() async throws {

@@ -4,7 +4,7 @@ import SessionMirror
 import SnapshotStore
 import Testing
 
-@Suite("The mirror covers exactly its prefixes and database, and survives its own restart", .timeLimit(.minutes(1)))
+@Suite("The mirror covers exactly its prefixes and database, and survives its own restart", .timeLimit(.minutes(5)))
 struct MirrorScopeTests {
     @Test("every configured prefix is mirrored, at start and afterwards, and nothing else")
     func severalPrefixes() async throws {

@@ -3,7 +3,7 @@ import RedisClient
 import SessionMirror
 import Testing
 
-@Suite("notify-keyspace-events is merged, never overwritten, and refusals are explained", .timeLimit(.minutes(1)))
+@Suite("notify-keyspace-events is merged, never overwritten, and refusals are explained", .timeLimit(.minutes(5)))
 struct NotificationConfigurationTests {
     @Test(
         "the operator's notify-keyspace-events flags are kept and the missing ones added",

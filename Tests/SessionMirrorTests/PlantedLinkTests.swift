@@ -9,7 +9,7 @@ private func makeVictim(in directory: TemporaryDirectory) throws -> (path: Strin
     return (victim, SnapshotFiles.FileState(path: victim))
 }
 
-@Suite("Links planted where the daemon writes its files are never followed", .timeLimit(.minutes(1)))
+@Suite("Links planted where the daemon writes its files are never followed", .timeLimit(.minutes(5)))
 struct PlantedLinkTests {
     @Test("a link planted at the metrics file's temporary name leaves its target unchanged")
     func metricsTemporaryName() async throws {

@@ -4,7 +4,7 @@ import SessionMirror
 import SnapshotStore
 import Testing
 
-@Suite("When Redis loses its data the snapshot keeps every session", .timeLimit(.minutes(1)))
+@Suite("When Redis loses its data the snapshot keeps every session", .timeLimit(.minutes(5)))
 struct RedisRestartAndFlushTests {
     @Test("after Redis restarts empty (no persistence), every row is kept and a cache loss is counted")
     func restartWithoutPersistence() async throws {

@@ -73,7 +73,7 @@ struct RedisURLTests {
     }
 }
 
-@Suite("The Redis password reaches no output", .timeLimit(.minutes(2)))
+@Suite("The Redis password reaches no output", .timeLimit(.minutes(5)))
 struct RedisPasswordTests {
     /// A redis-server listening on a unix socket (and its test TCP port), with an ACL user
     /// `mirror` whose password is `password`.

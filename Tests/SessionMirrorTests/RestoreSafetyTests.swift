@@ -17,7 +17,7 @@ private func sessionRows(_ count: Int, now: Int64, valueBytes: Int = 16) -> [Sna
 /// The lines a command printed (its log), without empty ones.
 private func logLines(_ output: String) -> [String] { output.split(separator: "\n").map(String.init) }
 
-@Suite("restore, verify and purge never touch more than they should", .timeLimit(.minutes(2)))
+@Suite("restore, verify and purge never touch more than they should", .timeLimit(.minutes(5)))
 struct RestoreScopeTests {
     @Test("an empty --prefix is refused with exit 2 by purge, restore, verify and doctor, and no key is deleted")
     func emptyPrefixIsRefused() async throws {
@@ -104,7 +104,7 @@ struct RestoreScopeTests {
     }
 }
 
-@Suite("restore says how long Redis has been without the sessions", .timeLimit(.minutes(2)))
+@Suite("restore says how long Redis has been without the sessions", .timeLimit(.minutes(5)))
 struct RestoreLossAgeTests {
     @Test("after a FLUSHALL the daemon saw, restore logs how long ago it was and Redis's uptime before writing")
     func restoreReportsLossAge() async throws {
@@ -127,7 +127,7 @@ struct RestoreLossAgeTests {
     }
 }
 
-@Suite("restore into a Redis that refuses writes stops with a bounded log", .timeLimit(.minutes(2)))
+@Suite("restore into a Redis that refuses writes stops with a bounded log", .timeLimit(.minutes(5)))
 struct RestoreRefusalTests {
     /// Restores 20,000 rows with the binary; returns its exit and log lines.
     private func restoreManyRows(into url: String, clock: RedisServer) async throws -> (

@@ -4,7 +4,7 @@ import SessionMirror
 import SnapshotStore
 import Testing
 
-@Suite("Changes the subscription missed are recovered by a resync", .timeLimit(.minutes(1)))
+@Suite("Changes the subscription missed are recovered by a resync", .timeLimit(.minutes(5)))
 struct ResyncTests {
     @Test("after the subscription is killed during a write burst, the snapshot catches up with Redis")
     func subscriptionKilledDuringBurst() async throws {

@@ -8,7 +8,7 @@ import Testing
 
 /// The core scenarios against every supported server binary: Debian's Redis 7.0, Redis 6.2 (no
 /// PEXPIRETIME, no EVAL_RO: the read script takes TIME and PTTL) and Valkey 8.
-@Suite("Every supported server (Redis 7.0, Redis 6.2, Valkey 8) gets the same guarantees", .timeLimit(.minutes(2)))
+@Suite("Every supported server (Redis 7.0, Redis 6.2, Valkey 8) gets the same guarantees", .timeLimit(.minutes(5)))
 struct ServerCompatibilityTests {
     @Test(
         "the Redis 6.2 and Valkey 8 binaries are there",
@@ -231,7 +231,7 @@ struct ServerCompatibilityTests {
     }
 }
 
-@Suite("A server the mirror cannot use is refused before anything changes on it", .timeLimit(.minutes(1)))
+@Suite("A server the mirror cannot use is refused before anything changes on it", .timeLimit(.minutes(5)))
 struct ServerRefusalTests {
     @Test("a server that hides INFO ends the run with exit 2 and notify-keyspace-events untouched")
     func hiddenInfoIsRefusedWithoutSideEffects() async throws {

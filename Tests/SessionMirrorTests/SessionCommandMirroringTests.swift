@@ -40,7 +40,7 @@ func expectExpiry(
         sourceLocation: sourceLocation)
 }
 
-@Suite("Each session command leaves the snapshot equal to Redis", .timeLimit(.minutes(1)))
+@Suite("Each session command leaves the snapshot equal to Redis", .timeLimit(.minutes(5)))
 struct SessionCommandMirroringTests {
     @Test(
         "after the command the snapshot holds exactly Redis's keys, values and expiries",

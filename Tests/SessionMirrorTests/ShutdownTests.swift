@@ -3,7 +3,7 @@ import RedisClient
 import SnapshotStore
 import Testing
 
-@Suite("The binary stops cleanly on SIGTERM", .timeLimit(.minutes(1)))
+@Suite("The binary stops cleanly on SIGTERM", .timeLimit(.minutes(5)))
 struct ShutdownTests {
     @Test("SIGTERM right after a burst of 5,000 writes: exit status 0 within 5 s and every write is in the snapshot")
     func sigtermAfterBurst() async throws {

@@ -2,7 +2,7 @@ import Foundation
 import SnapshotStore
 import Testing
 
-@Suite("Snapshots of an older format are upgraded in place", .timeLimit(.minutes(1)))
+@Suite("Snapshots of an older format are upgraded in place", .timeLimit(.minutes(5)))
 struct SnapshotFormatTests {
     /// Format 1 exactly as the first release created it.
     static let formatOne = """
@@ -43,7 +43,7 @@ struct SnapshotFormatTests {
     }
 }
 
-@Suite("The snapshot file itself holds the sessions while the daemon runs", .timeLimit(.minutes(1)))
+@Suite("The snapshot file itself holds the sessions while the daemon runs", .timeLimit(.minutes(5)))
 struct CheckpointTests {
     @Test("a copy of the .db file alone, without its -wal, taken while the daemon runs, holds every mirrored session")
     func fileCopyWithoutWALHoldsSessions() async throws {

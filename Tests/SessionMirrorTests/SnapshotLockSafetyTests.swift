@@ -55,7 +55,7 @@ func deletedDescriptors(of pid: pid_t) -> [String] {
     }
 }
 
-@Suite("Nothing outside SQLite drops the daemon's locks on its snapshot", .timeLimit(.minutes(3)))
+@Suite("Nothing outside SQLite drops the daemon's locks on its snapshot", .timeLimit(.minutes(5)))
 struct SnapshotLockSafetyTests {
     @Test("a .backup and a purge beside a loaded daemon never remove its -wal, and every reader sees a sound file")
     func backupAndPurgeBesideLoadedDaemon() async throws {

@@ -2,7 +2,7 @@ import Foundation
 import SnapshotStore
 import Testing
 
-@Suite("Snapshot files hold bearer credentials and are private to their owner", .timeLimit(.minutes(1)))
+@Suite("Snapshot files hold bearer credentials and are private to their owner", .timeLimit(.minutes(5)))
 struct SnapshotPermissionTests {
     @Test("a new snapshot and its WAL, shared-memory and lock files are created 0600")
     func newSnapshotIsPrivate() async throws {

@@ -42,7 +42,7 @@ func damageMiddlePage(of path: String) throws {
     try Data(contents).write(to: URL(fileURLWithPath: path))
 }
 
-@Suite("A damaged or tampered snapshot is refused and left as it was", .timeLimit(.minutes(2)))
+@Suite("A damaged or tampered snapshot is refused and left as it was", .timeLimit(.minutes(5)))
 struct SnapshotTrustTests {
     struct Command: Sendable, CustomTestStringConvertible {
         let testDescription: String
@@ -128,7 +128,7 @@ struct SnapshotTrustTests {
     }
 }
 
-@Suite("Only one daemon writes a snapshot, whatever path leads to it", .timeLimit(.minutes(1)))
+@Suite("Only one daemon writes a snapshot, whatever path leads to it", .timeLimit(.minutes(5)))
 struct SnapshotLockPathTests {
     @Test("a second daemon given a symbolic link to a snapshot in use exits 2")
     func secondDaemonThroughLink() async throws {

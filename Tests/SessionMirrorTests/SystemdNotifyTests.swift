@@ -5,7 +5,7 @@ import Testing
 
 /// The daemon under `Type=notify` (deploy/sessionmirror.service), with the test as the service
 /// manager: a datagram socket in `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` set, as systemd does.
-@Suite("sd_notify: the daemon reports to systemd", .timeLimit(.minutes(1)))
+@Suite("sd_notify: the daemon reports to systemd", .timeLimit(.minutes(5)))
 struct SystemdNotifyTests {
     @Test("READY=1 after the first full sync, WATCHDOG=1 about every half period, STOPPING=1 on SIGTERM, exit status 0")
     func readyWatchdogStopping() async throws {
@@ -93,7 +93,7 @@ struct SystemdNotifyTests {
     }
 }
 
-@Suite("sd_notify messages carry no injected assignment", .timeLimit(.minutes(1)))
+@Suite("sd_notify messages carry no injected assignment", .timeLimit(.minutes(5)))
 struct SystemdNotifyInjectionTests {
     @Test("a value with newlines and control characters stays on its own line")
     func valuesAreOneLine() {
