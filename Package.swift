@@ -41,10 +41,14 @@ let package = Package(
             name: "SessionMirror",
             dependencies: ["RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log")]
         ),
+        // The configuration file, its defaults and its errors: what the command line reads before it
+        // hands the engine a plain MirrorConfiguration.
+        .target(name: "SessionMirrorConfiguration", dependencies: ["SessionMirror"]),
         .executableTarget(
             name: "sessionmirror",
             dependencies: [
                 "SessionMirror",
+                "SessionMirrorConfiguration",
                 "RedisClient",
                 "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -53,7 +57,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionMirrorTests",
-            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore", "Systemd"]
+            dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore", "Systemd"]
         ),
     ]
 )

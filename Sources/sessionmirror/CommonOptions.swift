@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import Systemd
 
 /// How to reach Redis; the password never has to be on a command line.

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import Synchronization
 import Systemd
 

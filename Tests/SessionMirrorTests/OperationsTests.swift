@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import SnapshotStore
 import Testing
 

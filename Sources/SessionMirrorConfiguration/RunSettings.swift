@@ -1,4 +1,5 @@
 import Foundation
+import SessionMirror
 
 /// The settings of `sessionmirror run` as a configuration file or the command line gives them:
 /// every field optional, so that flags override the file and the file overrides the defaults.
