@@ -80,7 +80,7 @@ struct LogOptions: ParsableArguments {
         do {
             sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
         } catch {
-            throw fail("\(error)")  // an operator's error: one line, exit 2
+            throw fail("--log-file: cannot open \(error)")  // an operator's error: one line, exit 2
         }
         LoggingSystem.bootstrap { _ in LogfmtLogHandler(format: format, sink: sink, level: level) }
         return sink

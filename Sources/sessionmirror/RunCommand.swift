@@ -128,7 +128,7 @@ struct RunOptions: ParsableArguments {
             }
         #endif
         configuration.maxValueBytes = settings.maxValueBytes ?? MirrorConfiguration.defaultMaxValueBytes
-        try configuration.validate()
+        try configuration.validateOptions()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
         if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
         if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file")) }
