@@ -67,9 +67,6 @@ public struct MirrorConfiguration: Sendable {
     /// (1,000,000,000 bytes by default), and a row is a key and a value together.
     public static let maxValueBytesLimit = 512 << 20
 
-    /// Django's default session key prefix (`KEY_PREFIX` empty, `VERSION` 1, cache backend).
-    public static let djangoDefaultPrefix = ":1:django.contrib.sessions.cache"
-
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes

@@ -12,7 +12,7 @@ struct RestoreCommand: ParsableCommand {
             failed, 2 usage, connection or snapshot errors.
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
     @OptionGroup var redis: RedisOptions
     @Option(name: .customLong("prefix"), help: "Only restore keys under this prefix (repeatable; default: every row).")
     var prefixes: [String] = []

@@ -39,7 +39,7 @@ struct ConfigurationFileTests {
             """, in: directory)
         let settings = try RunSettings.load(path: path)
         #expect(settings.effectivePrefixes == ["shop:3:django.contrib.sessions.cached_db"])
-        #expect(DjangoPreset().prefixes == [MirrorConfiguration.djangoDefaultPrefix])
+        #expect(DjangoPreset().prefixes == [DjangoPreset.defaultPrefix])
         #expect(DjangoPreset(engine: .both).prefixes == [":1:django.contrib.sessions.cache"])
         withExtendedLifetime(directory) {}
     }
