@@ -55,6 +55,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The pure parts, without redis-server or SQLite files: runs first, in seconds.
+        .testTarget(
+            name: "SessionMirrorUnitTests",
+            dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore"]
+        ),
         .testTarget(
             name: "SessionMirrorTests",
             dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore", "Systemd"]
