@@ -113,7 +113,8 @@ public struct MirrorConfiguration: Sendable {
         }
         if !(1024...MirrorConfiguration.maxValueBytesLimit).contains(maxValueBytes) {
             throw Invalid(
-                setting: .maxValueBytes, reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
+                setting: .maxValueBytes,
+                reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
     }

@@ -26,7 +26,9 @@ struct RunOptions: ParsableArguments {
         name: .customLong("commit-interval"), parsing: .unconditional,
         help: "Recovery-point objective in ms (default \(tuning.commitIntervalMilliseconds)).")
     var commitInterval: Int?
-    @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing past this share of rows (default \(Int((tuning.maxResyncDeleteFraction * 100).rounded()))%).")
+    @Option(
+        name: .customLong("max-resync-delete"),
+        help: "A full sync deletes nothing past this share of rows (default \(tuning.maxResyncDeletePercent)%).")
     var maxResyncDelete: String?
     @Option(help: "keep (restorable, marked evicted) or delete (default \(tuning.evictedPolicy.rawValue)).")
     var evicted: MirrorConfiguration.EvictedPolicy?
@@ -42,7 +44,8 @@ struct RunOptions: ParsableArguments {
     var metricsFile: String?
     @Option(
         name: .customLong("max-value-bytes"),
-        help: "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes)).")
+        help:
+            "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes)).")
     var maxValueBytes: String?
     @OptionGroup var log: LogOptions
 
@@ -107,7 +110,9 @@ struct RunOptions: ParsableArguments {
         let snapshot = settings.snapshot ?? Defaults.snapshotPath
         var configuration = MirrorConfiguration(
             endpoint: endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) }, snapshotPath: snapshot)
-        if let milliseconds = settings.commitIntervalMilliseconds { configuration.commitIntervalMilliseconds = milliseconds }
+        if let milliseconds = settings.commitIntervalMilliseconds {
+            configuration.commitIntervalMilliseconds = milliseconds
+        }
         if let text = settings.maxResyncDelete {
             guard let fraction = RunSettings.parseFraction(text) else {
                 throw ConfigurationError.invalid(
@@ -215,6 +220,11 @@ struct CheckCommand: ParsableCommand {
             throw fail("\(error)")
         }
     }
+}
+
+extension MirrorConfiguration {
+    /// `maxResyncDeleteFraction` as the percentage the help text shows.
+    fileprivate var maxResyncDeletePercent: Int { Int((maxResyncDeleteFraction * 100).rounded()) }
 }
 
 extension MirrorConfiguration.EvictedPolicy: ExpressibleByArgument {}

@@ -38,7 +38,8 @@ struct ConfigurationTests {
             switch self {
             case .noPrefix: return "--prefix: at least one prefix is needed"
             case .emptyPrefix: return "--prefix: an empty prefix would mirror the whole database"
-            case .commitInterval: return "--commit-interval: must be a positive number of milliseconds, at most 60000, got 0"
+            case .commitInterval:
+                return "--commit-interval: must be a positive number of milliseconds, at most 60000, got 0"
             case .metricsInterval: return "--metrics-interval: must be a positive number of seconds"
             case .resyncShare: return "--max-resync-delete: must be a fraction between 0 and 1"
             case .valueBytes: return "--max-value-bytes: must be between 1024"

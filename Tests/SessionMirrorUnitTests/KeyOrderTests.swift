@@ -17,10 +17,13 @@ struct KeyOrderTests {
     @Test("keys come out in SQLite's BLOB order, and one key's changes keep their order")
     func sorted() {
         var generator = SystemRandomNumberGenerator()
-        let alphabet: [[UInt8]] = [[], [0x00], [0x61], [0x61, 0x00], [0x61, 0x62], [0x7F], [0x80], [0xFF], [0xFF, 0xFF]]
+        let alphabet: [[UInt8]] = [
+            [], [0x00], [0x61], [0x61, 0x00], [0x61, 0x62], [0x7F], [0x80], [0xFF], [0xFF, 0xFF],
+        ]
         var changes: [SnapshotChange] = []
         for generation in 0..<2000 {
-            let key = alphabet[Int.random(in: 0..<alphabet.count, using: &generator)]
+            let key =
+                alphabet[Int.random(in: 0..<alphabet.count, using: &generator)]
                 + alphabet[Int.random(in: 0..<alphabet.count, using: &generator)]
             changes.append(change(key, generation: Int64(generation)))
         }

@@ -18,7 +18,9 @@ struct KeyPatternTests {
     @Test("glob characters in a prefix are escaped so that SCAN MATCH reads them literally")
     func escapeGlob() {
         #expect(KeyspaceNotifications.escapeGlob(bytes(#"a*b?c[d]e\f"#)) == bytes(#"a\*b\?c\[d\]e\\f"#))
-        #expect(KeyspaceNotifications.escapeGlob(bytes(":1:django.contrib.sessions.cache")) == bytes(":1:django.contrib.sessions.cache"))
+        #expect(
+            KeyspaceNotifications.escapeGlob(bytes(":1:django.contrib.sessions.cache"))
+                == bytes(":1:django.contrib.sessions.cache"))
         #expect(KeyspaceNotifications.escapeGlob([0x00, 0xFF, 0x2A]) == [0x00, 0xFF, 0x5C, 0x2A])
         #expect(KeyspaceNotifications.matchPattern(keyPrefix: bytes("s[1]:")) == bytes(#"s\[1\]:*"#))
     }
@@ -36,7 +38,8 @@ struct KeyPatternTests {
 
     @Test("notification flags: the missing ones are named and merged without dropping the server's")
     func notificationFlags() {
-        #expect(KeyspaceNotifications.missingFlags(in: "").sorted() == Array(KeyspaceNotifications.requiredFlags).sorted())
+        #expect(
+            KeyspaceNotifications.missingFlags(in: "").sorted() == Array(KeyspaceNotifications.requiredFlags).sorted())
         #expect(KeyspaceNotifications.missingFlags(in: "AKE").isEmpty, "A covers g, x and e")
         let merged = KeyspaceNotifications.merged("Kl")
         #expect(merged.contains("K") && merged.contains("l"))

@@ -45,8 +45,12 @@ struct KeyReaderTests {
             RedisReply.array([.array([.null]), .array([.integer(-2)])]),
             RedisReply.array([.array([.null, .null]), .array([.integer(-2)]), .array([])]),
             RedisReply.array([.array([.null]), .array([.bulk(bytes("x"))]), .array([])]),
-            RedisReply.array([.array([.null]), .array([.integer(-1)]), .array([.array([.integer(2), .status("hash"), .bulk([])])])]),
-            RedisReply.array([.array([.null]), .array([.integer(-1)]), .array([.array([.integer(0), .status("hash"), .bulk([])])])]),
+            RedisReply.array([
+                .array([.null]), .array([.integer(-1)]), .array([.array([.integer(2), .status("hash"), .bulk([])])]),
+            ]),
+            RedisReply.array([
+                .array([.null]), .array([.integer(-1)]), .array([.array([.integer(0), .status("hash"), .bulk([])])]),
+            ]),
             RedisReply.error("NOSCRIPT"),
         ])
     func malformed(_ reply: RedisReply) {

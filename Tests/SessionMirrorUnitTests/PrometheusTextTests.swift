@@ -42,7 +42,8 @@ struct PrometheusTextTests {
             } else if !line.hasPrefix("# HELP ") {
                 let name = String(line.prefix { $0 != "{" && $0 != " " })
                 let family = ["_bucket", "_sum", "_count"].reduce(name) { n, suffix in
-                    n.hasSuffix(suffix) && declared.contains(String(n.dropLast(suffix.count))) ? String(n.dropLast(suffix.count)) : n
+                    n.hasSuffix(suffix) && declared.contains(String(n.dropLast(suffix.count)))
+                        ? String(n.dropLast(suffix.count)) : n
                 }
                 #expect(declared.contains(family), "\(line) has no TYPE")
             }

@@ -102,7 +102,8 @@ struct TOMLDocumentTests {
         let document = try TOMLDocument(
             parsing: "a = 1\n\n[t]\nb = [\n  \"x\",\n  'y',\n]\nc = 2.5  # note\n", source: "f.toml")
         #expect(document.values["a"]?.value == .integer(1) && document.values["a"]?.line == 1)
-        #expect(document.values["t.b"]?.value == .array([.string("x"), .string("y")]) && document.values["t.b"]?.line == 4)
+        #expect(
+            document.values["t.b"]?.value == .array([.string("x"), .string("y")]) && document.values["t.b"]?.line == 4)
         #expect(document.values["t.c"]?.value == .float(2.5) && document.values["t.c"]?.line == 8)
         #expect(document.values.count == 3)
     }
