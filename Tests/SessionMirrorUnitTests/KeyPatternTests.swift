@@ -36,6 +36,15 @@ struct KeyPatternTests {
         #expect(!SessionKey.matches([0xFF, 0x01], prefixes: prefixes))
     }
 
+    @Test("a key in a log line shows its longest prefix and 6 bytes of the session id, never the rest")
+    func redacted() {
+        let prefixes = [bytes("s:"), bytes("s:long:")]
+        let id = "abcdefSECRETREST"
+        #expect(SessionKey.redacted(bytes("s:long:" + id), prefixes: prefixes) == "s:long:abcdef…(16 bytes)")
+        #expect(!SessionKey.redacted(bytes("s:" + id), prefixes: prefixes).contains("SECRET"))
+        #expect(SessionKey.redacted([0x73, 0x3A, 0x00, 0x0A, 0x5C], prefixes: prefixes) == #"s:\x0\xa\x5c…(3 bytes)"#)
+    }
+
     @Test("notification flags: the missing ones are named and merged without dropping the server's")
     func notificationFlags() {
         #expect(
