@@ -46,19 +46,28 @@ let package = Package(
             name: "SessionMirror",
             dependencies: ["RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log")]
         ),
+        // The configuration file, its defaults and its errors: what the command line reads before it
+        // hands the engine a plain MirrorConfiguration.
+        .target(name: "SessionMirrorConfiguration", dependencies: ["SessionMirror"]),
         .executableTarget(
             name: "sessionmirror",
             dependencies: [
                 "SessionMirror",
+                "SessionMirrorConfiguration",
                 "RedisClient",
                 "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The pure parts, without redis-server or SQLite files: runs first, in seconds.
+        .testTarget(
+            name: "SessionMirrorUnitTests",
+            dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore"]
+        ),
         .testTarget(
             name: "SessionMirrorTests",
-            dependencies: ["SessionMirror", "RedisClient", "SnapshotStore", "Systemd"]
+            dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore", "Systemd"]
         ),
     ]
 )

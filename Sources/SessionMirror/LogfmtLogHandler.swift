@@ -22,14 +22,9 @@ public struct LogfmtLogHandler: LogHandler {
 
         /// A file, created 0600 and appended to. A link planted at `path`, or a file another user
         /// owns, is refused: the daemon's lines must not go wherever someone else chose.
-        public init(path: String) throws {
+        public init(path: String) throws(SafeFile.Failure) {
             self.path = path
-            let fd: Int32
-            do {
-                fd = try Sink.open(path)
-            } catch {
-                throw ConfigurationError.invalid(option: "--log-file", reason: "cannot open \(error)")
-            }
+            let fd = try Sink.open(path)
             lock.withLock { $0 = fd }
         }
 

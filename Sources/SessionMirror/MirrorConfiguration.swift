@@ -70,59 +70,55 @@ public struct MirrorConfiguration: Sendable {
     /// (1,000,000,000 bytes by default), and a row is a key and a value together.
     public static let maxValueBytesLimit = 512 << 20
 
-    /// Django's default session key prefix (`KEY_PREFIX` empty, `VERSION` 1, cache backend).
-    public static let djangoDefaultPrefix = ":1:django.contrib.sessions.cache"
+    /// A setting `validate()` refuses; the command line names its flag for it.
+    public enum Setting: Sendable, Equatable {
+        case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
+        case snapshotPath
+    }
 
-    /// Checks values that parsing alone cannot; throws a message naming the option.
-    public func validate() throws {
-        if prefixes.isEmpty { throw ConfigurationError.invalid(option: "--prefix", reason: "at least one prefix is needed") }
+    /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
+    /// read the setting from somewhere says where (`ConfigurationError` in SessionMirrorConfiguration).
+    public struct Invalid: Error, CustomStringConvertible {
+        public let setting: Setting
+        public let reason: String
+
+        public var description: String { "\(setting): \(reason)" }
+    }
+
+    /// Checks values that parsing alone cannot.
+    public func validate() throws(Invalid) {
+        if prefixes.isEmpty { throw Invalid(setting: .prefixes, reason: "at least one prefix is needed") }
         if prefixes.contains(where: \.isEmpty) {
-            throw ConfigurationError.invalid(option: "--prefix", reason: "an empty prefix would mirror the whole database")
+            throw Invalid(setting: .prefixes, reason: "an empty prefix would mirror the whole database")
         }
         if !(1...60_000).contains(commitIntervalMilliseconds) {
-            throw ConfigurationError.invalid(
-                option: "--commit-interval",
+            throw Invalid(
+                setting: .commitInterval,
                 reason: "must be a positive number of milliseconds, at most 60000, got \(commitIntervalMilliseconds)")
         }
         if metricsIntervalSeconds < 0 {
-            throw ConfigurationError.invalid(
-                option: "--metrics-interval",
+            throw Invalid(
+                setting: .metricsInterval,
                 reason:
                     "must be a positive number of seconds, or 0 for no metrics lines, got \(metricsIntervalSeconds)")
         }
         if !(0...1).contains(maxResyncDeleteFraction) {
-            throw ConfigurationError.invalid(option: "--max-resync-delete", reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")
+            throw Invalid(
+                setting: .maxResyncDelete, reason: "must be a fraction between 0 and 1 (or a percentage like 10%)")
         }
         if readBatchSize < 1 || maxKeysInFlight < readBatchSize {
-            throw ConfigurationError.invalid(option: "read batching", reason: "need 1 <= readBatchSize <= maxKeysInFlight")
+            throw Invalid(setting: .readBatching, reason: "need 1 <= readBatchSize <= maxKeysInFlight")
         }
         // A full sync queues a SCAN page (about 1,000 keys) on top of what it lets wait: a smaller
         // limit would overflow on the sync's own keys and resync forever.
         if maxDirtyKeys < 2000 {
-            throw ConfigurationError.invalid(option: "maxDirtyKeys", reason: "must be at least 2000")
+            throw Invalid(setting: .maxDirtyKeys, reason: "must be at least 2000")
         }
         if !(1024...MirrorConfiguration.maxValueBytesLimit).contains(maxValueBytes) {
-            throw ConfigurationError.invalid(
-                option: "--max-value-bytes",
+            throw Invalid(
+                setting: .maxValueBytes,
                 reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
-        if snapshotPath.isEmpty { throw ConfigurationError.invalid(option: "--snapshot", reason: "must not be empty") }
-    }
-}
-
-/// A configuration value that cannot be used.
-public enum ConfigurationError: Error, CustomStringConvertible {
-    case invalid(option: String, reason: String)
-    /// A configuration file that cannot be read or parsed, with the line when there is one.
-    case file(String, line: Int?, String)
-    /// A key of a configuration file with a bad value.
-    case key(file: String, key: String, line: Int, String)
-
-    public var description: String {
-        switch self {
-        case .invalid(let option, let reason): return "\(option): \(reason)"
-        case .file(let path, let line, let reason): return "\(path)\(line.map { ":\($0)" } ?? ""): \(reason)"
-        case .key(let path, let key, let line, let reason): return "\(path):\(line): \(key): \(reason)"
-        }
+        if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
     }
 }

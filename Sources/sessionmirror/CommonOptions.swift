@@ -3,12 +3,24 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import Systemd
+
+/// The command line's default values, each written once: the engine and the configuration file
+/// have none of their own for these (the tuning defaults are `MirrorConfiguration`'s initial values).
+enum Defaults {
+    static let redisURL = "redis://127.0.0.1:6379/0"
+    static let snapshotPath = "./sessionmirror.db"
+    static let logFormat = LogfmtLogHandler.Format.logfmt
+    static let logLevel = Logger.Level.info
+}
 
 /// How to reach Redis; the password never has to be on a command line.
 struct RedisOptions: ParsableArguments {
-    @Option(name: .customLong("redis"), help: "Redis URL: redis://[user@]host:port/db or unix://[user@]/path/redis.sock?db=N.")
-    var url = "redis://127.0.0.1:6379/0"
+    @Option(
+        name: .customLong("redis"),
+        help: "redis://[user@]host:port/db or unix://[user@]/path?db=N (default \(Defaults.redisURL)).")
+    var url: String?
 
     @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
     var passwordFile: String?
@@ -17,7 +29,7 @@ struct RedisOptions: ParsableArguments {
     func endpoint() throws -> RedisEndpoint {
         var endpoint: RedisEndpoint
         do {
-            endpoint = try RedisEndpoint(url: url)
+            endpoint = try RedisEndpoint(url: url ?? Defaults.redisURL)
         } catch {
             throw ValidationError("--redis: \(error)")
         }
@@ -50,28 +62,32 @@ func applyPassword(file: String?, to endpoint: inout RedisEndpoint) -> Bool {
 
 /// Which keys are sessions.
 struct PrefixOptions: ParsableArguments {
-    @Option(name: .customLong("prefix"), help: "Key prefix to mirror (repeatable). Default: Django's ':1:django.contrib.sessions.cache'.")
+    @Option(
+        name: .customLong("prefix"),
+        help: "Key prefix to mirror (repeatable; default Django's \(DjangoPreset.defaultPrefix)).")
     var prefixes: [String] = []
 
     var bytes: [[UInt8]] {
-        (prefixes.isEmpty ? [MirrorConfiguration.djangoDefaultPrefix] : prefixes).map { Array($0.utf8) }
+        (prefixes.isEmpty ? [DjangoPreset.defaultPrefix] : prefixes).map { Array($0.utf8) }
     }
 }
 
 /// Logging options shared by every subcommand.
 struct LogOptions: ParsableArguments {
-    @Option(name: .customLong("log-format"), help: "logfmt or json.")
-    var format: LogfmtLogHandler.Format = .logfmt
+    @Option(name: .customLong("log-format"), help: "logfmt or json (default \(Defaults.logFormat.rawValue)).")
+    var format: LogfmtLogHandler.Format?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var level: Logger.Level = .info
+    @Option(
+        name: .customLong("log-level"),
+        help: "trace, debug, info, notice, warning, error or critical (default \(Defaults.logLevel.rawValue)).")
+    var level: Logger.Level?
 
     @Option(name: .customLong("log-file"), help: "Append log lines to this file instead of stderr (SIGHUP reopens it).")
     var file: String?
 
     /// Bootstraps swift-log (once per process) and returns the sink, for SIGHUP.
     func bootstrap() throws -> LogfmtLogHandler.Sink {
-        try LogOptions.bootstrap(format: format, level: level, file: file)
+        try LogOptions.bootstrap(format: format ?? Defaults.logFormat, level: level ?? Defaults.logLevel, file: file)
     }
 
     static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws -> LogfmtLogHandler.Sink {
@@ -79,7 +95,7 @@ struct LogOptions: ParsableArguments {
         do {
             sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()
         } catch {
-            throw fail("\(error)")  // an operator's error: one line, exit 2
+            throw fail("--log-file: cannot open \(error)")  // an operator's error: one line, exit 2
         }
         LoggingSystem.bootstrap { _ in LogfmtLogHandler(format: format, sink: sink, level: level) }
         return sink

@@ -12,7 +12,7 @@ struct PurgeCommand: ParsableCommand {
             restore can bring the sessions back. Use purge for a deliberate mass logout.
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @Flag(help: "Confirm: without it, nothing is deleted.") var yes = false

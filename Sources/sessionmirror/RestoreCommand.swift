@@ -15,7 +15,7 @@ struct RestoreCommand: ParsableCommand {
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
     @OptionGroup var redis: RedisOptions
     @Option(
         name: .customLong("prefix"),

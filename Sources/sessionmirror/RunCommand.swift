@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import Synchronization
 import Systemd
 
@@ -10,60 +11,62 @@ import Systemd
 struct RunOptions: ParsableArguments {
     @Option(help: "A TOML configuration file (see deploy/sessionmirror.toml); flags override it.")
     var config: String?
-    @Option(name: .customLong("redis"), help: "redis://[user@]host:port/db or unix://[user@]/path?db=N (default redis://127.0.0.1:6379/0).")
-    var redis: String?
-    @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
-    var passwordFile: String?
-    @Option(name: .customLong("prefix"), help: "Key prefix to mirror (repeatable; default Django's :1:django.contrib.sessions.cache).")
-    var prefixes: [String] = []
+    @OptionGroup var redis: RedisOptions
+    @OptionGroup var prefix: PrefixOptions
     @Option(name: .customLong("django-key-prefix"), help: "Django preset: the cache's KEY_PREFIX (gives the prefixes).")
     var djangoKeyPrefix: String?
     @Option(name: .customLong("django-version"), help: "Django preset: the cache's VERSION (default 1).")
     var djangoVersion: Int?
     @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
     var djangoEngine: DjangoPreset.Engine?
-    @Option(help: "The SQLite snapshot file, created 0600 (default ./sessionmirror.db).") var snapshot: String?
+    @Option(help: "The SQLite snapshot file, created 0600 (default \(Defaults.snapshotPath)).") var snapshot: String?
     // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
     // missing; taken as a value, the range check can say what is wrong with it.
     @Option(
         name: .customLong("commit-interval"), parsing: .unconditional,
-        help: "Recovery-point objective in ms (default 100).")
+        help: "Recovery-point objective in ms (default \(tuning.commitIntervalMilliseconds)).")
     var commitInterval: Int?
-    @Option(name: .customLong("max-resync-delete"), help: "A full sync deletes nothing past this share of rows (default 10%).")
+    @Option(
+        name: .customLong("max-resync-delete"),
+        help: "A full sync deletes nothing past this share of rows (default \(tuning.maxResyncDeletePercent)%).")
     var maxResyncDelete: String?
-    @Option(help: "keep (restorable, marked evicted) or delete (default keep).")
+    @Option(help: "keep (restorable, marked evicted) or delete (default \(tuning.evictedPolicy.rawValue)).")
     var evicted: MirrorConfiguration.EvictedPolicy?
     @Flag(name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make.")
     var noConfigSet = false
-    @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default alert).")
+    @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default \(tuning.onCacheLoss.rawValue)).")
     var onCacheLoss: MirrorConfiguration.CacheLossAction?
     @Option(
         name: .customLong("metrics-interval"), parsing: .unconditional,
-        help: "Seconds between metrics lines (default 10; 0: none).")
+        help: "Seconds between metrics lines (default \(tuning.metricsIntervalSeconds); 0: none).")
     var metricsInterval: Int?
     @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?
     @Option(
         name: .customLong("max-value-bytes"),
-        help: "Values larger than this many bytes are not mirrored; their rows are deleted (default 16777216).")
+        help:
+            "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes)).")
     var maxValueBytes: String?
-    @Option(name: .customLong("log-format"), help: "logfmt or json (default logfmt).") var logFormat: LogfmtLogHandler.Format?
-    @Option(name: .customLong("log-level"), help: "trace … critical (default info).") var logLevel: Logger.Level?
-    @Option(name: .customLong("log-file"), help: "Append log lines here instead of stderr; SIGHUP reopens it.")
-    var logFile: String?
+    @OptionGroup var log: LogOptions
     @Option(
         name: .customLong("integrity-key-file"),
         help: "Sign every row with the key in this file (default: the systemd credential sessionmirror-integrity-key).")
     var integrityKeyFile: String?
+
+    /// The engine's tuning defaults, for the help texts: `configuration(_:)` leaves a value unset
+    /// by the file and the flags at the engine's, so that each default is written once.
+    private static let tuning = MirrorConfiguration(
+        endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)), prefixes: [], snapshotPath: "")
+    private var tuning: MirrorConfiguration { Self.tuning }
 
     /// The file's settings overridden by the flags.
     func settings() throws -> RunSettings {
         var file = RunSettings()
         if let config { file = try RunSettings.load(path: config) }
         var flags = RunSettings()
-        flags.redis = redis
-        flags.passwordFile = passwordFile
-        flags.prefixes = prefixes.isEmpty ? nil : prefixes
+        flags.redis = redis.url
+        flags.passwordFile = redis.passwordFile
+        flags.prefixes = prefix.prefixes.isEmpty ? nil : prefix.prefixes
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()
             if let djangoKeyPrefix { preset.keyPrefix = djangoKeyPrefix }
@@ -88,9 +91,9 @@ struct RunOptions: ParsableArguments {
             }
             flags.maxValueBytes = bytes
         }
-        flags.logFormat = logFormat?.rawValue
-        flags.logLevel = logLevel?.rawValue
-        flags.logFile = logFile
+        flags.logFormat = log.format?.rawValue
+        flags.logLevel = log.level?.rawValue
+        flags.logFile = log.file
         flags.integrityKeyFile = integrityKeyFile
         return file.overridden(by: flags)
     }
@@ -101,7 +104,7 @@ struct RunOptions: ParsableArguments {
         func option(_ flag: String, _ key: String) -> String { config.map { "\(flag) (or \(key) in \($0))" } ?? flag }
         var endpoint: RedisEndpoint
         do {
-            endpoint = try RedisEndpoint(url: settings.redis ?? "redis://127.0.0.1:6379/0")
+            endpoint = try RedisEndpoint(url: settings.redis ?? Defaults.redisURL)
         } catch {
             throw ConfigurationError.invalid(option: option("--redis", "redis"), reason: "\(error)")
         }
@@ -109,10 +112,12 @@ struct RunOptions: ParsableArguments {
             throw ConfigurationError.invalid(
                 option: option("--password-file", "password_file"), reason: "cannot read \(settings.passwordFile ?? "")")
         }
-        let snapshot = settings.snapshot ?? "./sessionmirror.db"
+        let snapshot = settings.snapshot ?? Defaults.snapshotPath
         var configuration = MirrorConfiguration(
             endpoint: endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) }, snapshotPath: snapshot)
-        configuration.commitIntervalMilliseconds = settings.commitIntervalMilliseconds ?? 100
+        if let milliseconds = settings.commitIntervalMilliseconds {
+            configuration.commitIntervalMilliseconds = milliseconds
+        }
         if let text = settings.maxResyncDelete {
             guard let fraction = RunSettings.parseFraction(text) else {
                 throw ConfigurationError.invalid(
@@ -120,10 +125,10 @@ struct RunOptions: ParsableArguments {
             }
             configuration.maxResyncDeleteFraction = fraction
         }
-        configuration.evictedPolicy = settings.evicted ?? .keep
-        configuration.configureNotifications = settings.configSet ?? true
-        configuration.onCacheLoss = settings.onCacheLoss ?? .alert
-        configuration.metricsIntervalSeconds = settings.metricsIntervalSeconds ?? 10
+        if let policy = settings.evicted { configuration.evictedPolicy = policy }
+        if let configSet = settings.configSet { configuration.configureNotifications = configSet }
+        if let action = settings.onCacheLoss { configuration.onCacheLoss = action }
+        if let seconds = settings.metricsIntervalSeconds { configuration.metricsIntervalSeconds = seconds }
         #if DEBUG
             // Test-only, and only in debug builds: while this file exists the full sync's reads wait
             // (the tests that show live changes committed ahead of a sync; docs/architecture.md).
@@ -131,13 +136,13 @@ struct RunOptions: ParsableArguments {
                 configuration.syncReadsHeld = { FileManager.default.fileExists(atPath: path) }
             }
         #endif
-        configuration.maxValueBytes = settings.maxValueBytes ?? MirrorConfiguration.defaultMaxValueBytes
+        if let bytes = settings.maxValueBytes { configuration.maxValueBytes = bytes }
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {
             throw ConfigurationError.invalid(option: option("--integrity-key-file", "integrity_key_file"), reason: "\(error)")
         }
-        try configuration.validate()
+        try configuration.validateOptions()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
         if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
         if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file")) }
@@ -182,8 +187,8 @@ struct RunCommand: ParsableCommand {
             return
         }
         let sink = try LogOptions.bootstrap(
-            format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? .logfmt,
-            level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? .info, file: settings.logFile)
+            format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? Defaults.logFormat,
+            level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? Defaults.logLevel, file: settings.logFile)
         let logger = Logger(label: "sessionmirror")
         let mirror: Mirror
         do {
@@ -225,6 +230,11 @@ struct CheckCommand: ParsableCommand {
             throw fail("\(error)")
         }
     }
+}
+
+extension MirrorConfiguration {
+    /// `maxResyncDeleteFraction` as the percentage the help text shows.
+    fileprivate var maxResyncDeletePercent: Int { Int((maxResyncDeleteFraction * 100).rounded()) }
 }
 
 extension MirrorConfiguration.EvictedPolicy: ExpressibleByArgument {}

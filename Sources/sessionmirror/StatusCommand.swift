@@ -7,7 +7,7 @@ struct StatusCommand: ParsableCommand {
         commandName: "status",
         abstract: "Describe a snapshot: rows, changes, last commit and sync, Redis run_id, size, integrity.")
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {

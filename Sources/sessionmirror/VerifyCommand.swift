@@ -8,7 +8,7 @@ struct VerifyCommand: ParsableCommand {
         commandName: "verify",
         abstract: "Compare the snapshot with Redis: exit 0 when in sync, 1 when they differ, 2 on errors.")
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = "./sessionmirror.db"
+    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @OptionGroup var integrity: IntegrityKeyOptions

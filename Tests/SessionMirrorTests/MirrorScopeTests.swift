@@ -1,6 +1,7 @@
 import Foundation
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import SnapshotStore
 import Testing
 
@@ -8,7 +9,7 @@ import Testing
 struct MirrorScopeTests {
     @Test("every configured prefix is mirrored, at start and afterwards, and nothing else")
     func severalPrefixes() async throws {
-        let django = bytes(MirrorConfiguration.djangoDefaultPrefix)
+        let django = bytes(DjangoPreset.defaultPrefix)
         let cachedDB = bytes(":1:django.contrib.sessions.cached_db")
         let other = bytes("api-token:")
         try await withMirroredRedis(

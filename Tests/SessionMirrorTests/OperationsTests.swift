@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RedisClient
 import SessionMirror
+import SessionMirrorConfiguration
 import SnapshotStore
 import Testing
 
@@ -38,7 +39,7 @@ struct ConfigurationFileTests {
             """, in: directory)
         let settings = try RunSettings.load(path: path)
         #expect(settings.effectivePrefixes == ["shop:3:django.contrib.sessions.cached_db"])
-        #expect(DjangoPreset().prefixes == [MirrorConfiguration.djangoDefaultPrefix])
+        #expect(DjangoPreset().prefixes == [DjangoPreset.defaultPrefix])
         #expect(DjangoPreset(engine: .both).prefixes == [":1:django.contrib.sessions.cache"])
         withExtendedLifetime(directory) {}
     }
@@ -100,6 +101,36 @@ struct ConfigurationFileTests {
         #expect(good == .exited(0))
         #expect(goodOutput.contains("k:7:django.contrib.sessions.cache"))
         #expect(!FileManager.default.fileExists(atPath: directory.file("s.db")), "check must not create the snapshot")
+    }
+}
+
+@Suite("run and check take their defaults from one place, and the shared flags override the file")
+struct OperationsConfigurationDefaultsTests {
+    @Test("with no file and no flags, check mirrors Django's prefix from the local Redis into ./sessionmirror.db")
+    func defaults() async throws {
+        let directory = try TemporaryDirectory(label: "defaults")
+        let (ended, output) = try await MirrorProcess.runToCompletion(["check"], in: directory)
+        #expect(ended == .exited(0))
+        #expect(
+            output.contains(
+                #"mirroring [":1:django.contrib.sessions.cache"] from redis://127.0.0.1:6379/0 into ./sessionmirror.db"#),
+            "\(output)")
+    }
+
+    @Test("--redis, --prefix and --log-level override the file's keys, and a bad --log-level is refused")
+    func flagsOverrideTheFile() async throws {
+        let directory = try TemporaryDirectory(label: "override")
+        let path = directory.file("c.toml")
+        try "redis = \"redis://127.0.0.1:6390/1\"\nprefixes = [\"file:\"]\nlog_level = \"debug\"\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let (fromFile, fileOutput) = try await MirrorProcess.runToCompletion(["check", "--config", path], in: directory)
+        #expect(fromFile == .exited(0) && fileOutput.contains(#"["file:"] from redis://127.0.0.1:6390/1"#), "\(fileOutput)")
+        let (flags, flagOutput) = try await MirrorProcess.runToCompletion(
+            ["check", "--config", path, "--redis", "redis://127.0.0.1:6391/2", "--prefix", "flag:", "--log-level", "error"],
+            in: directory)
+        #expect(flags == .exited(0) && flagOutput.contains(#"["flag:"] from redis://127.0.0.1:6391/2"#), "\(flagOutput)")
+        let (bad, _) = try await MirrorProcess.runToCompletion(["check", "--log-level", "loud"], in: directory)
+        #expect(bad == .exited(2))
     }
 }
 

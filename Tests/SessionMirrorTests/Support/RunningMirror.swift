@@ -49,7 +49,7 @@ final class RunningMirror: Sendable {
 
     /// Opens the snapshot and starts the engine on a new thread; returns at once.
     ///
-    /// - Throws: whatever `Mirror.init` throws (`SnapshotError`, `ConfigurationError`).
+    /// - Throws: whatever `Mirror.init` throws (`SnapshotError`, `MirrorConfiguration.Invalid`).
     static func start(configuration: MirrorConfiguration) throws -> RunningMirror {
         let (logger, store) = CapturingLogHandler.logger()
         let mirror = try Mirror(configuration: configuration, logger: logger)

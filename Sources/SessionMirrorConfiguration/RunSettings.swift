@@ -1,4 +1,5 @@
 import Foundation
+import SessionMirror
 
 /// The settings of `sessionmirror run` as a configuration file or the command line gives them:
 /// every field optional, so that flags override the file and the file overrides the defaults.
@@ -51,7 +52,7 @@ public struct RunSettings: Sendable, Equatable {
     public var effectivePrefixes: [String] {
         if let prefixes, !prefixes.isEmpty { return prefixes }
         if let django { return django.prefixes }
-        return [MirrorConfiguration.djangoDefaultPrefix]
+        return DjangoPreset().prefixes
     }
 
     /// `0.1` or `10%` as a fraction.
@@ -173,6 +174,10 @@ public struct DjangoPreset: Sendable, Equatable {
         self.version = version
         self.engine = engine
     }
+
+    /// Django's default session key prefix (`KEY_PREFIX` empty, `VERSION` 1, cache backend): what
+    /// is mirrored when no prefix is given.
+    public static var defaultPrefix: String { DjangoPreset().prefixes[0] }
 
     /// The key prefixes to mirror. `…sessions.cache` also matches `…sessions.cached_db<id>`, so
     /// `both` needs only that one pattern.

@@ -1,3 +1,5 @@
+import SessionMirror
+
 /// The subset of TOML a configuration file needs: `key = value` lines, `[table]` headers,
 /// comments, strings (basic with escapes, and literal), integers, floats, booleans, and arrays of
 /// those (on one line or several).

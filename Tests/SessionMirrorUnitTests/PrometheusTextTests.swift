@@ -1,0 +1,74 @@
+import SnapshotStore
+import Testing
+
+@testable import SessionMirror
+
+@Suite("The metrics file in Prometheus text format")
+struct PrometheusTextTests {
+    private let fields: [(String, String)] = [
+        ("events_received", "17"), ("keys_read", "42"), ("rows_upserted", "5"), ("rows_deleted", "2"),
+        ("commit_latency_p50_ms", "12"), ("commit_latency_max_ms", "250"), ("connected", "true"),
+        ("snapshot_rows_live", "9"),
+    ]
+
+    private func text(_ latencies: [UInt64] = []) -> [String] {
+        var histogram = LatencyHistogram()
+        for value in latencies { histogram.record(microseconds: value) }
+        let text = Mirror.prometheusText(fields, latencySinceStart: histogram)
+        #expect(text.hasSuffix("\n") && !text.hasSuffix("\n\n"))
+        return text.split(separator: "\n").map(String.init)
+    }
+
+    @Test("each metric has its HELP and TYPE, and its samples carry the values or 0")
+    func samples() {
+        let lines = text()
+        #expect(lines.contains("sessionmirror_events_received_total 17"))
+        #expect(lines.contains("sessionmirror_keys_read_total 42"))
+        #expect(lines.contains(#"sessionmirror_rows_written_total{kind="upsert"} 5"#))
+        #expect(lines.contains(#"sessionmirror_rows_written_total{kind="evicted"} 0"#), "a missing value is 0")
+        #expect(lines.contains(#"sessionmirror_commit_latency_seconds{quantile="0.5"} 0.012"#))
+        #expect(lines.contains(#"sessionmirror_commit_latency_seconds{quantile="1"} 0.25"#))
+        #expect(lines.contains(#"sessionmirror_snapshot_rows{state="live"} 9"#))
+        #expect(lines.contains("sessionmirror_connected 1"))
+        #expect(lines.contains("# TYPE sessionmirror_keys_read_total counter"))
+        #expect(lines.contains("# TYPE sessionmirror_write_to_commit_seconds histogram"))
+        // Every sample belongs to a metric declared above it, once.
+        var declared: Set<String> = []
+        for line in lines {
+            if line.hasPrefix("# TYPE ") {
+                let name = String(line.split(separator: " ")[2])
+                #expect(!declared.contains(name), "\(name) declared twice")
+                declared.insert(name)
+            } else if !line.hasPrefix("# HELP ") {
+                let name = String(line.prefix { $0 != "{" && $0 != " " })
+                let family = ["_bucket", "_sum", "_count"].reduce(name) { n, suffix in
+                    n.hasSuffix(suffix) && declared.contains(String(n.dropLast(suffix.count)))
+                        ? String(n.dropLast(suffix.count)) : n
+                }
+                #expect(declared.contains(family), "\(line) has no TYPE")
+            }
+        }
+    }
+
+    @Test("the disconnected gauge is 0")
+    func disconnected() {
+        let lines = Mirror.prometheusText([("connected", "false")], latencySinceStart: LatencyHistogram())
+            .split(separator: "\n")
+        #expect(lines.contains("sessionmirror_connected 0"))
+    }
+
+    @Test("the latency histogram's buckets are cumulative and end with +Inf at the count")
+    func histogram() throws {
+        let lines = text([500, 20_000, 90_000, 150_000, 3_000_000])
+        let buckets = lines.filter { $0.hasPrefix("sessionmirror_write_to_commit_seconds_bucket") }
+        let counts = buckets.compactMap { UInt64($0.split(separator: " ").last ?? "") }
+        #expect(counts.count == buckets.count && buckets.count > 10)
+        #expect(counts == counts.sorted(), "cumulative")
+        #expect(buckets.last == #"sessionmirror_write_to_commit_seconds_bucket{le="+Inf"} 5"#)
+        #expect(buckets.contains(#"sessionmirror_write_to_commit_seconds_bucket{le="0.001"} 1"#))
+        #expect(buckets.contains(#"sessionmirror_write_to_commit_seconds_bucket{le="0.1"} 3"#))
+        #expect(buckets.contains(#"sessionmirror_write_to_commit_seconds_bucket{le="10.0"} 5"#))
+        #expect(lines.contains("sessionmirror_write_to_commit_seconds_count 5"))
+        #expect(lines.contains("sessionmirror_write_to_commit_seconds_sum 3.2605"))
+    }
+}
