@@ -72,7 +72,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
 
     /// Asks the subscription loop to record that it is alive.
     func probe() {
-        loop.execute { [self] in heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed) }
+        loop.execute { [self] in heartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed) }
     }
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
 
@@ -88,7 +88,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
         self.prefixes = prefixes
         channels = KeyspaceNotifications.channels(database: endpoint.database)
         loop.start(name: "sm-subscription") { [self] in
-            heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
+            heartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
             checkHook = LoopCheck(loop: loop) { [weak self] in self?.wakeMirrorIfNeeded() }
         }
@@ -185,7 +185,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
             if message.channel == KeyspaceNotifications.invalidateChannel {
                 switch message.payload {
                 case .array(let keys):
-                    let now = Clock.monotonicNanoseconds()
+                    let now = SystemTime.monotonicNanoseconds()
                     for case .bulk(let key) in keys {
                         if key == canaryKey {
                             canaryWrites += 1
@@ -217,7 +217,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
             dirty.eventsReceived.add(1, ordering: .relaxed)
             pendingKeys.append(key)
             pendingGone.append(KeyspaceNotifications.events[event - 1].evicted ? .evicted : .deleted)
-            pendingTimes.append(Clock.monotonicNanoseconds())
+            pendingTimes.append(SystemTime.monotonicNanoseconds())
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)
             if message.channel == KeyspaceSubscription.barrierChannel {

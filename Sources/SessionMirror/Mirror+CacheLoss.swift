@@ -9,7 +9,7 @@ extension Mirror {
         cacheLossHandler?(reason)
         if reason != "again" {
             // For `restore`, which says how long Redis has been without the sessions.
-            let seenAt = Clock.unixMilliseconds()
+            let seenAt = SystemTime.unixMilliseconds()
             writer.enqueue { store in
                 try store.setMetadata(CacheLossReport.seenAtName, String(seenAt))
                 try store.setMetadata(CacheLossReport.reasonName, reason)
@@ -95,7 +95,7 @@ extension Mirror {
         let runID = connection?.runID
         // The counts come from the writer, behind every change already read.
         writer.enqueue { [self] store in
-            let counts = try store.counts(now: Clock.unixMilliseconds())
+            let counts = try store.counts(now: SystemTime.unixMilliseconds())
             return {
                 self.logger.error(
                     "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",

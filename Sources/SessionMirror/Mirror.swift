@@ -189,7 +189,7 @@ public final class Mirror: @unchecked Sendable {
     /// loops must be turning, not just this one.
     private func watchdogTick() {
         guard let watchdog else { return }
-        let now = Clock.monotonicNanoseconds()
+        let now = SystemTime.monotonicNanoseconds()
         let heard = subscription.heartbeat.load(ordering: .relaxed)
         if heard > 0 && now - heard < 2 * watchdog.intervalMilliseconds * 1_000_000 + 1_000_000_000 {
             watchdog.ping()

@@ -125,7 +125,7 @@ public struct Restorer: Sendable {
     /// Stops early, with `stoppedBy` set, when Redis refuses every write (`refusalLimit` identical
     /// errors in a row that are not about one key): the rows not sent are counted, not tried.
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
-        let started = Clock.monotonicNanoseconds()
+        let started = SystemTime.monotonicNanoseconds()
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
         do {
@@ -219,7 +219,7 @@ public struct Restorer: Sendable {
         }
         outcome.finish()
         var summary = outcome.summary
-        summary.elapsedSeconds = Double(Clock.monotonicNanoseconds() - started) / 1e9
+        summary.elapsedSeconds = Double(SystemTime.monotonicNanoseconds() - started) / 1e9
         summary.keysPerSecond = summary.elapsedSeconds > 0 ? Double(summary.restored) / summary.elapsedSeconds : 0
         return summary
     }

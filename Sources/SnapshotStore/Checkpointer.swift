@@ -85,11 +85,11 @@ final class Checkpointer: @unchecked Sendable {
     }
 
     private func run() {
-        var nextPrune = Clock.monotonicNanoseconds() + pruneIntervalNanoseconds
+        var nextPrune = SystemTime.monotonicNanoseconds() + pruneIntervalNanoseconds
         while true {
             condition.lock()
             while !checkpointRequested && countRequests.isEmpty && !stopping {
-                let now = Clock.monotonicNanoseconds()
+                let now = SystemTime.monotonicNanoseconds()
                 if now >= nextPrune { break }
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(nextPrune - now) / 1e9))
             }
@@ -108,14 +108,14 @@ final class Checkpointer: @unchecked Sendable {
                 let bytes = store.fileBytes()
                 for handler in counts { handler(rows.live, rows.evicted, bytes) }
             }
-            if Clock.monotonicNanoseconds() >= nextPrune {
+            if SystemTime.monotonicNanoseconds() >= nextPrune {
                 var again = pruneIntervalNanoseconds
                 if pruneHandedOver.load(ordering: .acquiring) {
                     // The writer has not committed the last batch yet (busy, or the disk is
                     // full): one batch at a time, however long it waits.
                     again = 1_000_000_000
                 } else {
-                    let cutoff = Clock.unixMilliseconds() - pruneGraceMilliseconds
+                    let cutoff = SystemTime.unixMilliseconds() - pruneGraceMilliseconds
                     let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
                     if !keys.isEmpty {
                         pruneHandedOver.store(true, ordering: .releasing)
@@ -123,7 +123,7 @@ final class Checkpointer: @unchecked Sendable {
                     }
                     if keys.count == Checkpointer.pruneBatch { again = 1_000_000_000 }
                 }
-                nextPrune = Clock.monotonicNanoseconds() + again
+                nextPrune = SystemTime.monotonicNanoseconds() + again
             }
             if checkpoint {
                 try? store.database.execute("PRAGMA wal_checkpoint(PASSIVE)")

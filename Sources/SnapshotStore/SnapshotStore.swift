@@ -269,7 +269,7 @@ public final class SnapshotStore {
                     sync_generation INTEGER NOT NULL DEFAULT 0
                 );
                 CREATE TABLE metadata (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-                INSERT INTO metadata (name, value) VALUES ('created_at', CAST(\(Clock.unixMilliseconds()) AS TEXT));
+                INSERT INTO metadata (name, value) VALUES ('created_at', CAST(\(SystemTime.unixMilliseconds()) AS TEXT));
                 PRAGMA application_id = \(SnapshotStore.applicationID);
                 PRAGMA user_version = 1;
                 COMMIT;

@@ -295,7 +295,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     @discardableResult
     public func stop(timeoutSeconds: Double = 4) -> Bool {
         condition.lock()
-        if queue.stopRequestedAt == nil { queue.stopRequestedAt = Clock.monotonicNanoseconds() }
+        if queue.stopRequestedAt == nil { queue.stopRequestedAt = SystemTime.monotonicNanoseconds() }
         condition.signal()
         condition.unlock()
         return done.wait(timeout: .now() + timeoutSeconds) == .success
@@ -313,7 +313,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         // At the same priority as the loops: at nice +10 (the choice while the keyspace messages
         // kept the subscription thread busy) the write-to-commit p99 under an unpipelined load
         // that saturates 2 cores was 0.9 s, at nice 0 0.15 s (docs/benchmarks.md).
-        var lastPrune = Clock.unixMilliseconds()
+        var lastPrune = SystemTime.unixMilliseconds()
         var failure: Failure?
         while true {
             condition.lock()
@@ -331,7 +331,7 @@ public final class SnapshotWriter: @unchecked Sendable {
 
             if pendingLive.isEmpty && pendingBulk.isEmpty && stopRequestedAt != nil { break }
 
-            let now = Clock.unixMilliseconds()
+            let now = SystemTime.unixMilliseconds()
             if checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds {
                 lastPrune = now
                 pendingBulk.append(
@@ -351,13 +351,13 @@ public final class SnapshotWriter: @unchecked Sendable {
                 stats.withLock { $0.writeErrors += 1 }
                 let held = uncommittedChanges.load(ordering: .relaxed)
                 if failure == nil {
-                    failure = Failure(since: Clock.monotonicNanoseconds(), backoffMilliseconds: 50)
+                    failure = Failure(since: SystemTime.monotonicNanoseconds(), backoffMilliseconds: 50)
                     logger.error(
                         "snapshot write failed; changes are kept and retried",
                         metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(held)"])
                 }
                 if let stopRequestedAt,
-                    Clock.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
+                    SystemTime.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
                 {
                     abandonedChanges.store(held, ordering: .relaxed)
                     logger.critical(
@@ -412,7 +412,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             changes += batch
             bytes += batchBytes
         }
-        let changedAt = Clock.unixMilliseconds()
+        let changedAt = SystemTime.unixMilliseconds()
         var counts = RowCounts()
         try transaction {
             try apply(SnapshotWriter.inKeyOrder(changes), changedAt: changedAt, counts: &counts)
@@ -435,8 +435,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// so that the changes queued behind it are committed within the shutdown's bound.
     private func commitBulk(stopping: Bool) throws {
         guard !pendingBulk.isEmpty else { return }
-        let started = Clock.monotonicNanoseconds()
-        let changedAt = Clock.unixMilliseconds()
+        let started = SystemTime.monotonicNanoseconds()
+        let changedAt = SystemTime.unixMilliseconds()
         var consumed = 0
         var nextStep: Step?
         var after: (@Sendable () -> Void)?
@@ -471,7 +471,7 @@ public final class SnapshotWriter: @unchecked Sendable {
                     run.removeAll(keepingCapacity: true)
                 }
                 if counts.total + run.count >= SnapshotWriter.bulkRowsPerTransaction
-                    || Clock.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
+                    || SystemTime.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
                 {
                     break
                 }
@@ -536,8 +536,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     private func committed(_ changes: [SnapshotChange], bytes: Int, counts: RowCounts) {
         uncommittedChanges.subtract(changes.count, ordering: .relaxed)
         uncommittedBytes.subtract(bytes, ordering: .relaxed)
-        let committed = Clock.monotonicNanoseconds()
-        let wallClock = Clock.unixMilliseconds()
+        let committed = SystemTime.monotonicNanoseconds()
+        let wallClock = SystemTime.unixMilliseconds()
         var late: UInt64 = 0
         var worst: UInt64 = 0
         stats.withLock { stats in
