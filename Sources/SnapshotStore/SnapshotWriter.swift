@@ -98,7 +98,8 @@ public struct WriterStatistics: Sendable {
 /// - Important: `enqueue` never blocks on the disk; the loop thread calls it.
 public final class SnapshotWriter: @unchecked Sendable {
     /// Work run inside the writer's transaction; the returned closure (if any) runs after commit.
-    public typealias Task = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
+    /// (Not `Task`, which would shadow Swift's `Task` inside the writer and for its callers.)
+    public typealias TransactionWork = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
     /// One piece of a long job; see `WriterStep`.
     public typealias Step = @Sendable (SnapshotStore) throws -> WriterStep
 
@@ -201,13 +202,13 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     /// Queues work to run in order with the bulk changes, inside a transaction. Live changes may
     /// be committed before it, even those queued after it.
-    public func enqueue(_ task: @escaping Task) {
+    public func enqueue(_ task: @escaping TransactionWork) {
         append(.step({ store in .done(after: try task(store)) }, holdsLive: false), lane: .bulk)
     }
 
     /// Queues work like `enqueue(_:)`, but no live change queued after it is committed before it.
     /// Keep it short: it holds the live changes back while the bulk work queued before it runs.
-    public func enqueueHoldingLive(_ task: @escaping Task) {
+    public func enqueueHoldingLive(_ task: @escaping TransactionWork) {
         append(.step({ store in .done(after: try task(store)) }, holdsLive: true), lane: .bulk)
     }
 
