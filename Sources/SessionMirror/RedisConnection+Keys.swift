@@ -10,7 +10,7 @@ extension RedisConnection {
             let micros = parts[1].text.flatMap({ Int64($0) }), seconds >= 0, (0..<1_000_000).contains(micros),
             case let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1000), !overflow
         else {
-            throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
+            throw OneShotCommandError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
         }
         return milliseconds + micros / 1000
     }
@@ -25,7 +25,7 @@ extension RedisConnection {
             ])
             guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements
             else {
-                throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+                throw OneShotCommandError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
             }
             // MATCH is a glob over the escaped prefix; the bytes decide, as for invalidations.
             try body(keys.compactMap(\.bytes).filter { $0.starts(with: prefix) })
@@ -36,7 +36,7 @@ extension RedisConnection {
 
 /// Opens the snapshot and connects to Redis for a one-shot command (restore, verify, purge), the
 /// snapshot first so that a bad path stops the command before Redis is touched. Errors become a
-/// `RestoreError` with the message to print.
+/// `OneShotCommandError` with the message to print.
 func openSnapshotAndRedis(
     snapshotPath: String, mode: SnapshotStore.Mode, endpoint: RedisEndpoint
 ) throws -> (SnapshotStore, RedisConnection) {
@@ -44,6 +44,6 @@ func openSnapshotAndRedis(
         let store = try SnapshotStore(path: snapshotPath, mode: mode)
         return (store, try RedisConnection(endpoint: endpoint, timeoutSeconds: 10))
     } catch {
-        throw RestoreError(description: "\(error)")
+        throw OneShotCommandError(description: "\(error)")
     }
 }

@@ -97,11 +97,6 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     }
 }
 
-/// A restore that cannot start (exit 2): the snapshot, the connection, or a refusal by Redis.
-public struct RestoreError: Error, CustomStringConvertible {
-    public let description: String
-}
-
 /// Puts every still-valid session from the snapshot back into Redis with its absolute expiry.
 ///
 /// Never overwrites a live key unless told to: strings go back with `SET key value PXAT ms NX`,
@@ -131,7 +126,7 @@ public struct Restorer: Sendable {
         do {
             try store.checkIntegrityKey(options.integrityKey)
         } catch {
-            throw RestoreError(description: "\(error)")
+            throw OneShotCommandError(description: "\(error)")
         }
         let now = try redis.serverTimeMilliseconds()
         let maximumValueBytes = redis.maximumArgumentBytes()
@@ -215,7 +210,7 @@ public struct Restorer: Sendable {
             try flushEncoded()
             try drain(keepingCount: 0, bytes: 0)
         } catch let error as RedisError {
-            throw RestoreError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
+            throw OneShotCommandError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
         }
         outcome.finish()
         var summary = outcome.summary
