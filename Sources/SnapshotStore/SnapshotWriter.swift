@@ -134,7 +134,7 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     private let store: SnapshotStore
     /// Set once in `init`, before the writer thread starts.
-    private var checkpointer: Checkpointer?
+    private var maintainer: SnapshotMaintainer?
     private let logger: Logger
     private let condition = NSCondition()
     private var queue = Queue()  // guarded by `condition`
@@ -172,7 +172,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
         do {
-            checkpointer = try Checkpointer(
+            maintainer = try SnapshotMaintainer(
                 path: store.path, pruneIntervalSeconds: pruneIntervalSeconds, pruneGraceSeconds: pruneGraceSeconds
             ) { [weak self] keys, cutoff in self?.enqueuePrune(keys, before: cutoff) }
         } catch {
@@ -230,8 +230,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// them: on the checkpoint thread (the count reads the whole key index, tens of milliseconds
     /// with a million rows), or in the writer's queue when that thread could not start.
     public func requestCounts(_ handler: @escaping @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void) {
-        if let checkpointer {
-            checkpointer.requestCounts(handler)
+        if let maintainer {
+            maintainer.requestCounts(handler)
             return
         }
         enqueue { store in
@@ -244,10 +244,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// Deletes the expired rows the checkpoint thread found, in order with the changes, a bounded
     /// number per transaction.
     private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
-        let checkpointer = checkpointer
+        let maintainer = maintainer
         let finished: @Sendable (Int) -> Void = { [self] pruned in
             stats.withLock { $0.rowsPruned += UInt64(pruned) }
-            checkpointer?.pruneCommitted()
+            maintainer?.pruneCommitted()
         }
         enqueue(steps: pruneStep(keys[...], before: cutoff, prunedSoFar: 0, finished: finished))
     }
@@ -333,7 +333,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             if pendingLive.isEmpty && pendingBulk.isEmpty && stopRequestedAt != nil { break }
 
             let now = SystemTime.unixMilliseconds()
-            if checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds {
+            if maintainer == nil && now - lastPrune >= pruneIntervalMilliseconds {
                 lastPrune = now
                 pendingBulk.append(
                     Entry(
@@ -380,7 +380,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         // Releases the daemon lock now, not when the last reference goes: a new mirror may open
         // the same snapshot in this process. The writer's connection closes last: SQLite then
         // checkpoints what is left and removes the WAL.
-        checkpointer?.stop()
+        maintainer?.stop()
         store.close()
         done.signal()
     }
@@ -514,7 +514,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             store.rollback()
             throw error
         }
-        checkpointer?.request()
+        maintainer?.request()
     }
 
     private func apply(_ changes: [SnapshotChange], changedAt: Int64, counts: inout RowCounts) throws {

@@ -17,7 +17,7 @@ import Synchronization
 /// transaction begins with every frame copied, which a busy writer rarely sees between this
 /// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it
 /// the WAL grew to 380 MB under the `-P 16` load, with it 136-200 MB).
-final class Checkpointer: @unchecked Sendable {
+final class SnapshotMaintainer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
     /// Keys of rows whose expiry passed before `cutoff` (Unix ms), found by a prune pass; the
@@ -116,12 +116,12 @@ final class Checkpointer: @unchecked Sendable {
                     again = 1_000_000_000
                 } else {
                     let cutoff = SystemTime.unixMilliseconds() - pruneGraceMilliseconds
-                    let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
+                    let keys = (try? store.expiredKeys(before: cutoff, limit: SnapshotMaintainer.pruneBatch)) ?? []
                     if !keys.isEmpty {
                         pruneHandedOver.store(true, ordering: .releasing)
                         expired(keys, cutoff)
                     }
-                    if keys.count == Checkpointer.pruneBatch { again = 1_000_000_000 }
+                    if keys.count == SnapshotMaintainer.pruneBatch { again = 1_000_000_000 }
                 }
                 nextPrune = SystemTime.monotonicNanoseconds() + again
             }
