@@ -60,7 +60,7 @@ extension Mirror {
         state.scanInFlight = true
         connection.sync = state
         let command: [[UInt8]] = [
-            Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+            Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), ChangeFeed.matchPattern(keyPrefix: prefix),
             Array("COUNT".utf8), Array("1000".utf8),
         ]
         let generation = state.generation

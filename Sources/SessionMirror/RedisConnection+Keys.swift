@@ -20,7 +20,7 @@ extension RedisConnection {
         var cursor: [UInt8] = Array("0".utf8)
         repeat {
             let reply = try command([
-                Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
+                Array("SCAN".utf8), cursor, Array("MATCH".utf8), ChangeFeed.matchPattern(keyPrefix: prefix),
                 Array("COUNT".utf8), Array("1000".utf8),
             ])
             guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements

@@ -12,7 +12,7 @@
 ///   few events that say why a key is gone: `del` (logout, also `EXPIRE k 0`, `GETDEL`, …),
 ///   `expired`, `rename_from`, `move_from`, and `evicted` (a valid login Redis dropped, kept for a
 ///   restore). A key that is gone without one of them (a flush, a restart) keeps its row.
-public enum KeyspaceNotifications {
+public enum ChangeFeed {
     /// E: keyevent channels; g: del/expire/rename/move/…; x: expired; e: evicted. `E` alone fires
     /// nothing, and writes need no flag at all: they arrive through client tracking.
     public static let requiredFlags = "Egxe"
