@@ -37,7 +37,9 @@ extension Mirror {
         // itself runs on its own thread with its own connections: the loop keeps draining events.
         writer.enqueue { [self] _ in
             return {
-                let thread = Thread { [self] in
+                // `sm-restore`: the kernel keeps 15 bytes of a thread name (`sessionmirror-restore` was cut to
+                // `sessionmirror-r`), and the daemon's other threads are named `sm-…` too.
+                startNamedThread("sm-restore") { [self] in
                     logger.notice("restoring sessions", metadata: ["event": "restore_started", "reason": "\(reason)"])
                     do {
                         let summary = try restorer.run()
@@ -58,8 +60,6 @@ extension Mirror {
                         if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
                     }
                 }
-                thread.name = "sessionmirror-restore"
-                thread.start()
             }
         }
     }
