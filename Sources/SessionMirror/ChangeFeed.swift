@@ -71,6 +71,16 @@ public enum ChangeFeed {
         escapeGlob(keyPrefix) + [UInt8(ascii: "*")]
     }
 
+    /// `SCAN <cursor> MATCH <escaped prefix>* COUNT <count>`, the one SCAN of the full sync, the
+    /// one-shot commands and the doctor. Callers keep only the keys that start with the prefix: the
+    /// bytes decide, as for invalidations.
+    public static func scanCommand(cursor: [UInt8], keyPrefix: [UInt8], count: Int = 1000) -> [[UInt8]] {
+        [
+            Array("SCAN".utf8), cursor, Array("MATCH".utf8), matchPattern(keyPrefix: keyPrefix),
+            Array("COUNT".utf8), Array(String(count).utf8),
+        ]
+    }
+
     /// Escapes `* ? [ ] \` so that a prefix matches itself literally in a Redis glob.
     public static func escapeGlob(_ bytes: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []

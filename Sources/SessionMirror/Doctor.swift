@@ -188,10 +188,9 @@ public struct Doctor: Sendable {
         let unlink = reply(["UNLINK", probe, probe + ":r"])
         add("delete", permitted(unlink) ? .ok : .warn, "UNLINK (purge): \(unlink.errorMessage ?? "ok")", fix: "grant +unlink")
         for prefix in prefixes {
-            let scan = (try? redis.command([
-                Array("SCAN".utf8), Array("0".utf8), Array("MATCH".utf8), ChangeFeed.matchPattern(keyPrefix: prefix),
-                Array("COUNT".utf8), Array("10".utf8),
-            ])) ?? .error("connection lost")
+            let scan =
+                (try? redis.command(ChangeFeed.scanCommand(cursor: Array("0".utf8), keyPrefix: prefix, count: 10)))
+                ?? .error("connection lost")
             add("scan", scan.elements != nil ? .ok : .fail, "SCAN MATCH \(String(decoding: prefix, as: UTF8.self))*: \(scan.errorMessage ?? "ok")",
                 fix: "grant +scan")
         }

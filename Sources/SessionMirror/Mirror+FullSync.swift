@@ -59,10 +59,7 @@ extension Mirror {
         let prefix = configuration.prefixes[state.prefixIndex]
         state.scanInFlight = true
         connection.sync = state
-        let command: [[UInt8]] = [
-            Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), ChangeFeed.matchPattern(keyPrefix: prefix),
-            Array("COUNT".utf8), Array("1000".utf8),
-        ]
+        let command = ChangeFeed.scanCommand(cursor: state.cursor, keyPrefix: prefix)
         let generation = state.generation
         connection.reader.send(command) { [weak self] reply in
             guard let self, let reply, var state = connection.sync, state.generation == generation,

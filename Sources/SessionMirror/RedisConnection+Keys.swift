@@ -19,10 +19,7 @@ extension RedisConnection {
     func scanKeys(under prefix: [UInt8], _ body: ([[UInt8]]) throws -> Void) throws {
         var cursor: [UInt8] = Array("0".utf8)
         repeat {
-            let reply = try command([
-                Array("SCAN".utf8), cursor, Array("MATCH".utf8), ChangeFeed.matchPattern(keyPrefix: prefix),
-                Array("COUNT".utf8), Array("1000".utf8),
-            ])
+            let reply = try command(ChangeFeed.scanCommand(cursor: cursor, keyPrefix: prefix))
             guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements
             else {
                 throw OneShotCommandError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
