@@ -2,8 +2,9 @@ import RedisClient
 import SnapshotStore
 
 extension RedisConnection {
-    /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock.
-    func serverTimeMilliseconds() throws -> Int64 {
+    /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock. The
+    /// engine and the tests both read it here.
+    public func serverTimeMilliseconds() throws -> Int64 {
         let reply = try command("TIME")
         // Checked arithmetic: an odd reply is an error, never a trap.
         guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
