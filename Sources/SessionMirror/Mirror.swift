@@ -122,8 +122,6 @@ public final class Mirror: @unchecked Sendable {
     ///
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
-        // At the subscription's priority: at nice 4 it held the dirty set's lock while preempted
-        // and the subscription waited.
         loop.start { [self] in start() }
         loop.join()
         subscription.stop()

@@ -15,8 +15,8 @@ import Synchronization
 ///
 /// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
 /// transaction begins with every frame copied, which a busy writer rarely sees between this
-/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it
-/// the WAL grew to 380 MB under the `-P 16` load, with it 136-200 MB).
+/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it the
+/// WAL grows several times larger: docs/benchmarks.md, "Targets and findings": The WAL's size).
 final class SnapshotMaintainer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void

@@ -311,9 +311,6 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     private func run() {
-        // At the same priority as the loops: at nice +10 (the choice while the keyspace messages
-        // kept the subscription thread busy) the write-to-commit p99 under an unpipelined load
-        // that saturates 2 cores was 0.9 s, at nice 0 0.15 s (docs/benchmarks.md).
         var lastPrune = SystemTime.unixMilliseconds()
         var failure: Failure?
         while true {
