@@ -4,10 +4,10 @@
 /// - `CLIENT TRACKING on REDIRECT <subscriber> BCAST PREFIX <prefix>…`: Redis collects the keys
 ///   under the prefixes that changed during one pass of its event loop and sends them as one
 ///   array on `__redis__:invalidate` (a key written twice in the pass once), and a null on every
-///   FLUSHALL / FLUSHDB. About 70 bytes per changed key, against about 340 for the `set` and
-///   `expire` keyspace messages of one session save (REDIS_FACTS): under `redis-benchmark -P 16`
-///   that is the difference between a subscriber Redis drops at its 32 MB buffer limit and one it
-///   does not.
+///   FLUSHALL / FLUSHDB. A few times fewer bytes per changed key than the `set` and `expire`
+///   keyspace messages of one session save (docs/redis-behaviour.md, "Bytes per session save"):
+///   under `redis-benchmark -P 16` that is the difference between a subscriber Redis drops at its
+///   32 MB buffer limit and one it does not (docs/benchmarks.md, "Targets and findings").
 /// - Keyevent channels (`__keyevent@<db>__:<event>`, exact channels, payload = the key) for the
 ///   few events that say why a key is gone: `del` (logout, also `EXPIRE k 0`, `GETDEL`, …),
 ///   `expired`, `rename_from`, `move_from`, and `evicted` (a valid login Redis dropped, kept for a

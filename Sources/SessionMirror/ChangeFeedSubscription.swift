@@ -16,7 +16,8 @@ final class SharedDirtyQueue: Sendable {
 /// client tracking redirects to (the keys that changed), and the keyevent channels that say why a
 /// key is gone (`ChangeFeed`).
 ///
-/// Redis drops a subscriber whose output buffer passes 32 MB (REDIS_FACTS), and a stalled
+/// Redis drops a subscriber whose output buffer passes 32 MB (docs/redis-behaviour.md, "A subscriber
+/// that falls behind is dropped at 32 MB"), and a stalled
 /// subscriber's buffer counts against maxmemory. So this loop does nothing but read messages and
 /// mark keys dirty: the reads, the writer hand-off and the full syncs run on the mirror's loop,
 /// and a burst of work there never delays the drain here.
