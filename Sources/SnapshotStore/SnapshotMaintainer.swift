@@ -6,12 +6,12 @@ import Synchronization
 ///
 /// With SQLite's automatic checkpoint, the commit that crosses the threshold copies thousands of
 /// pages and syncs the file before it returns, and every change queued behind it waits: that was
-/// the tail of the write-to-commit latency under load (docs/benchmarks.md). A `PASSIVE` checkpoint
-/// from another connection runs beside the writer's transactions. The counts and the search for
-/// expired rows scan the table (tens and hundreds of milliseconds with a million rows); run in the
-/// writer's transaction they held every commit back that long (a 360 ms write-to-commit p99 in
-/// the second of a prune, docs/benchmarks.md). Here they read a snapshot of the table beside the
-/// writer, and only the deletes of the rows found go through the writer.
+/// the tail of the write-to-commit latency under load (docs/benchmarks.md, "Targets and findings":
+/// Checkpoints). A `PASSIVE` checkpoint from another connection runs beside the writer's
+/// transactions. The counts and the search for expired rows scan the table; run in the writer's
+/// transaction they held every commit back that long (docs/benchmarks.md, "Targets and findings":
+/// Scans beside the writer). Here they read a snapshot of the table beside the writer, and only the
+/// deletes of the rows found go through the writer.
 ///
 /// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
 /// transaction begins with every frame copied, which a busy writer rarely sees between this
