@@ -7,7 +7,7 @@
 ///   FLUSHALL / FLUSHDB. A few times fewer bytes per changed key than the `set` and `expire`
 ///   keyspace messages of one session save (docs/redis-behaviour.md, "Bytes per session save"):
 ///   under `redis-benchmark -P 16` that is the difference between a subscriber Redis drops at its
-///   32 MB buffer limit and one it does not (docs/benchmarks.md, "Targets and findings").
+///   32 MB buffer limit and one it does not (docs/benchmarks.md, "Targets and findings": The change feed).
 /// - Keyevent channels (`__keyevent@<db>__:<event>`, exact channels, payload = the key) for the
 ///   few events that say why a key is gone: `del` (logout, also `EXPIRE k 0`, `GETDEL`, …),
 ///   `expired`, `rename_from`, `move_from`, and `evicted` (a valid login Redis dropped, kept for a

@@ -443,7 +443,8 @@ public final class SnapshotWriter: @unchecked Sendable {
         var counts = RowCounts()
         try transaction {
             // Changes are applied in key order, about 512 at a time, so that a large batch walks
-            // the key index page by page instead of hopping across it (docs/benchmarks.md).
+            // the key index page by page instead of hopping across it (docs/benchmarks.md,
+            // "Targets and findings": Key order).
             var run: [SnapshotChange] = []
             for entry in pendingBulk {
                 if case .step(let step, _) = entry.work {
