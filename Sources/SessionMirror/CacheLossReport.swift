@@ -33,12 +33,12 @@ public struct CacheLossReport: Sendable, Equatable {
     }
 
     /// Seconds since the daemon last saw a loss, by this machine's clock.
-    public func lossAgeSeconds(now: Int64 = Clock.unixMilliseconds()) -> Double? {
+    public func lossAgeSeconds(now: Int64 = SystemTime.unixMilliseconds()) -> Double? {
         lossSeenAt.map { Double(now - $0) / 1000 }
     }
 
     /// One sentence saying what each number measures.
-    public func sentence(now: Int64 = Clock.unixMilliseconds()) -> String {
+    public func sentence(now: Int64 = SystemTime.unixMilliseconds()) -> String {
         var parts: [String] = []
         if let seconds = lossAgeSeconds(now: now) {
             parts.append(

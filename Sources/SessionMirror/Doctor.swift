@@ -44,9 +44,9 @@ public struct Doctor: Sendable {
         prefixes: [[UInt8]], database: Int, user: String = "sessionmirror", server: ServerProfile? = nil
     ) -> String {
         let keys = prefixes.map {
-            sessionKeyPermission(server) + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self)
+            sessionKeyPermission(server) + String(decoding: ChangeFeed.matchPattern(keyPrefix: $0), as: UTF8.self)
         }
-        let channels = KeyspaceNotifications.channelNames(database: database).map { "&" + $0 }
+        let channels = ChangeFeed.channelNames(database: database).map { "&" + $0 }
         let commands =
             ["+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+type", "+mget", "+dump", "+exists", "+set"]
             + readCommands(server)
@@ -59,7 +59,7 @@ public struct Doctor: Sendable {
     public static func maintenanceACL(
         prefixes: [[UInt8]], database: Int, user: String = "sessionmirror-restore", server: ServerProfile? = nil
     ) -> String {
-        let keys = prefixes.map { "~" + String(decoding: KeyspaceNotifications.matchPattern(keyPrefix: $0), as: UTF8.self) }
+        let keys = prefixes.map { "~" + String(decoding: ChangeFeed.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let commands =
             ["+ping", "+info", "+time", "+scan", "+set", "+restore", "+exists", "+unlink", "+type", "+mget", "+dump"]
             + readCommands(server)
@@ -129,30 +129,30 @@ public struct Doctor: Sendable {
         // Keyspace notifications and CONFIG.
         let current = reply(["CONFIG", "GET", "notify-keyspace-events"])
         if let value = current.elements?.last?.text {
-            let missing = KeyspaceNotifications.missingFlags(in: value)
+            let missing = ChangeFeed.missingFlags(in: value)
             let setReply = reply(["CONFIG", "SET", "notify-keyspace-events", value])  // the same value: no change
             let mayConfigure = setReply.errorMessage == nil
             if missing.isEmpty {
                 add("notifications", .ok, "notify-keyspace-events is '\(value)'")
             } else if mayConfigure {
                 add("notifications", .warn, "notify-keyspace-events '\(value)' lacks '\(missing)'; the daemon will add it at each connect",
-                    fix: KeyspaceNotifications.operatorHint(current: value))
+                    fix: ChangeFeed.operatorHint(current: value))
             } else {
                 add("notifications", .fail, "notify-keyspace-events '\(value)' lacks '\(missing)' and CONFIG SET is refused",
-                    fix: KeyspaceNotifications.operatorHint(current: value) + ", then run with --no-config-set")
+                    fix: ChangeFeed.operatorHint(current: value) + ", then run with --no-config-set")
             }
             add("config set", mayConfigure ? .ok : .warn,
                 mayConfigure ? "CONFIG SET allowed (the daemon re-applies the flags after a Redis restart)" : "CONFIG SET refused",
                 fix: mayConfigure ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
         } else {
             add("notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
-                fix: KeyspaceNotifications.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
+                fix: ChangeFeed.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
         }
 
         // Subscriptions, on a second connection (a subscribed connection takes no other commands).
         if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
             defer { subscriber.close() }
-            let channels = KeyspaceNotifications.channelNames(database: endpoint.database)
+            let channels = ChangeFeed.channelNames(database: endpoint.database)
             let answer = (try? subscriber.command([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })) ?? .error("connection lost")
             if answer.elements?.first?.text == "subscribe" {
                 add("subscribe", .ok, "SUBSCRIBE \(channels.joined(separator: " "))")
@@ -188,10 +188,9 @@ public struct Doctor: Sendable {
         let unlink = reply(["UNLINK", probe, probe + ":r"])
         add("delete", permitted(unlink) ? .ok : .warn, "UNLINK (purge): \(unlink.errorMessage ?? "ok")", fix: "grant +unlink")
         for prefix in prefixes {
-            let scan = (try? redis.command([
-                Array("SCAN".utf8), Array("0".utf8), Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
-                Array("COUNT".utf8), Array("10".utf8),
-            ])) ?? .error("connection lost")
+            let scan =
+                (try? redis.command(ChangeFeed.scanCommand(cursor: Array("0".utf8), keyPrefix: prefix, count: 10)))
+                ?? .error("connection lost")
             add("scan", scan.elements != nil ? .ok : .fail, "SCAN MATCH \(String(decoding: prefix, as: UTF8.self))*: \(scan.errorMessage ?? "ok")",
                 fix: "grant +scan")
         }

@@ -9,9 +9,9 @@ import SnapshotStore
 ///
 /// The script's shape is chosen for Redis's CPU, which every read takes from the application:
 /// one `MGET` for the whole batch, one `PEXPIRETIME` per key, and `TYPE` + `DUMP` only for keys
-/// that exist but are not strings; flat arrays, no table per key. Measured 2.5 µs of Redis CPU per
-/// key, against 3.9 for `TYPE` + `GET` + `PEXPIRETIME` per key returned as one table per key
-/// (docs/benchmarks.md).
+/// that exist but are not strings; flat arrays, no table per key. It costs Redis about two thirds
+/// of `TYPE` + `GET` + `PEXPIRETIME` per key returned as one table per key (docs/benchmarks.md,
+/// "Targets and findings": The reads, and "Components").
 enum KeyReader {
     static let script = """
         local expiries = {}

@@ -9,7 +9,7 @@ extension Mirror {
         cacheLossHandler?(reason)
         if reason != "again" {
             // For `restore`, which says how long Redis has been without the sessions.
-            let seenAt = Clock.unixMilliseconds()
+            let seenAt = SystemTime.unixMilliseconds()
             writer.enqueue { store in
                 try store.setMetadata(CacheLossReport.seenAtName, String(seenAt))
                 try store.setMetadata(CacheLossReport.reasonName, reason)
@@ -37,7 +37,9 @@ extension Mirror {
         // itself runs on its own thread with its own connections: the loop keeps draining events.
         writer.enqueue { [self] _ in
             return {
-                let thread = Thread { [self] in
+                // `sm-restore`: the kernel keeps 15 bytes of a thread name (`sessionmirror-restore` was cut to
+                // `sessionmirror-r`), and the daemon's other threads are named `sm-…` too.
+                startNamedThread("sm-restore") { [self] in
                     logger.notice("restoring sessions", metadata: ["event": "restore_started", "reason": "\(reason)"])
                     do {
                         let summary = try restorer.run()
@@ -58,8 +60,6 @@ extension Mirror {
                         if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
                     }
                 }
-                thread.name = "sessionmirror-restore"
-                thread.start()
             }
         }
     }
@@ -95,7 +95,7 @@ extension Mirror {
         let runID = connection?.runID
         // The counts come from the writer, behind every change already read.
         writer.enqueue { [self] store in
-            let counts = try store.counts(now: Clock.unixMilliseconds())
+            let counts = try store.counts(now: SystemTime.unixMilliseconds())
             return {
                 self.logger.error(
                     "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",

@@ -102,18 +102,18 @@ extension Mirror {
                 connectFailed(
                     MirrorSetupError(
                         description: "CONFIG GET notify-keyspace-events was refused (\(refusal)); "
-                            + KeyspaceNotifications.operatorHint(current: nil)
+                            + ChangeFeed.operatorHint(current: nil)
                             + ", then run with --no-config-set",
                         permanent: true))
                 return
             }
             logger.warning(
                 "cannot read notify-keyspace-events; trusting the operator's setting",
-                metadata: ["event": "notifications_unverified", "error": "\(refusal)", "required": "\(KeyspaceNotifications.requiredFlags)"])
+                metadata: ["event": "notifications_unverified", "error": "\(refusal)", "required": "\(ChangeFeed.requiredFlags)"])
             notificationsReady(on: connection)
             return
         }
-        let missing = KeyspaceNotifications.missingFlags(in: current)
+        let missing = ChangeFeed.missingFlags(in: current)
         if missing.isEmpty {
             notificationsReady(on: connection)
             return
@@ -122,18 +122,18 @@ extension Mirror {
             connectFailed(
                 MirrorSetupError(
                     description: "notify-keyspace-events is '\(current)', missing '\(missing)' and --no-config-set is given: "
-                        + KeyspaceNotifications.operatorHint(current: current),
+                        + ChangeFeed.operatorHint(current: current),
                     permanent: true))
             return
         }
-        let merged = KeyspaceNotifications.merged(current)
+        let merged = ChangeFeed.merged(current)
         connection.reader.send(.command("CONFIG", "SET", "notify-keyspace-events", merged)) { [weak self] reply in
             guard let self, let reply else { return }
             if let refusal = reply.errorMessage {
                 self.connectFailed(
                     MirrorSetupError(
                         description: "CONFIG SET notify-keyspace-events was refused (\(refusal)); "
-                            + KeyspaceNotifications.operatorHint(current: current),
+                            + ChangeFeed.operatorHint(current: current),
                         permanent: true))
                 return
             }
@@ -193,7 +193,7 @@ extension Mirror {
     /// What the Redis user needs for the subscription, naming every channel. One SUBSCRIBE carries
     /// them all and Redis's NOPERM does not say which one it refused.
     private var channelRequirement: String {
-        let channels = KeyspaceNotifications.channelNames(database: configuration.endpoint.database).map { "&" + $0 }
+        let channels = ChangeFeed.channelNames(database: configuration.endpoint.database).map { "&" + $0 }
         return "the Redis user needs +subscribe and the channels \(channels.joined(separator: " ")) "
             + "(`sessionmirror doctor` prints the whole ACL line)"
     }
@@ -208,7 +208,7 @@ extension Mirror {
         handshake.subscribeTimer = nil
         state = .connecting(connection, handshake)
         var command = ["CLIENT", "TRACKING", "on", "REDIRECT", String(clientID), "BCAST"].map { Array($0.utf8) }
-        for prefix in KeyspaceNotifications.trackingPrefixes(configuration.prefixes + [canaryKey]) {
+        for prefix in ChangeFeed.trackingPrefixes(configuration.prefixes + [canaryKey]) {
             command += [Array("PREFIX".utf8), prefix]
         }
         connection.reader.send(command) { [weak self] reply in

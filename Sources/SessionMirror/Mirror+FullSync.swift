@@ -42,7 +42,7 @@ extension Mirror {
             try store.beginFullSync(generation: newGeneration)
             return nil
         }
-        connection.sync = SyncState(generation: newGeneration, reason: reason, startedAt: Clock.monotonicNanoseconds())
+        connection.sync = SyncState(generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds())
         stats.fullSyncs += 1
         logger.info("full sync started", metadata: ["event": "sync_started", "reason": "\(reason)"])
         continueScan()
@@ -59,10 +59,7 @@ extension Mirror {
         let prefix = configuration.prefixes[state.prefixIndex]
         state.scanInFlight = true
         connection.sync = state
-        let command: [[UInt8]] = [
-            Array("SCAN".utf8), state.cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
-            Array("COUNT".utf8), Array("1000".utf8),
-        ]
+        let command = ChangeFeed.scanCommand(cursor: state.cursor, keyPrefix: prefix)
         let generation = state.generation
         connection.reader.send(command) { [weak self] reply in
             guard let self, let reply, var state = connection.sync, state.generation == generation,
@@ -116,12 +113,12 @@ extension Mirror {
             previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
         // In bounded pieces: live changes are committed between two of them.
         let reconciliation = evidence.reconciliation(
-            generation: state.generation, now: Clock.unixMilliseconds(),
+            generation: state.generation, now: SystemTime.unixMilliseconds(),
             maxDeleteFraction: configuration.maxResyncDeleteFraction)
         writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
             try store.setMetadata("redis_run_id", evidence.runID)
             try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
-            try store.setMetadata("last_full_sync_at", String(Clock.unixMilliseconds()))
+            try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
             return { self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) } }
         })
     }
@@ -151,7 +148,7 @@ extension Mirror {
         storedRunID = evidence.runID
         storedEvictedKeys = evidence.evictedKeys
         if outcome.refusedReason == nil, let connection, connection.attempt == attempt { writeCanary(on: connection) }
-        let seconds = Double(Clock.monotonicNanoseconds() - state.startedAt) / 1e9
+        let seconds = Double(SystemTime.monotonicNanoseconds() - state.startedAt) / 1e9
         logger.info(
             "full sync finished",
             metadata: [

@@ -20,7 +20,9 @@ extension Mirror {
         state = .stopping(Shutdown(connection: connection, barrierReached: false))
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
         onStopping?()
-        // Bounded: exit within 5 s whatever Redis does.
+        // Bounded: the loop's part of the shutdown ends within 3 s whatever Redis does. With the
+        // writer's retries of a failing last commit after it (`SnapshotWriter.shutdownRetryNanoseconds`)
+        // the exit comes within 5 s, and `run()` waits for the writer no longer than 4 s more.
         let deadline = LoopTimer(loop: loop) { [weak self] in self?.finishShutdown() }
         deadline.start(afterMilliseconds: 3000)
         timers.append(deadline)

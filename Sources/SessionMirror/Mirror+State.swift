@@ -81,7 +81,7 @@ extension Mirror {
 }
 
 /// One connection to one Redis node, from the connect to its drop: the reader (the subscriber is
-/// `KeyspaceSubscription`'s), what the handshake learned of the server, and the work in flight on
+/// `ChangeFeedSubscription`'s), what the handshake learned of the server, and the work in flight on
 /// it. Redis Cluster will hold one per primary.
 ///
 /// - Important: the mirror's loop thread only. A reference, so that the state's cases share it

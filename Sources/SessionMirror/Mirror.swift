@@ -6,7 +6,7 @@ import Synchronization
 
 /// The mirror daemon: keeps the snapshot equal to Redis for the configured prefixes.
 ///
-/// Threads: the subscription has a libuv loop of its own (`KeyspaceSubscription`), which only
+/// Threads: the subscription has a libuv loop of its own (`ChangeFeedSubscription`), which only
 /// drains client-tracking invalidations and keyevents into the shared dirty set; the mirror's loop
 /// owns the reader connection (which turns client tracking on), the reads, the full syncs and
 /// every timer; one writer thread owns the SQLite connection, and a checkpoint thread a second
@@ -49,7 +49,7 @@ public final class Mirror: @unchecked Sendable {
     /// connection is one assignment (`Mirror+State.swift`).
     var state = State.idle(reconnectTimer: nil)
     let dirty = SharedDirtyQueue()
-    var subscription: KeyspaceSubscription!
+    var subscription: ChangeFeedSubscription!
     /// The number of the latest connection attempt: each `NodeConnection` keeps its own, and news
     /// tagged with another one is stale.
     var lastAttempt = 0
@@ -97,10 +97,10 @@ public final class Mirror: @unchecked Sendable {
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
             pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds)
-        subscription = KeyspaceSubscription(
+        subscription = ChangeFeedSubscription(
             endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,
             mirrorLoop: loop,
-            callbacks: KeyspaceSubscription.Callbacks(
+            callbacks: ChangeFeedSubscription.Callbacks(
                 connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
                 subscribed: { [weak self] attempt, clientID in self?.subscriptionsReady(attempt, clientID: clientID) },
                 lost: { [weak self] attempt, reason in
@@ -122,8 +122,6 @@ public final class Mirror: @unchecked Sendable {
     ///
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
-        // At the subscription's priority: at nice 4 it held the dirty set's lock while preempted
-        // and the subscription waited.
         loop.start { [self] in start() }
         loop.join()
         subscription.stop()
@@ -189,7 +187,7 @@ public final class Mirror: @unchecked Sendable {
     /// loops must be turning, not just this one.
     private func watchdogTick() {
         guard let watchdog else { return }
-        let now = Clock.monotonicNanoseconds()
+        let now = SystemTime.monotonicNanoseconds()
         let heard = subscription.heartbeat.load(ordering: .relaxed)
         if heard > 0 && now - heard < 2 * watchdog.intervalMilliseconds * 1_000_000 + 1_000_000_000 {
             watchdog.ping()

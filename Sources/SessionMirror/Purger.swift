@@ -36,11 +36,11 @@ public struct Purger {
     public func run() throws -> Summary {
         // Checked before anything opens: an empty prefix would UNLINK every key of the database.
         if case .prefixes(let prefixes) = scope, prefixes.isEmpty || prefixes.contains(where: \.isEmpty) {
-            throw RestoreError(description: "--prefix: an empty prefix would delete every key in the database")
+            throw OneShotCommandError(description: "--prefix: an empty prefix would delete every key in the database")
         }
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
         guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
-            throw RestoreError(description: "purge deletes keys under prefixes: give them with --prefix")
+            throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
@@ -50,7 +50,7 @@ public struct Purger {
                 guard !names.isEmpty else { return }
                 let deleted = try redis.command([Array("UNLINK".utf8)] + names)
                 guard let count = deleted.integer else {
-                    throw RestoreError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
+                    throw OneShotCommandError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
                 }
                 summary.redisKeysDeleted += Int(count)
             }
@@ -61,7 +61,7 @@ public struct Purger {
             try store.commit()
         } catch {
             store.rollback()
-            throw RestoreError(description: "deleting rows from the snapshot: \(error)")
+            throw OneShotCommandError(description: "deleting rows from the snapshot: \(error)")
         }
         return summary
     }

@@ -2,15 +2,16 @@ import RedisClient
 import SnapshotStore
 
 extension RedisConnection {
-    /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock.
-    func serverTimeMilliseconds() throws -> Int64 {
+    /// Redis's clock in Unix milliseconds (`TIME`): expiries are judged by the server's clock. The
+    /// engine and the tests both read it here.
+    public func serverTimeMilliseconds() throws -> Int64 {
         let reply = try command("TIME")
         // Checked arithmetic: an odd reply is an error, never a trap.
         guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
             let micros = parts[1].text.flatMap({ Int64($0) }), seconds >= 0, (0..<1_000_000).contains(micros),
             case let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1000), !overflow
         else {
-            throw RestoreError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
+            throw OneShotCommandError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
         }
         return milliseconds + micros / 1000
     }
@@ -19,13 +20,10 @@ extension RedisConnection {
     func scanKeys(under prefix: [UInt8], _ body: ([[UInt8]]) throws -> Void) throws {
         var cursor: [UInt8] = Array("0".utf8)
         repeat {
-            let reply = try command([
-                Array("SCAN".utf8), cursor, Array("MATCH".utf8), KeyspaceNotifications.matchPattern(keyPrefix: prefix),
-                Array("COUNT".utf8), Array("1000".utf8),
-            ])
+            let reply = try command(ChangeFeed.scanCommand(cursor: cursor, keyPrefix: prefix))
             guard let items = reply.elements, items.count == 2, let next = items[0].bytes, let keys = items[1].elements
             else {
-                throw RestoreError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
+                throw OneShotCommandError(description: "SCAN failed: \(reply.errorMessage ?? "unexpected reply")")
             }
             // MATCH is a glob over the escaped prefix; the bytes decide, as for invalidations.
             try body(keys.compactMap(\.bytes).filter { $0.starts(with: prefix) })
@@ -36,7 +34,7 @@ extension RedisConnection {
 
 /// Opens the snapshot and connects to Redis for a one-shot command (restore, verify, purge), the
 /// snapshot first so that a bad path stops the command before Redis is touched. Errors become a
-/// `RestoreError` with the message to print.
+/// `OneShotCommandError` with the message to print.
 func openSnapshotAndRedis(
     snapshotPath: String, mode: SnapshotStore.Mode, endpoint: RedisEndpoint
 ) throws -> (SnapshotStore, RedisConnection) {
@@ -44,6 +42,6 @@ func openSnapshotAndRedis(
         let store = try SnapshotStore(path: snapshotPath, mode: mode)
         return (store, try RedisConnection(endpoint: endpoint, timeoutSeconds: 10))
     } catch {
-        throw RestoreError(description: "\(error)")
+        throw OneShotCommandError(description: "\(error)")
     }
 }

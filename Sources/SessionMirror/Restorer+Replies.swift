@@ -116,12 +116,12 @@ enum KeyScopeResolution {
             return nil
         case .prefixes(let prefixes):
             guard !prefixes.isEmpty, !prefixes.contains(where: \.isEmpty) else {
-                throw RestoreError(description: "--prefix: an empty prefix would match every key in the database")
+                throw OneShotCommandError(description: "--prefix: an empty prefix would match every key in the database")
             }
             return prefixes
         case .recorded:
             guard let recorded = try? store.recordedScope() else {
-                throw RestoreError(
+                throw OneShotCommandError(
                     description:
                         "snapshot \(snapshotPath) does not record which prefixes it mirrors (no daemon of this "
                         + "version has run on it): give them with --prefix, or --all-prefixes for a snapshot you trust")

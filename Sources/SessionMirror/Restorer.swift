@@ -97,11 +97,6 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     }
 }
 
-/// A restore that cannot start (exit 2): the snapshot, the connection, or a refusal by Redis.
-public struct RestoreError: Error, CustomStringConvertible {
-    public let description: String
-}
-
 /// Puts every still-valid session from the snapshot back into Redis with its absolute expiry.
 ///
 /// Never overwrites a live key unless told to: strings go back with `SET key value PXAT ms NX`,
@@ -125,13 +120,13 @@ public struct Restorer: Sendable {
     /// Stops early, with `stoppedBy` set, when Redis refuses every write (`refusalLimit` identical
     /// errors in a row that are not about one key): the rows not sent are counted, not tried.
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
-        let started = Clock.monotonicNanoseconds()
+        let started = SystemTime.monotonicNanoseconds()
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
         do {
             try store.checkIntegrityKey(options.integrityKey)
         } catch {
-            throw RestoreError(description: "\(error)")
+            throw OneShotCommandError(description: "\(error)")
         }
         let now = try redis.serverTimeMilliseconds()
         let maximumValueBytes = redis.maximumArgumentBytes()
@@ -215,11 +210,11 @@ public struct Restorer: Sendable {
             try flushEncoded()
             try drain(keepingCount: 0, bytes: 0)
         } catch let error as RedisError {
-            throw RestoreError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
+            throw OneShotCommandError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
         }
         outcome.finish()
         var summary = outcome.summary
-        summary.elapsedSeconds = Double(Clock.monotonicNanoseconds() - started) / 1e9
+        summary.elapsedSeconds = Double(SystemTime.monotonicNanoseconds() - started) / 1e9
         summary.keysPerSecond = summary.elapsedSeconds > 0 ? Double(summary.restored) / summary.elapsedSeconds : 0
         return summary
     }

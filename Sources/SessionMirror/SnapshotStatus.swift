@@ -42,7 +42,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     }
 
     /// Reads the status of the snapshot at `path` (read-only; safe while `run` runs).
-    public static func read(path: String, now: Int64 = Clock.unixMilliseconds()) throws -> SnapshotStatus {
+    public static func read(path: String, now: Int64 = SystemTime.unixMilliseconds()) throws -> SnapshotStatus {
         let store = try SnapshotStore(path: path, mode: .readOnly)
         defer { store.close() }
         let counts = try store.counts(now: now)

@@ -68,19 +68,19 @@ public struct Verifier {
             try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath)
             ?? ((try? store.recordedScope())?.prefixes ?? [])
         guard !prefixes.isEmpty else {
-            throw RestoreError(description: "verify needs the prefixes to compare: give them with --prefix")
+            throw OneShotCommandError(description: "verify needs the prefixes to compare: give them with --prefix")
         }
         do {
             try store.checkIntegrityKey(integrityKey)
         } catch {
-            throw RestoreError(description: "\(error)")
+            throw OneShotCommandError(description: "\(error)")
         }
         var report = VerifyReport()
         let readMode: KeyReader.Mode
         do {
             readMode = try redis.serverProfile().readMode
         } catch let error as ServerProfileError {
-            throw RestoreError(description: error.description)
+            throw OneShotCommandError(description: error.description)
         }
         let now = try redis.serverTimeMilliseconds()
         var snapshotKeys = Set<[UInt8]>()
@@ -90,7 +90,7 @@ public struct Verifier {
             guard !batch.isEmpty else { return }
             let reply = try redis.command(KeyReader.command(for: batch.map(\.key), mode: readMode))
             guard let results = KeyReader.parse(reply, count: batch.count) else {
-                throw RestoreError(description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
+                throw OneShotCommandError(description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
             }
             // A verify of a million rows takes seconds, in which sessions expire: a key read as
             // missing whose expiry had passed by the time of the read expired, it is not missing.

@@ -155,8 +155,8 @@ final class Statement {
         try bind(index, blob: Array(value.utf8), asText: true)
     }
 
-    /// Binds bytes. The bytes must stay alive until the statement is stepped: SQLITE_TRANSIENT is
-    /// not importable into Swift, so the caller keeps the array alive (see `withBound`) or we copy.
+    /// Binds bytes. SQLite copies them before this returns (`SQLITE_TRANSIENT`, built below because
+    /// the macro is not importable into Swift), so the array need not outlive the call.
     func bind(_ index: Int32, blob: [UInt8], asText: Bool = false) throws {
         // An empty blob would bind as NULL through a nil pointer; bind a zero-length blob instead.
         if blob.isEmpty {

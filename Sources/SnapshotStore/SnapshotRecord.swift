@@ -35,8 +35,9 @@ public enum RowState: Int64, Sendable, Equatable {
     case evicted = 1
 }
 
-/// Clocks shared by the writer and the engine.
-public enum Clock {
+/// The two clocks the writer and the engine read. Not named `Clock`: that is the standard library's
+/// protocol, which a public type of that name would shadow for every importer.
+public enum SystemTime {
     /// Monotonic nanoseconds, for latencies.
     public static func monotonicNanoseconds() -> UInt64 {
         var now = timespec()

@@ -236,11 +236,11 @@ public final class SnapshotStore {
             try database.execute("PRAGMA synchronous = NORMAL")
             // Random-key upserts touch a different leaf page per row: an 8 MB page cache (the default
             // is 2 MB; more shows in the daemon's RSS) and fewer, larger checkpoints keep the writer
-            // ahead (see docs/benchmarks.md).
+            // ahead (docs/benchmarks.md, "Targets and findings": Checkpoints).
             try database.execute("PRAGMA cache_size = -8192")
             try database.execute("PRAGMA wal_autocheckpoint = 8192")
-            // A burst of large transactions leaves a large WAL behind (170 MB under the -P 16
-            // benchmark): give the disk back down to 64 MB once it is checkpointed.
+            // A burst of large transactions leaves a large WAL behind (docs/benchmarks.md, "Targets
+            // and findings": The WAL's size): give the disk back down to 64 MB once it is checkpointed.
             try database.execute("PRAGMA journal_size_limit = 67108864")
             try migrate(from: version)
         } catch let error as SnapshotError {
@@ -269,7 +269,7 @@ public final class SnapshotStore {
                     sync_generation INTEGER NOT NULL DEFAULT 0
                 );
                 CREATE TABLE metadata (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-                INSERT INTO metadata (name, value) VALUES ('created_at', CAST(\(Clock.unixMilliseconds()) AS TEXT));
+                INSERT INTO metadata (name, value) VALUES ('created_at', CAST(\(SystemTime.unixMilliseconds()) AS TEXT));
                 PRAGMA application_id = \(SnapshotStore.applicationID);
                 PRAGMA user_version = 1;
                 COMMIT;
@@ -341,9 +341,9 @@ public final class SnapshotStore {
 
     /// Starts a full sync of `generation`: until `reconcile`, rows it finds unchanged keep their
     /// older generation stamp and their keys go to `temp.sync_seen` instead. The temporary tables
-    /// belong to this connection (in files SQLite unlinks as it opens them, in `/var/tmp`, which
-    /// the daemon's unit makes private) and change in the writer's transactions: a rolled-back
-    /// transaction takes its marks with it.
+    /// belong to this connection (in files SQLite unlinks as it opens them, in `$SQLITE_TMPDIR`,
+    /// `$TMPDIR` or else `/var/tmp`, which the unit's `PrivateTmp=yes` makes private like `/tmp`)
+    /// and change in the writer's transactions: a rolled-back transaction takes its marks with it.
     ///
     /// The marks are indexed as they are made: the reconciliation looks them up a key range at a
     /// time, in bounded transactions, where one sort of every mark held the writer for its length.

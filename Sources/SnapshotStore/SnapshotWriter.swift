@@ -98,7 +98,8 @@ public struct WriterStatistics: Sendable {
 /// - Important: `enqueue` never blocks on the disk; the loop thread calls it.
 public final class SnapshotWriter: @unchecked Sendable {
     /// Work run inside the writer's transaction; the returned closure (if any) runs after commit.
-    public typealias Task = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
+    /// (Not `Task`, which would shadow Swift's `Task` inside the writer and for its callers.)
+    public typealias TransactionWork = @Sendable (SnapshotStore) throws -> (@Sendable () -> Void)?
     /// One piece of a long job; see `WriterStep`.
     public typealias Step = @Sendable (SnapshotStore) throws -> WriterStep
 
@@ -133,7 +134,7 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     private let store: SnapshotStore
     /// Set once in `init`, before the writer thread starts.
-    private var checkpointer: Checkpointer?
+    private var maintainer: SnapshotMaintainer?
     private let logger: Logger
     private let condition = NSCondition()
     private var queue = Queue()  // guarded by `condition`
@@ -171,7 +172,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
         do {
-            checkpointer = try Checkpointer(
+            maintainer = try SnapshotMaintainer(
                 path: store.path, pruneIntervalSeconds: pruneIntervalSeconds, pruneGraceSeconds: pruneGraceSeconds
             ) { [weak self] keys, cutoff in self?.enqueuePrune(keys, before: cutoff) }
         } catch {
@@ -201,13 +202,13 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     /// Queues work to run in order with the bulk changes, inside a transaction. Live changes may
     /// be committed before it, even those queued after it.
-    public func enqueue(_ task: @escaping Task) {
+    public func enqueue(_ task: @escaping TransactionWork) {
         append(.step({ store in .done(after: try task(store)) }, holdsLive: false), lane: .bulk)
     }
 
     /// Queues work like `enqueue(_:)`, but no live change queued after it is committed before it.
     /// Keep it short: it holds the live changes back while the bulk work queued before it runs.
-    public func enqueueHoldingLive(_ task: @escaping Task) {
+    public func enqueueHoldingLive(_ task: @escaping TransactionWork) {
         append(.step({ store in .done(after: try task(store)) }, holdsLive: true), lane: .bulk)
     }
 
@@ -229,8 +230,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// them: on the checkpoint thread (the count reads the whole key index, tens of milliseconds
     /// with a million rows), or in the writer's queue when that thread could not start.
     public func requestCounts(_ handler: @escaping @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void) {
-        if let checkpointer {
-            checkpointer.requestCounts(handler)
+        if let maintainer {
+            maintainer.requestCounts(handler)
             return
         }
         enqueue { store in
@@ -243,10 +244,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// Deletes the expired rows the checkpoint thread found, in order with the changes, a bounded
     /// number per transaction.
     private func enqueuePrune(_ keys: [[UInt8]], before cutoff: Int64) {
-        let checkpointer = checkpointer
+        let maintainer = maintainer
         let finished: @Sendable (Int) -> Void = { [self] pruned in
             stats.withLock { $0.rowsPruned += UInt64(pruned) }
-            checkpointer?.pruneCommitted()
+            maintainer?.pruneCommitted()
         }
         enqueue(steps: pruneStep(keys[...], before: cutoff, prunedSoFar: 0, finished: finished))
     }
@@ -295,7 +296,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     @discardableResult
     public func stop(timeoutSeconds: Double = 4) -> Bool {
         condition.lock()
-        if queue.stopRequestedAt == nil { queue.stopRequestedAt = Clock.monotonicNanoseconds() }
+        if queue.stopRequestedAt == nil { queue.stopRequestedAt = SystemTime.monotonicNanoseconds() }
         condition.signal()
         condition.unlock()
         return done.wait(timeout: .now() + timeoutSeconds) == .success
@@ -310,10 +311,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     private func run() {
-        // At the same priority as the loops: at nice +10 (the choice while the keyspace messages
-        // kept the subscription thread busy) the write-to-commit p99 under an unpipelined load
-        // that saturates 2 cores was 0.9 s, at nice 0 0.15 s (docs/benchmarks.md).
-        var lastPrune = Clock.unixMilliseconds()
+        var lastPrune = SystemTime.unixMilliseconds()
         var failure: Failure?
         while true {
             condition.lock()
@@ -331,8 +329,8 @@ public final class SnapshotWriter: @unchecked Sendable {
 
             if pendingLive.isEmpty && pendingBulk.isEmpty && stopRequestedAt != nil { break }
 
-            let now = Clock.unixMilliseconds()
-            if checkpointer == nil && now - lastPrune >= pruneIntervalMilliseconds {
+            let now = SystemTime.unixMilliseconds()
+            if maintainer == nil && now - lastPrune >= pruneIntervalMilliseconds {
                 lastPrune = now
                 pendingBulk.append(
                     Entry(
@@ -351,13 +349,13 @@ public final class SnapshotWriter: @unchecked Sendable {
                 stats.withLock { $0.writeErrors += 1 }
                 let held = uncommittedChanges.load(ordering: .relaxed)
                 if failure == nil {
-                    failure = Failure(since: Clock.monotonicNanoseconds(), backoffMilliseconds: 50)
+                    failure = Failure(since: SystemTime.monotonicNanoseconds(), backoffMilliseconds: 50)
                     logger.error(
                         "snapshot write failed; changes are kept and retried",
                         metadata: ["event": "snapshot_write_failed", "error": "\(error)", "queued": "\(held)"])
                 }
                 if let stopRequestedAt,
-                    Clock.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
+                    SystemTime.monotonicNanoseconds() - stopRequestedAt >= SnapshotWriter.shutdownRetryNanoseconds
                 {
                     abandonedChanges.store(held, ordering: .relaxed)
                     logger.critical(
@@ -379,7 +377,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         // Releases the daemon lock now, not when the last reference goes: a new mirror may open
         // the same snapshot in this process. The writer's connection closes last: SQLite then
         // checkpoints what is left and removes the WAL.
-        checkpointer?.stop()
+        maintainer?.stop()
         store.close()
         done.signal()
     }
@@ -412,7 +410,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             changes += batch
             bytes += batchBytes
         }
-        let changedAt = Clock.unixMilliseconds()
+        let changedAt = SystemTime.unixMilliseconds()
         var counts = RowCounts()
         try transaction {
             try apply(SnapshotWriter.inKeyOrder(changes), changedAt: changedAt, counts: &counts)
@@ -435,8 +433,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// so that the changes queued behind it are committed within the shutdown's bound.
     private func commitBulk(stopping: Bool) throws {
         guard !pendingBulk.isEmpty else { return }
-        let started = Clock.monotonicNanoseconds()
-        let changedAt = Clock.unixMilliseconds()
+        let started = SystemTime.monotonicNanoseconds()
+        let changedAt = SystemTime.unixMilliseconds()
         var consumed = 0
         var nextStep: Step?
         var after: (@Sendable () -> Void)?
@@ -445,7 +443,8 @@ public final class SnapshotWriter: @unchecked Sendable {
         var counts = RowCounts()
         try transaction {
             // Changes are applied in key order, about 512 at a time, so that a large batch walks
-            // the key index page by page instead of hopping across it (docs/benchmarks.md).
+            // the key index page by page instead of hopping across it (docs/benchmarks.md,
+            // "Targets and findings": Key order).
             var run: [SnapshotChange] = []
             for entry in pendingBulk {
                 if case .step(let step, _) = entry.work {
@@ -471,7 +470,7 @@ public final class SnapshotWriter: @unchecked Sendable {
                     run.removeAll(keepingCapacity: true)
                 }
                 if counts.total + run.count >= SnapshotWriter.bulkRowsPerTransaction
-                    || Clock.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
+                    || SystemTime.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
                 {
                     break
                 }
@@ -513,7 +512,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             store.rollback()
             throw error
         }
-        checkpointer?.request()
+        maintainer?.request()
     }
 
     private func apply(_ changes: [SnapshotChange], changedAt: Int64, counts: inout RowCounts) throws {
@@ -536,8 +535,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     private func committed(_ changes: [SnapshotChange], bytes: Int, counts: RowCounts) {
         uncommittedChanges.subtract(changes.count, ordering: .relaxed)
         uncommittedBytes.subtract(bytes, ordering: .relaxed)
-        let committed = Clock.monotonicNanoseconds()
-        let wallClock = Clock.unixMilliseconds()
+        let committed = SystemTime.monotonicNanoseconds()
+        let wallClock = SystemTime.unixMilliseconds()
         var late: UInt64 = 0
         var worst: UInt64 = 0
         stats.withLock { stats in

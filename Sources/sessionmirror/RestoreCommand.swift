@@ -106,7 +106,7 @@ private func reportCacheLossAge(snapshotPath: String, endpoint: RedisEndpoint, l
 final class ProgressReporter {
     private let logger: Logger
     private let isTerminal = isatty(STDERR_FILENO) == 1
-    private var lastLine = Clock.monotonicSeconds()
+    private var lastLine = ProgressClock.monotonicSeconds()
     private var drewBar = false
 
     init(logger: Logger) { self.logger = logger }
@@ -115,8 +115,8 @@ final class ProgressReporter {
         if isTerminal {
             FileHandle.standardError.write(Data("\r\u{1B}[Krestoring: \(done) keys".utf8))
             drewBar = true
-        } else if Clock.monotonicSeconds() - lastLine >= 5 {
-            lastLine = Clock.monotonicSeconds()
+        } else if ProgressClock.monotonicSeconds() - lastLine >= 5 {
+            lastLine = ProgressClock.monotonicSeconds()
             logger.info("restore progress", metadata: ["event": "restore_progress", "keys_done": "\(done)"])
         }
     }
@@ -126,7 +126,8 @@ final class ProgressReporter {
     }
 }
 
-enum Clock {
+/// The monotonic clock that paces the progress lines.
+enum ProgressClock {
     static func monotonicSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 }
 

@@ -119,7 +119,7 @@ struct WriterPriorityTests {
         SnapshotChange(
             kind: .upsert(
                 SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)),
-            dirtiedAt: live ? Clock.monotonicNanoseconds() : 0, generation: generation)
+            dirtiedAt: live ? SystemTime.monotonicNanoseconds() : 0, generation: generation)
     }
 
     /// A bulk job that runs one small piece per transaction until `gate` opens.

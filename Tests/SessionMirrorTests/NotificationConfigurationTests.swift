@@ -15,7 +15,7 @@ struct NotificationConfigurationTests {
             let present = expandedFlags(flags)
             #expect(expandedFlags(operatorFlags).isSubset(of: present), "the operator's flags were dropped: '\(flags)'")
             #expect(
-                expandedFlags(KeyspaceNotifications.requiredFlags).isSubset(of: present), "flags missing: '\(flags)'")
+                expandedFlags(ChangeFeed.requiredFlags).isSubset(of: present), "flags missing: '\(flags)'")
 
             // And the events now flow: a string and a hash session reach the snapshot.
             try env.client.checked("SET", "session:a", "v", "EX", "3600")
@@ -82,7 +82,7 @@ struct NotificationConfigurationTests {
         let fatal = output.split(separator: "\n").filter { $0.contains("event=fatal") }
         #expect(fatal.count == 1, "expected one fatal line:\n\(output)")
         #expect(fatal.first?.contains("notify-keyspace-events") == true, "\(output)")
-        #expect(fatal.first?.contains(KeyspaceNotifications.requiredFlags) == true, "\(output)")
+        #expect(fatal.first?.contains(ChangeFeed.requiredFlags) == true, "\(output)")
         #expect(!output.contains("secret"), "the password appears in the output")
     }
 

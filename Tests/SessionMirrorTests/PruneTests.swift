@@ -16,7 +16,7 @@ struct PruneTests {
             // Rows Redis no longer has and whose expiry passed: what a snapshot holds after the
             // daemon was stopped while Redis expired the keys. A second connection writes them,
             // as `purge` does, beside the running daemon.
-            let now = Clock.unixMilliseconds()
+            let now = SystemTime.unixMilliseconds()
             // More expired rows than one prune pass hands to the writer (10,000).
             let manyExpired: [(String, Int64?)] = (0..<10_050).map { ("session:old-\($0)", now - 120_000) }
             let rows: [(String, Int64?)] = [
@@ -49,7 +49,7 @@ struct PruneTests {
         let directory = try TemporaryDirectory(label: "prune")
         let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
         defer { store.close() }
-        let now = Clock.unixMilliseconds()
+        let now = SystemTime.unixMilliseconds()
         try store.begin()
         for key in ["session:a", "session:b"] {
             try store.upsert(

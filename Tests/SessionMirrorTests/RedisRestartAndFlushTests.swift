@@ -25,7 +25,7 @@ struct RedisRestartAndFlushTests {
             let mirrored = try await eventually { try env.rows()[bytes("session:after-restart")] != nil }
             #expect(mirrored, "a write after the restart was not mirrored:\n\(env.mirror.log.text)")
             let flags = try client.checked("CONFIG", "GET", "notify-keyspace-events").elements?.last?.text ?? ""
-            #expect(KeyspaceNotifications.missingFlags(in: flags).isEmpty, "notify-keyspace-events is '\(flags)'")
+            #expect(ChangeFeed.missingFlags(in: flags).isEmpty, "notify-keyspace-events is '\(flags)'")
             #expect(try env.rows().count == 51)
         }
     }

@@ -41,7 +41,7 @@ struct RestoreScopeTests {
         }
         #expect(try client.checked("GET", "app:config").text == "keep me")
         #expect(try client.checked("GET", "s:a").text == "session")
-        #expect(throws: RestoreError.self) {
+        #expect(throws: OneShotCommandError.self) {
             try Purger(snapshotPath: path, endpoint: redis.endpoint(), prefixes: [[]]).run()
         }
         #expect(try client.checked("DBSIZE").integer == 2)

@@ -1,4 +1,5 @@
 import RedisClient
+import SessionMirror
 import SnapshotStore
 import Testing
 

@@ -2,8 +2,9 @@ import RedisClient
 import SnapshotStore
 import Testing
 
-/// One row of the command table in REDIS_FACTS.md, as a test case: commands that set the stage,
-/// the command under test, and what the row must look like afterwards (beyond matching Redis).
+/// One row of the command table in docs/redis-behaviour.md ("Which command fires which keyevent"),
+/// as a test case: commands that set the stage, the command under test, and what the row must look
+/// like afterwards (beyond matching Redis).
 struct SessionCommandCase: Sendable, CustomTestStringConvertible {
     typealias Step = @Sendable (RedisConnection) throws -> Void
     typealias Check = @Sendable (SnapshotMatch, RedisConnection) throws -> Void

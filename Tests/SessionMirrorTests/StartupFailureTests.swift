@@ -48,7 +48,7 @@ struct StartupFailureTests {
                 try redis.client().checked("ACL", "SETUSER", "mirror", "on", ">pw", "~*", "resetchannels", "+@all")
                 return redis.url(username: "mirror", password: "pw")
             },
-            mentions: KeyspaceNotifications.channelNames(database: 0).map { "&" + $0 } + ["NOPERM"]),
+            mentions: ChangeFeed.channelNames(database: 0).map { "&" + $0 } + ["NOPERM"]),
     ]
 
     @Test("the daemon exits 2 with one error line, 50 runs in a row", arguments: refusals)

@@ -18,15 +18,6 @@ extension RedisConnection {
         return reply
     }
 
-    /// Redis's clock, in Unix milliseconds (`TIME`): expiries are compared against the server's clock.
-    func serverTimeMilliseconds() throws -> Int64 {
-        let reply = try checked("TIME")
-        guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
-            let micros = parts[1].text.flatMap({ Int64($0) })
-        else { throw RedisCommandError(command: "TIME", message: "unexpected reply \(reply)") }
-        return seconds * 1000 + micros / 1000
-    }
-
     /// One field of `INFO <section>`, for example `info("stats", "evicted_keys")`.
     func info(_ section: String, _ field: String) throws -> String? {
         guard let text = try checked("INFO", section).text else { return nil }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SessionMirror
+import SnapshotStore
 import Synchronization
 
 /// The mirror engine running in this process, on its own thread, as `sessionmirror run` runs it.
@@ -55,13 +56,11 @@ final class RunningMirror: Sendable {
         let mirror = try Mirror(configuration: configuration, logger: logger)
         let lifecycle = Lifecycle()
         mirror.onReady = { lifecycle.state.withLock { $0.ready = true } }
-        let thread = Thread {
+        startNamedThread("sm-test-mirror") {
             let code = mirror.run()
             lifecycle.state.withLock { $0.exitCode = code }
             lifecycle.finished.signal()
         }
-        thread.name = "test-mirror"
-        thread.start()
         return RunningMirror(mirror: mirror, configuration: configuration, log: store, lifecycle: lifecycle)
     }
 

@@ -6,18 +6,18 @@ import Synchronization
 ///
 /// With SQLite's automatic checkpoint, the commit that crosses the threshold copies thousands of
 /// pages and syncs the file before it returns, and every change queued behind it waits: that was
-/// the tail of the write-to-commit latency under load (docs/benchmarks.md). A `PASSIVE` checkpoint
-/// from another connection runs beside the writer's transactions. The counts and the search for
-/// expired rows scan the table (tens and hundreds of milliseconds with a million rows); run in the
-/// writer's transaction they held every commit back that long (a 360 ms write-to-commit p99 in
-/// the second of a prune, docs/benchmarks.md). Here they read a snapshot of the table beside the
-/// writer, and only the deletes of the rows found go through the writer.
+/// the tail of the write-to-commit latency under load (docs/benchmarks.md, "Targets and findings":
+/// Checkpoints). A `PASSIVE` checkpoint from another connection runs beside the writer's
+/// transactions. The counts and the search for expired rows scan the table; run in the writer's
+/// transaction they held every commit back that long (docs/benchmarks.md, "Targets and findings":
+/// Scans beside the writer). Here they read a snapshot of the table beside the writer, and only the
+/// deletes of the rows found go through the writer.
 ///
 /// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
 /// transaction begins with every frame copied, which a busy writer rarely sees between this
-/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it
-/// the WAL grew to 380 MB under the `-P 16` load, with it 136-200 MB).
-final class Checkpointer: @unchecked Sendable {
+/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it the
+/// WAL grows several times larger: docs/benchmarks.md, "Targets and findings": The WAL's size).
+final class SnapshotMaintainer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
     /// Keys of rows whose expiry passed before `cutoff` (Unix ms), found by a prune pass; the
@@ -85,11 +85,11 @@ final class Checkpointer: @unchecked Sendable {
     }
 
     private func run() {
-        var nextPrune = Clock.monotonicNanoseconds() + pruneIntervalNanoseconds
+        var nextPrune = SystemTime.monotonicNanoseconds() + pruneIntervalNanoseconds
         while true {
             condition.lock()
             while !checkpointRequested && countRequests.isEmpty && !stopping {
-                let now = Clock.monotonicNanoseconds()
+                let now = SystemTime.monotonicNanoseconds()
                 if now >= nextPrune { break }
                 _ = condition.wait(until: Date(timeIntervalSinceNow: Double(nextPrune - now) / 1e9))
             }
@@ -108,22 +108,22 @@ final class Checkpointer: @unchecked Sendable {
                 let bytes = store.fileBytes()
                 for handler in counts { handler(rows.live, rows.evicted, bytes) }
             }
-            if Clock.monotonicNanoseconds() >= nextPrune {
+            if SystemTime.monotonicNanoseconds() >= nextPrune {
                 var again = pruneIntervalNanoseconds
                 if pruneHandedOver.load(ordering: .acquiring) {
                     // The writer has not committed the last batch yet (busy, or the disk is
                     // full): one batch at a time, however long it waits.
                     again = 1_000_000_000
                 } else {
-                    let cutoff = Clock.unixMilliseconds() - pruneGraceMilliseconds
-                    let keys = (try? store.expiredKeys(before: cutoff, limit: Checkpointer.pruneBatch)) ?? []
+                    let cutoff = SystemTime.unixMilliseconds() - pruneGraceMilliseconds
+                    let keys = (try? store.expiredKeys(before: cutoff, limit: SnapshotMaintainer.pruneBatch)) ?? []
                     if !keys.isEmpty {
                         pruneHandedOver.store(true, ordering: .releasing)
                         expired(keys, cutoff)
                     }
-                    if keys.count == Checkpointer.pruneBatch { again = 1_000_000_000 }
+                    if keys.count == SnapshotMaintainer.pruneBatch { again = 1_000_000_000 }
                 }
-                nextPrune = Clock.monotonicNanoseconds() + again
+                nextPrune = SystemTime.monotonicNanoseconds() + again
             }
             if checkpoint {
                 try? store.database.execute("PRAGMA wal_checkpoint(PASSIVE)")

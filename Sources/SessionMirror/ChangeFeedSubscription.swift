@@ -14,9 +14,10 @@ final class SharedDirtyQueue: Sendable {
 
 /// The subscription on a thread and libuv loop of its own: the `__redis__:invalidate` channel that
 /// client tracking redirects to (the keys that changed), and the keyevent channels that say why a
-/// key is gone (`KeyspaceNotifications`).
+/// key is gone (`ChangeFeed`).
 ///
-/// Redis drops a subscriber whose output buffer passes 32 MB (REDIS_FACTS), and a stalled
+/// Redis drops a subscriber whose output buffer passes 32 MB (docs/redis-behaviour.md, "A subscriber
+/// that falls behind is dropped at 32 MB"), and a stalled
 /// subscriber's buffer counts against maxmemory. So this loop does nothing but read messages and
 /// mark keys dirty: the reads, the writer hand-off and the full syncs run on the mirror's loop,
 /// and a burst of work there never delays the drain here.
@@ -24,13 +25,13 @@ final class SharedDirtyQueue: Sendable {
 /// - Important: the public methods may be called from any thread; they hop to the subscription
 ///   loop. Every outcome is posted to the mirror's loop, tagged with the connection attempt it
 ///   belongs to, so that late news from an old connection can be ignored there.
-final class KeyspaceSubscription: @unchecked Sendable {
+final class ChangeFeedSubscription: @unchecked Sendable {
     private let loop = EventLoop()
     private let mirrorLoop: EventLoop
     private let dirty: SharedDirtyQueue
     private let endpoint: RedisEndpoint
     private let prefixes: [[UInt8]]
-    /// `KeyspaceNotifications.channels`: the invalidation channel, then the keyevent channels.
+    /// `ChangeFeed.channels`: the invalidation channel, then the keyevent channels.
     private let channels: [[UInt8]]
     private let canaryKey: [UInt8]
 
@@ -72,7 +73,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
 
     /// Asks the subscription loop to record that it is alive.
     func probe() {
-        loop.execute { [self] in heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed) }
+        loop.execute { [self] in heartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed) }
     }
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
 
@@ -86,9 +87,9 @@ final class KeyspaceSubscription: @unchecked Sendable {
         self.mirrorLoop = mirrorLoop
         self.callbacks = callbacks
         self.prefixes = prefixes
-        channels = KeyspaceNotifications.channels(database: endpoint.database)
+        channels = ChangeFeed.channels(database: endpoint.database)
         loop.start(name: "sm-subscription") { [self] in
-            heartbeat.store(Clock.monotonicNanoseconds(), ordering: .relaxed)
+            heartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
             checkHook = LoopCheck(loop: loop) { [weak self] in self?.wakeMirrorIfNeeded() }
         }
@@ -145,7 +146,7 @@ final class KeyspaceSubscription: @unchecked Sendable {
                 mirrorLoop.execute { callbacks.barrierReached(attempt) }
                 return
             }
-            connection.subscribe([Array("SUBSCRIBE".utf8), KeyspaceSubscription.barrierChannel]) { [weak self] in
+            connection.subscribe([Array("SUBSCRIBE".utf8), ChangeFeedSubscription.barrierChannel]) { [weak self] in
                 self?.handle($0)
             }
         }
@@ -182,10 +183,10 @@ final class KeyspaceSubscription: @unchecked Sendable {
         switch message.kind {
         case .message:
             guard acceptingEvents else { return }
-            if message.channel == KeyspaceNotifications.invalidateChannel {
+            if message.channel == ChangeFeed.invalidateChannel {
                 switch message.payload {
                 case .array(let keys):
-                    let now = Clock.monotonicNanoseconds()
+                    let now = SystemTime.monotonicNanoseconds()
                     for case .bulk(let key) in keys {
                         if key == canaryKey {
                             canaryWrites += 1
@@ -216,11 +217,11 @@ final class KeyspaceSubscription: @unchecked Sendable {
             else { return }
             dirty.eventsReceived.add(1, ordering: .relaxed)
             pendingKeys.append(key)
-            pendingGone.append(KeyspaceNotifications.events[event - 1].evicted ? .evicted : .deleted)
-            pendingTimes.append(Clock.monotonicNanoseconds())
+            pendingGone.append(ChangeFeed.events[event - 1].evicted ? .evicted : .deleted)
+            pendingTimes.append(SystemTime.monotonicNanoseconds())
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)
-            if message.channel == KeyspaceSubscription.barrierChannel {
+            if message.channel == ChangeFeedSubscription.barrierChannel {
                 markPendingKeys()
                 acceptingEvents = false
                 mirrorLoop.execute { callbacks.barrierReached(attempt) }

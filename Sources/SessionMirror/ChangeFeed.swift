@@ -4,15 +4,15 @@
 /// - `CLIENT TRACKING on REDIRECT <subscriber> BCAST PREFIX <prefix>…`: Redis collects the keys
 ///   under the prefixes that changed during one pass of its event loop and sends them as one
 ///   array on `__redis__:invalidate` (a key written twice in the pass once), and a null on every
-///   FLUSHALL / FLUSHDB. About 70 bytes per changed key, against about 340 for the `set` and
-///   `expire` keyspace messages of one session save (REDIS_FACTS): under `redis-benchmark -P 16`
-///   that is the difference between a subscriber Redis drops at its 32 MB buffer limit and one it
-///   does not.
+///   FLUSHALL / FLUSHDB. A few times fewer bytes per changed key than the `set` and `expire`
+///   keyspace messages of one session save (docs/redis-behaviour.md, "Bytes per session save"):
+///   under `redis-benchmark -P 16` that is the difference between a subscriber Redis drops at its
+///   32 MB buffer limit and one it does not (docs/benchmarks.md, "Targets and findings": The change feed).
 /// - Keyevent channels (`__keyevent@<db>__:<event>`, exact channels, payload = the key) for the
 ///   few events that say why a key is gone: `del` (logout, also `EXPIRE k 0`, `GETDEL`, …),
 ///   `expired`, `rename_from`, `move_from`, and `evicted` (a valid login Redis dropped, kept for a
 ///   restore). A key that is gone without one of them (a flush, a restart) keeps its row.
-public enum KeyspaceNotifications {
+public enum ChangeFeed {
     /// E: keyevent channels; g: del/expire/rename/move/…; x: expired; e: evicted. `E` alone fires
     /// nothing, and writes need no flag at all: they arrive through client tracking.
     public static let requiredFlags = "Egxe"
@@ -69,6 +69,16 @@ public enum KeyspaceNotifications {
     /// The SCAN MATCH pattern for a key prefix.
     public static func matchPattern(keyPrefix: [UInt8]) -> [UInt8] {
         escapeGlob(keyPrefix) + [UInt8(ascii: "*")]
+    }
+
+    /// `SCAN <cursor> MATCH <escaped prefix>* COUNT <count>`, the one SCAN of the full sync, the
+    /// one-shot commands and the doctor. Callers keep only the keys that start with the prefix: the
+    /// bytes decide, as for invalidations.
+    public static func scanCommand(cursor: [UInt8], keyPrefix: [UInt8], count: Int = 1000) -> [[UInt8]] {
+        [
+            Array("SCAN".utf8), cursor, Array("MATCH".utf8), matchPattern(keyPrefix: keyPrefix),
+            Array("COUNT".utf8), Array(String(count).utf8),
+        ]
     }
 
     /// Escapes `* ? [ ] \` so that a prefix matches itself literally in a Redis glob.
