@@ -226,7 +226,9 @@ public final class AsyncRedisConnection: @unchecked Sendable {
             }
             callback?(reason)
         } else {
-            finish(connectError: .connect(endpoint: endpoint.description, reason: error.isEmpty ? "connection closed" : error))
+            finish(
+                connectError: .connect(
+                    endpoint: endpoint.description, reason: error.isEmpty ? "connection closed" : error))
             return
         }
         release()
@@ -258,7 +260,9 @@ public final class AsyncRedisConnection: @unchecked Sendable {
             kind = .message
         } else if AsyncRedisConnection.equals(first, "psubscribe") || AsyncRedisConnection.equals(first, "subscribe") {
             kind = .subscribed
-        } else if AsyncRedisConnection.equals(first, "punsubscribe") || AsyncRedisConnection.equals(first, "unsubscribe") {
+        } else if AsyncRedisConnection.equals(first, "punsubscribe")
+            || AsyncRedisConnection.equals(first, "unsubscribe")
+        {
             kind = .unsubscribed
         } else {
             kind = .other
@@ -335,15 +339,17 @@ private let asyncDisconnectCallback: @convention(c) (UnsafePointer<redisAsyncCon
 }
 
 private let asyncReplyCallback:
-    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = {
-        context, reply, _ in
-        connection(context)?.deliverReply(reply?.assumingMemoryBound(to: redisReply.self))
-    }
+    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) ->
+        Void = {
+            context, reply, _ in
+            connection(context)?.deliverReply(reply?.assumingMemoryBound(to: redisReply.self))
+        }
 
 private let asyncSubscriptionCallback:
-    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Void = {
-        context, reply, _ in
-        // A nil reply is hiredis tearing the subscription down; the disconnect callback reports that.
-        guard let reply else { return }
-        connection(context)?.deliverMessage(reply.assumingMemoryBound(to: redisReply.self))
-    }
+    @convention(c) (UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) ->
+        Void = {
+            context, reply, _ in
+            // A nil reply is hiredis tearing the subscription down; the disconnect callback reports that.
+            guard let reply else { return }
+            connection(context)?.deliverMessage(reply.assumingMemoryBound(to: redisReply.self))
+        }

@@ -58,7 +58,8 @@ public final class EventLoop: @unchecked Sendable {
     public func start(name: String = "sm-loop", _ body: @escaping @Sendable () -> Void) {
         let thread = Thread { [self] in
             threadID.withLock { $0 = pthread_self() }
-            try? String(name.utf8.prefix(15))?.write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+            try? String(name.utf8.prefix(15))?.write(
+                toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
             body()
             _ = uv_run(loop, UV_RUN_DEFAULT)
             closeInboxAndHandles()
@@ -155,22 +156,23 @@ private let eventLoopWakeupCallback: @convention(c) (UnsafeMutablePointer<uv_asy
     Unmanaged<EventLoop>.fromOpaque(data).takeUnretainedValue().drainInbox()
 }
 
-private let eventLoopCloseWalker: @convention(c) (UnsafeMutablePointer<uv_handle_t>?, UnsafeMutableRawPointer?) -> Void = {
-    handle, _ in
-    guard let handle, uv_is_closing(handle) == 0 else { return }
-    switch handle.pointee.type {
-    case UV_ASYNC:
-        // The wakeup handle is owned by EventLoop itself and freed in deinit.
-        uv_close(handle, nil)
-    case UV_TIMER, UV_SIGNAL, UV_CHECK:
-        // LoopTimer / LoopSignal: the close callback releases their box.
-        uv_close(handle, loopHandleCloseCallback)
-    default:
-        // Poll handles belong to hiredis's libuv adapter; their owners free the contexts before
-        // stopping the loop, and the adapter closes them itself.
-        break
+private let eventLoopCloseWalker:
+    @convention(c) (UnsafeMutablePointer<uv_handle_t>?, UnsafeMutableRawPointer?) -> Void = {
+        handle, _ in
+        guard let handle, uv_is_closing(handle) == 0 else { return }
+        switch handle.pointee.type {
+        case UV_ASYNC:
+            // The wakeup handle is owned by EventLoop itself and freed in deinit.
+            uv_close(handle, nil)
+        case UV_TIMER, UV_SIGNAL, UV_CHECK:
+            // LoopTimer / LoopSignal: the close callback releases their box.
+            uv_close(handle, loopHandleCloseCallback)
+        default:
+            // Poll handles belong to hiredis's libuv adapter; their owners free the contexts before
+            // stopping the loop, and the adapter closes them itself.
+            break
+        }
     }
-}
 
 /// Close callback shared by LoopTimer and LoopSignal: handle.data holds a retained box.
 let loopHandleCloseCallback: @convention(c) (UnsafeMutablePointer<uv_handle_t>?) -> Void = { handle in

@@ -20,7 +20,9 @@ final class LibuvAdapter {
     }
 
     /// Attaches `context` to `loop`; false when the context already has an adapter or libuv refuses.
-    static func attach(_ context: UnsafeMutablePointer<redisAsyncContext>, to loop: UnsafeMutablePointer<uv_loop_t>) -> Bool {
+    static func attach(_ context: UnsafeMutablePointer<redisAsyncContext>, to loop: UnsafeMutablePointer<uv_loop_t>)
+        -> Bool
+    {
         guard context.pointee.ev.data == nil else { return false }
         let handle = UnsafeMutablePointer<uv_poll_t>.allocate(capacity: 1)
         guard uv_poll_init(loop, handle, context.pointee.c.fd) == 0 else {
@@ -87,10 +89,18 @@ private func adapter(_ privdata: UnsafeMutableRawPointer?) -> LibuvAdapter? {
 private let readable = Int32(UV_READABLE.rawValue)
 private let writable = Int32(UV_WRITABLE.rawValue)
 
-private let libuvAdapterAddRead: @convention(c) (UnsafeMutableRawPointer?) -> Void = { adapter($0)?.update(adding: readable) }
-private let libuvAdapterDelRead: @convention(c) (UnsafeMutableRawPointer?) -> Void = { adapter($0)?.update(removing: readable) }
-private let libuvAdapterAddWrite: @convention(c) (UnsafeMutableRawPointer?) -> Void = { adapter($0)?.update(adding: writable) }
-private let libuvAdapterDelWrite: @convention(c) (UnsafeMutableRawPointer?) -> Void = { adapter($0)?.update(removing: writable) }
+private let libuvAdapterAddRead: @convention(c) (UnsafeMutableRawPointer?) -> Void = {
+    adapter($0)?.update(adding: readable)
+}
+private let libuvAdapterDelRead: @convention(c) (UnsafeMutableRawPointer?) -> Void = {
+    adapter($0)?.update(removing: readable)
+}
+private let libuvAdapterAddWrite: @convention(c) (UnsafeMutableRawPointer?) -> Void = {
+    adapter($0)?.update(adding: writable)
+}
+private let libuvAdapterDelWrite: @convention(c) (UnsafeMutableRawPointer?) -> Void = {
+    adapter($0)?.update(removing: writable)
+}
 private let libuvAdapterCleanup: @convention(c) (UnsafeMutableRawPointer?) -> Void = { adapter($0)?.cleanup() }
 
 private let libuvAdapterPollCallback: @convention(c) (UnsafeMutablePointer<uv_poll_t>?, Int32, Int32) -> Void = {

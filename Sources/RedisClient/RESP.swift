@@ -10,7 +10,8 @@ public enum RESP {
     }
 
     /// Appends one argument.
-    public static func appendArgument<Bytes: Collection>(_ bytes: Bytes, into buffer: inout [UInt8]) where Bytes.Element == UInt8 {
+    public static func appendArgument<Bytes: Collection>(_ bytes: Bytes, into buffer: inout [UInt8])
+    where Bytes.Element == UInt8 {
         buffer.append(UInt8(ascii: "$"))
         appendDecimal(bytes.count, into: &buffer)
         buffer.append(contentsOf: crlf)

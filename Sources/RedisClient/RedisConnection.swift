@@ -18,7 +18,8 @@ public final class RedisConnection {
     /// Connects, authenticates and selects the endpoint's database.
     public init(endpoint: RedisEndpoint, timeoutSeconds: Double = 5) throws {
         self.endpoint = endpoint
-        let timeout = timeval(tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds.truncatingRemainder(dividingBy: 1)) * 1_000_000))
+        let timeout = timeval(
+            tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds.truncatingRemainder(dividingBy: 1)) * 1_000_000))
         let context: UnsafeMutablePointer<redisContext>?
         switch endpoint.address {
         case .tcp(let host, let port):
@@ -139,7 +140,10 @@ enum RedisHandshake {
             steps.append(Step(name: "authenticate as \(endpoint.username ?? "default")", command: auth))
         }
         if select && endpoint.database != 0 {
-            steps.append(Step(name: "select database \(endpoint.database)", command: .command("SELECT", String(endpoint.database))))
+            steps.append(
+                Step(
+                    name: "select database \(endpoint.database)", command: .command("SELECT", String(endpoint.database))
+                ))
         }
         return steps
     }

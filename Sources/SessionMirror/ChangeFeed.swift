@@ -51,7 +51,8 @@ public enum ChangeFeed {
     /// The exact setting an operator must make when the daemon may not run CONFIG SET itself.
     public static func operatorHint(current: String?) -> String {
         let value = current.map(merged) ?? requiredFlags
-        return "set notify-keyspace-events to include \(requiredFlags) (for example: CONFIG SET notify-keyspace-events \(value), and notify-keyspace-events \(value) in redis.conf so that it survives a restart)"
+        return
+            "set notify-keyspace-events to include \(requiredFlags) (for example: CONFIG SET notify-keyspace-events \(value), and notify-keyspace-events \(value) in redis.conf so that it survives a restart)"
     }
 
     /// The prefixes for `CLIENT TRACKING … BCAST`: Redis refuses overlapping prefixes, so a prefix

@@ -212,7 +212,8 @@ final class ChangeFeedSubscription: @unchecked Sendable {
                 return
             }
             // A keyevent: the payload is the key, from any key of the database.
-            guard let event = channels.firstIndex(of: message.channel), event > 0, case .bulk(let key) = message.payload,
+            guard let event = channels.firstIndex(of: message.channel), event > 0,
+                case .bulk(let key) = message.payload,
                 isMirrored(key)
             else { return }
             dirty.eventsReceived.add(1, ordering: .relaxed)

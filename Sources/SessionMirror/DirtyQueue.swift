@@ -59,7 +59,9 @@ struct DirtyQueue {
 
         static func == (lhs: Key, rhs: Key) -> Bool {
             lhs.digest == rhs.digest && lhs.bytes.count == rhs.bytes.count
-                && lhs.bytes.withUnsafeBytes { l in rhs.bytes.withUnsafeBytes { r in memcmp(l.baseAddress!, r.baseAddress!, l.count) == 0 } }
+                && lhs.bytes.withUnsafeBytes { l in
+                    rhs.bytes.withUnsafeBytes { r in memcmp(l.baseAddress!, r.baseAddress!, l.count) == 0 }
+                }
         }
     }
 

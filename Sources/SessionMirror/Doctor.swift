@@ -48,9 +48,15 @@ public struct Doctor: Sendable {
         }
         let channels = ChangeFeed.channelNames(database: database).map { "&" + $0 }
         let commands =
-            ["+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+type", "+mget", "+dump", "+exists", "+set"]
+            [
+                "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+type", "+mget", "+dump",
+                "+exists", "+set",
+            ]
             + readCommands(server)
-        return (["ACL", "SETUSER", user, "reset", "resetchannels", "on", passwordHashPlaceholder] + keys + ["~__sessionmirror__:*"]
+        return
+            (["ACL", "SETUSER", user, "reset", "resetchannels", "on", passwordHashPlaceholder] + keys + [
+                "~__sessionmirror__:*"
+            ]
             + channels + ["&__sessionmirror__:shutdown-barrier"] + commands + select(database)).joined(separator: " ")
     }
 
@@ -96,7 +102,9 @@ public struct Doctor: Sendable {
         do {
             redis = try RedisConnection(endpoint: endpoint, timeoutSeconds: 5)
         } catch {
-            add("connect", .fail, "\(error)", fix: "check --redis, the password (--password-file) and that Redis listens there")
+            add(
+                "connect", .fail, "\(error)",
+                fix: "check --redis, the password (--password-file) and that Redis listens there")
             return (checks, nil)
         }
         defer { redis.close() }
@@ -115,14 +123,17 @@ public struct Doctor: Sendable {
             do {
                 let profile = try ServerProfile.read(info: text, commandInfo: reply(ServerProfile.commandInfoQuery))
                 server = profile
-                let note = profile.readMode == .timeAndPTTL ? " (no PEXPIRETIME: the read script uses TIME and PTTL)" : ""
+                let note =
+                    profile.readMode == .timeAndPTTL ? " (no PEXPIRETIME: the read script uses TIME and PTTL)" : ""
                 add("version", .ok, "\(profile)\(note)")
             } catch {
-                add("version", .fail, error.description,
+                add(
+                    "version", .fail, error.description,
                     fix: "the mirror supports Redis 6.2 or newer and Valkey (docs/configuration.md)")
             }
         } else {
-            add("version", .fail, "INFO server refused (\(info.errorMessage ?? "?")): cannot tell which server this is",
+            add(
+                "version", .fail, "INFO server refused (\(info.errorMessage ?? "?")): cannot tell which server this is",
                 fix: "grant +info")
         }
 
@@ -135,17 +146,26 @@ public struct Doctor: Sendable {
             if missing.isEmpty {
                 add("notifications", .ok, "notify-keyspace-events is '\(value)'")
             } else if mayConfigure {
-                add("notifications", .warn, "notify-keyspace-events '\(value)' lacks '\(missing)'; the daemon will add it at each connect",
+                add(
+                    "notifications", .warn,
+                    "notify-keyspace-events '\(value)' lacks '\(missing)'; the daemon will add it at each connect",
                     fix: ChangeFeed.operatorHint(current: value))
             } else {
-                add("notifications", .fail, "notify-keyspace-events '\(value)' lacks '\(missing)' and CONFIG SET is refused",
+                add(
+                    "notifications", .fail,
+                    "notify-keyspace-events '\(value)' lacks '\(missing)' and CONFIG SET is refused",
                     fix: ChangeFeed.operatorHint(current: value) + ", then run with --no-config-set")
             }
-            add("config set", mayConfigure ? .ok : .warn,
-                mayConfigure ? "CONFIG SET allowed (the daemon re-applies the flags after a Redis restart)" : "CONFIG SET refused",
-                fix: mayConfigure ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
+            add(
+                "config set", mayConfigure ? .ok : .warn,
+                mayConfigure
+                    ? "CONFIG SET allowed (the daemon re-applies the flags after a Redis restart)"
+                    : "CONFIG SET refused",
+                fix: mayConfigure
+                    ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
         } else {
-            add("notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
+            add(
+                "notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
                 fix: ChangeFeed.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
         }
 
@@ -153,74 +173,103 @@ public struct Doctor: Sendable {
         if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
             defer { subscriber.close() }
             let channels = ChangeFeed.channelNames(database: endpoint.database)
-            let answer = (try? subscriber.command([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) })) ?? .error("connection lost")
+            let answer =
+                (try? subscriber.command([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) }))
+                ?? .error("connection lost")
             if answer.elements?.first?.text == "subscribe" {
                 add("subscribe", .ok, "SUBSCRIBE \(channels.joined(separator: " "))")
             } else {
-                add("subscribe", .fail, "SUBSCRIBE \(channels.joined(separator: " ")): \(answer.errorMessage ?? "refused")",
-                    fix: "grant +subscribe and the channels \(channels.map { "&" + $0 }.joined(separator: " ")) (see the ACL line below)")
+                add(
+                    "subscribe", .fail,
+                    "SUBSCRIBE \(channels.joined(separator: " ")): \(answer.errorMessage ?? "refused")",
+                    fix:
+                        "grant +subscribe and the channels \(channels.map { "&" + $0 }.joined(separator: " ")) (see the ACL line below)"
+                )
             }
         }
 
         // The reads: the mirror's script on a probe key, SCAN, CLIENT TRACKING.
         let probe = "__sessionmirror__:doctor:\(UInt32.random(in: 0...UInt32.max))"
         let setProbe = reply(["SET", probe, "probe", "PX", "10000", "NX"])
-        add("write", setProbe.errorMessage == nil ? .ok : .fail, "SET … PXAT … NX (restore, canary): \(setProbe.errorMessage ?? "ok")",
+        add(
+            "write", setProbe.errorMessage == nil ? .ok : .fail,
+            "SET … PXAT … NX (restore, canary): \(setProbe.errorMessage ?? "ok")",
             fix: "grant +set on the session prefixes and ~__sessionmirror__:*")
         let readMode = server?.readMode ?? .pexpiretime
         let read =
-            (try? redis.command(KeyReader.command(for: [Array(probe.utf8)], mode: readMode))) ?? .error("connection lost")
+            (try? redis.command(KeyReader.command(for: [Array(probe.utf8)], mode: readMode)))
+            ?? .error("connection lost")
         let scriptCommands =
             readMode == .timeAndPTTL ? "EVAL of the read script (TIME, PTTL" : "EVAL_RO of the read script (PEXPIRETIME"
         let grants = readMode == .timeAndPTTL ? "+eval +time +pttl" : "+eval_ro +pexpiretime"
-        add("read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
+        add(
+            "read script", KeyReader.parse(read, count: 1) != nil ? .ok : .fail,
             "\(scriptCommands), MGET, TYPE, DUMP): \(read.errorMessage ?? "ok")",
             fix: "grant \(grants) +mget +type +dump: commands inside scripts are checked too")
         let dump = reply(["DUMP", probe])
         if let payload = dump.bytes {
-            let restored = (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))
+            let restored =
+                (try? redis.command([Array("RESTORE".utf8), Array((probe + ":r").utf8), Array("10000".utf8), payload]))
                 ?? .error("connection lost")
-            add("restore", restored.errorMessage == nil ? .ok : .warn, "RESTORE (sessions that are not strings): \(restored.errorMessage ?? "ok")",
+            add(
+                "restore", restored.errorMessage == nil ? .ok : .warn,
+                "RESTORE (sessions that are not strings): \(restored.errorMessage ?? "ok")",
                 fix: "grant +restore")
         } else {
             add("restore", .warn, "DUMP refused: \(dump.errorMessage ?? "?")", fix: "grant +dump +restore")
         }
         let unlink = reply(["UNLINK", probe, probe + ":r"])
-        add("delete", permitted(unlink) ? .ok : .warn, "UNLINK (purge): \(unlink.errorMessage ?? "ok")", fix: "grant +unlink")
+        add(
+            "delete", permitted(unlink) ? .ok : .warn, "UNLINK (purge): \(unlink.errorMessage ?? "ok")",
+            fix: "grant +unlink")
         for prefix in prefixes {
             let scan =
                 (try? redis.command(ChangeFeed.scanCommand(cursor: Array("0".utf8), keyPrefix: prefix, count: 10)))
                 ?? .error("connection lost")
-            add("scan", scan.elements != nil ? .ok : .fail, "SCAN MATCH \(String(decoding: prefix, as: UTF8.self))*: \(scan.errorMessage ?? "ok")",
+            add(
+                "scan", scan.elements != nil ? .ok : .fail,
+                "SCAN MATCH \(String(decoding: prefix, as: UTF8.self))*: \(scan.errorMessage ?? "ok")",
                 fix: "grant +scan")
         }
         let tracking = reply(["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "__sessionmirror__:doctor:"])
         _ = reply(["CLIENT", "TRACKING", "off"])
-        add("client tracking", tracking.errorMessage == nil ? .ok : .fail, "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
+        add(
+            "client tracking", tracking.errorMessage == nil ? .ok : .fail,
+            "CLIENT TRACKING: \(tracking.errorMessage ?? "ok")",
             fix: "grant +client|tracking +client|id: the mirror learns of changed keys through it")
         let time = reply(["TIME"])
-        add("time", time.elements != nil ? .ok : .warn,
+        add(
+            "time", time.elements != nil ? .ok : .warn,
             "TIME (restore and verify judge expiry by Redis's clock; the daemon does not need it): \(time.errorMessage ?? "ok")",
             fix: "grant +time to the restore user")
 
         // Memory policy and the subscriber's output buffer.
         if let policy = reply(["CONFIG", "GET", "maxmemory-policy"]).elements?.last?.text {
             if policy.hasPrefix("allkeys") {
-                add("maxmemory-policy", .warn, "\(policy): any key may be evicted, the sessions among them",
-                    fix: "prefer volatile-lru (only keys with a TTL) or noeviction; an evicted session is kept by the mirror for a restore")
+                add(
+                    "maxmemory-policy", .warn, "\(policy): any key may be evicted, the sessions among them",
+                    fix:
+                        "prefer volatile-lru (only keys with a TTL) or noeviction; an evicted session is kept by the mirror for a restore"
+                )
             } else {
                 add("maxmemory-policy", .ok, policy)
             }
         }
         if let limits = reply(["CONFIG", "GET", "client-output-buffer-limit"]).elements?.last?.text {
             let pubsub = limits.components(separatedBy: "pubsub ").last.map { "pubsub " + $0 } ?? limits
-            add("pubsub buffer", .ok, "\(pubsub): Redis drops a subscriber that falls this far behind; the mirror then resyncs")
+            add(
+                "pubsub buffer", .ok,
+                "\(pubsub): Redis drops a subscriber that falls this far behind; the mirror then resyncs")
         }
 
         // A write rate estimate over one second.
-        let before = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap { Int($0) }
+        let before = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap {
+            Int($0)
+        }
         Thread.sleep(forTimeInterval: 1)
-        let after = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap { Int($0) }
+        let after = RedisInfo(reply(["INFO", "stats"]).text ?? "").fields["total_commands_processed"].flatMap {
+            Int($0)
+        }
         if let before, let after {
             add("load", .ok, "about \(max(after - before - 2, 0)) commands/s right now (all commands, all clients)")
         }

@@ -32,7 +32,8 @@ extension Mirror {
         options.scope = .prefixes(configuration.prefixes)
         options.integrityKey = configuration.integrityKey
         let restorer = Restorer(
-            snapshotPath: configuration.snapshotPath, endpoint: configuration.endpoint, options: options, logger: logger)
+            snapshotPath: configuration.snapshotPath, endpoint: configuration.endpoint, options: options, logger: logger
+        )
         // Queued behind every change already read, so the restore sees them committed. The restore
         // itself runs on its own thread with its own connections: the loop keeps draining events.
         writer.enqueue { [self] _ in
@@ -52,7 +53,8 @@ extension Mirror {
                                 "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
                             ])
                     } catch {
-                        logger.error("automatic restore failed", metadata: ["event": "restore_failed", "error": "\(error)"])
+                        logger.error(
+                            "automatic restore failed", metadata: ["event": "restore_failed", "error": "\(error)"])
                     }
                     loop.execute { [self] in
                         restoreRunning = false

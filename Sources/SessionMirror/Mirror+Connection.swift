@@ -109,7 +109,10 @@ extension Mirror {
             }
             logger.warning(
                 "cannot read notify-keyspace-events; trusting the operator's setting",
-                metadata: ["event": "notifications_unverified", "error": "\(refusal)", "required": "\(ChangeFeed.requiredFlags)"])
+                metadata: [
+                    "event": "notifications_unverified", "error": "\(refusal)",
+                    "required": "\(ChangeFeed.requiredFlags)",
+                ])
             notificationsReady(on: connection)
             return
         }
@@ -121,7 +124,8 @@ extension Mirror {
         guard configuration.configureNotifications else {
             connectFailed(
                 MirrorSetupError(
-                    description: "notify-keyspace-events is '\(current)', missing '\(missing)' and --no-config-set is given: "
+                    description:
+                        "notify-keyspace-events is '\(current)', missing '\(missing)' and --no-config-set is given: "
                         + ChangeFeed.operatorHint(current: current),
                     permanent: true))
             return
@@ -216,7 +220,8 @@ extension Mirror {
             if let refusal = reply.errorMessage {
                 self.connectFailed(
                     MirrorSetupError(
-                        description: "CLIENT TRACKING was refused (\(refusal)): the mirror learns of changed keys through it; "
+                        description:
+                            "CLIENT TRACKING was refused (\(refusal)): the mirror learns of changed keys through it; "
                             + "the Redis user needs +client|tracking +client|id (`sessionmirror doctor` prints the whole ACL line)",
                         permanent: true))
                 return

@@ -42,7 +42,8 @@ extension Mirror {
             try store.beginFullSync(generation: newGeneration)
             return nil
         }
-        connection.sync = SyncState(generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds())
+        connection.sync = SyncState(
+            generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds())
         stats.fullSyncs += 1
         logger.info("full sync started", metadata: ["event": "sync_started", "reason": "\(reason)"])
         continueScan()
@@ -53,7 +54,10 @@ extension Mirror {
             return
         }
         // Bounded memory: scan on only while the reads keep up.
-        guard dirty.state.withLock({ $0.syncCount }) < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1)) else {
+        guard
+            dirty.state.withLock({ $0.syncCount })
+                < min(configuration.maxKeysInFlight * 4, max(configuration.maxDirtyKeys / 2, 1))
+        else {
             return
         }
         let prefix = configuration.prefixes[state.prefixIndex]
@@ -65,7 +69,8 @@ extension Mirror {
             guard let self, let reply, var state = connection.sync, state.generation == generation,
                 self.connected === connection
             else { return }
-            guard let items = reply.elements, items.count == 2, let cursor = items[0].bytes, let keys = items[1].elements
+            guard let items = reply.elements, items.count == 2, let cursor = items[0].bytes,
+                let keys = items[1].elements
             else {
                 self.stats.errors += 1
                 self.logger.error(
@@ -115,12 +120,15 @@ extension Mirror {
         let reconciliation = evidence.reconciliation(
             generation: state.generation, now: SystemTime.unixMilliseconds(),
             maxDeleteFraction: configuration.maxResyncDeleteFraction)
-        writer.enqueue(steps: reconcileStep(reconciliation) { [self] store, outcome in
-            try store.setMetadata("redis_run_id", evidence.runID)
-            try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
-            try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
-            return { self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) } }
-        })
+        writer.enqueue(
+            steps: reconcileStep(reconciliation) { [self] store, outcome in
+                try store.setMetadata("redis_run_id", evidence.runID)
+                try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
+                try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
+                return {
+                    self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) }
+                }
+            })
     }
 
     /// The writer step that runs one piece of `reconciliation`, then the next, and `finish` in the

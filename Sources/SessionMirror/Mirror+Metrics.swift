@@ -58,44 +58,63 @@ extension Mirror {
             for (labels, value) in samples { lines.append("sessionmirror_\(name)\(labels) \(value ?? "0")") }
         }
         func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
-        metric("events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).", [("", values["events_received"])])
-        metric("keys_vanished_total", "counter", "Keys found missing without a del, expired or evicted event (rows kept).", [("", values["keys_vanished"])])
-        metric("values_too_large_total", "counter", "Values over --max-value-bytes, not mirrored (rows deleted).", [("", values["values_too_large"])])
+        metric(
+            "events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).",
+            [("", values["events_received"])])
+        metric(
+            "keys_vanished_total", "counter", "Keys found missing without a del, expired or evicted event (rows kept).",
+            [("", values["keys_vanished"])])
+        metric(
+            "values_too_large_total", "counter", "Values over --max-value-bytes, not mirrored (rows deleted).",
+            [("", values["values_too_large"])])
         metric("keys_read_total", "counter", "Keys read back from Redis.", [("", values["keys_read"])])
-        metric("rows_written_total", "counter", "Snapshot rows written, by kind.", [
-            ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),
-            ("{kind=\"evicted\"}", values["rows_evicted"]),
-        ])
+        metric(
+            "rows_written_total", "counter", "Snapshot rows written, by kind.",
+            [
+                ("{kind=\"upsert\"}", values["rows_upserted"]), ("{kind=\"delete\"}", values["rows_deleted"]),
+                ("{kind=\"evicted\"}", values["rows_evicted"]),
+            ])
         metric("dirty_backlog", "gauge", "Keys waiting to be read or being read.", [("", values["dirty_backlog"])])
         metric("writer_queue", "gauge", "Changes waiting for the writer.", [("", values["writer_queue"])])
-        metric("commit_latency_seconds", "gauge", "Event-to-commit latency over the last interval.", [
-            ("{quantile=\"0.5\"}", seconds("commit_latency_p50_ms")), ("{quantile=\"0.99\"}", seconds("commit_latency_p99_ms")),
-            ("{quantile=\"1\"}", seconds("commit_latency_max_ms")),
-        ])
+        metric(
+            "commit_latency_seconds", "gauge", "Event-to-commit latency over the last interval.",
+            [
+                ("{quantile=\"0.5\"}", seconds("commit_latency_p50_ms")),
+                ("{quantile=\"0.99\"}", seconds("commit_latency_p99_ms")),
+                ("{quantile=\"1\"}", seconds("commit_latency_max_ms")),
+            ])
         // The same latencies as a cumulative histogram, so that a quantile can be taken over any
         // window (`histogram_quantile(0.99, rate(..._bucket[5m]))`). Finer around the 100 ms the
         // benchmark's target names.
         let bounds: [Double] = [
-            0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10,
+            0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1, 2,
+            5, 10,
         ]
         let buckets = bounds.map { ("{le=\"\($0)\"}", String(latencySinceStart.count(atMost: UInt64($0 * 1_000_000)))) }
         metric("write_to_commit_seconds", "histogram", "Event-to-commit latency of every change since start.", [])
         for (labels, value) in buckets + [("{le=\"+Inf\"}", String(latencySinceStart.count))] {
             lines.append("sessionmirror_write_to_commit_seconds_bucket\(labels) \(value)")
         }
-        lines.append("sessionmirror_write_to_commit_seconds_sum \(Double(latencySinceStart.sumMicroseconds) / 1_000_000)")
+        lines.append(
+            "sessionmirror_write_to_commit_seconds_sum \(Double(latencySinceStart.sumMicroseconds) / 1_000_000)")
         lines.append("sessionmirror_write_to_commit_seconds_count \(latencySinceStart.count)")
-        metric("late_commits_total", "counter", "Changes committed later than --commit-interval.", [("", values["late_commits"])])
-        metric("snapshot_rows", "gauge", "Rows in the snapshot, by state.", [
-            ("{state=\"live\"}", values["snapshot_rows_live"]), ("{state=\"evicted\"}", values["snapshot_rows_evicted"]),
-        ])
+        metric(
+            "late_commits_total", "counter", "Changes committed later than --commit-interval.",
+            [("", values["late_commits"])])
+        metric(
+            "snapshot_rows", "gauge", "Rows in the snapshot, by state.",
+            [
+                ("{state=\"live\"}", values["snapshot_rows_live"]),
+                ("{state=\"evicted\"}", values["snapshot_rows_evicted"]),
+            ])
         metric("snapshot_bytes", "gauge", "Snapshot database and WAL size.", [("", values["snapshot_bytes"])])
         metric("reconnects_total", "counter", "Connections to Redis lost and made again.", [("", values["reconnects"])])
         metric("full_syncs_total", "counter", "Full syncs (SCAN) started.", [("", values["full_syncs"])])
         metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
         metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])
         metric("errors_total", "counter", "Errors (Redis and snapshot).", [("", values["errors"])])
-        metric("connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
+        metric(
+            "connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -108,7 +127,8 @@ extension Mirror {
             try SafeFile.replace(path, with: Array(text.utf8), mode: 0o644)
         } catch {
             logger.warning(
-                "cannot write the metrics file", metadata: ["event": "metrics_file_failed", "error": "\(error)", "path": "\(path)"])
+                "cannot write the metrics file",
+                metadata: ["event": "metrics_file_failed", "error": "\(error)", "path": "\(path)"])
         }
     }
 }

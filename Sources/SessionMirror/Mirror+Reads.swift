@@ -90,7 +90,8 @@ extension Mirror {
                         permanent: !everSynced))
                 return
             }
-            logger.error("reading keys failed; reconnecting to resync", metadata: ["event": "read_failed", "error": "\(why)"])
+            logger.error(
+                "reading keys failed; reconnecting to resync", metadata: ["event": "read_failed", "error": "\(why)"])
             connectionLost("read failed: \(why)")
             return
         }

@@ -25,7 +25,8 @@ extension Mirror {
         guard lastReportedFailure != reason else { return }
         lastReportedFailure = reason
         onStatus?("Redis unavailable, retrying: \(reason)")
-        logger.error("cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
+        logger.error(
+            "cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
     }
 
     func connectionLost(_ reason: String) {

@@ -96,7 +96,8 @@ public final class Mirror: @unchecked Sendable {
         try store.enableIntegrity(configuration.integrityKey)
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds)
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds
+        )
         subscription = ChangeFeedSubscription(
             endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,
             mirrorLoop: loop,
@@ -163,7 +164,8 @@ public final class Mirror: @unchecked Sendable {
         timers.append(tick)
         if let watchdog {
             let timer = LoopTimer(loop: loop) { [weak self] in self?.watchdogTick() }
-            timer.start(afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
+            timer.start(
+                afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
             timers.append(timer)
         }
         if configuration.metricsIntervalSeconds > 0 {

@@ -38,7 +38,8 @@ public struct Purger {
         if case .prefixes(let prefixes) = scope, prefixes.isEmpty || prefixes.contains(where: \.isEmpty) {
             throw OneShotCommandError(description: "--prefix: an empty prefix would delete every key in the database")
         }
-        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
+        let (store, redis) = try openSnapshotAndRedis(
+            snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
         guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
             throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }
@@ -50,7 +51,8 @@ public struct Purger {
                 guard !names.isEmpty else { return }
                 let deleted = try redis.command([Array("UNLINK".utf8)] + names)
                 guard let count = deleted.integer else {
-                    throw OneShotCommandError(description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
+                    throw OneShotCommandError(
+                        description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
                 }
                 summary.redisKeysDeleted += Int(count)
             }

@@ -9,7 +9,7 @@ extension RedisConnection {
         // Checked arithmetic: an odd reply is an error, never a trap.
         guard let parts = reply.elements, parts.count == 2, let seconds = parts[0].text.flatMap({ Int64($0) }),
             let micros = parts[1].text.flatMap({ Int64($0) }), seconds >= 0, (0..<1_000_000).contains(micros),
-            case let (milliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1000), !overflow
+            case (let milliseconds, let overflow) = seconds.multipliedReportingOverflow(by: 1000), !overflow
         else {
             throw OneShotCommandError(description: "TIME was refused: \(reply.errorMessage ?? "unexpected reply")")
         }

@@ -116,7 +116,8 @@ enum KeyScopeResolution {
             return nil
         case .prefixes(let prefixes):
             guard !prefixes.isEmpty, !prefixes.contains(where: \.isEmpty) else {
-                throw OneShotCommandError(description: "--prefix: an empty prefix would match every key in the database")
+                throw OneShotCommandError(
+                    description: "--prefix: an empty prefix would match every key in the database")
             }
             return prefixes
         case .recorded:

@@ -93,7 +93,8 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
 
     /// Rows looked at.
     public var total: Int {
-        restored + skippedExisting + skippedExpired + skippedEvicted + failed + tampered + skippedTooLarge + notAttempted
+        restored + skippedExisting + skippedExpired + skippedEvicted + failed + tampered + skippedTooLarge
+            + notAttempted
     }
 }
 
@@ -137,7 +138,8 @@ public struct Restorer: Sendable {
         var pendingBytes = 0
 
         func drain(keepingCount countLimit: Int, bytes byteLimit: Int) throws {
-            while pending.count - pendingHead > countLimit || (pendingBytes > byteLimit && pending.count > pendingHead) {
+            while pending.count - pendingHead > countLimit || (pendingBytes > byteLimit && pending.count > pendingHead)
+            {
                 let (key, bytes) = pending[pendingHead]
                 pendingHead += 1
                 pendingBytes -= bytes
@@ -199,7 +201,8 @@ public struct Restorer: Sendable {
                 // reply per command cost a write and a read syscall per key (half the client's
                 // time went to the kernel).
                 if encodedCount == 0
-                    && (pending.count - pendingHead >= options.pipelineDepth + 1024 || pendingBytes > options.pipelineBytes)
+                    && (pending.count - pendingHead >= options.pipelineDepth + 1024
+                        || pendingBytes > options.pipelineBytes)
                 {
                     try drain(keepingCount: options.pipelineDepth, bytes: options.pipelineBytes / 2)
                 }

@@ -11,7 +11,8 @@ public enum SessionKey {
         let prefix = prefixes.filter { key.starts(with: $0) }.max { $0.count < $1.count } ?? []
         let rest = key.dropFirst(prefix.count)
         let shown = rest.prefix(6).map { byte -> String in
-            (0x21...0x7e).contains(byte) && byte != UInt8(ascii: "\\") ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
+            (0x21...0x7e).contains(byte) && byte != UInt8(ascii: "\\")
+                ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
         }.joined()
         // A prefix is configuration, not a secret, but may be any bytes: shown as text when it is
         // UTF-8, else byte by byte like the id (the log handler escapes control characters).

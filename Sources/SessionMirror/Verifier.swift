@@ -55,7 +55,8 @@ public struct Verifier {
         self.integrityKey = integrityKey
     }
 
-    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]], toleranceMilliseconds: Int64 = 1000) {
+    public init(snapshotPath: String, endpoint: RedisEndpoint, prefixes: [[UInt8]], toleranceMilliseconds: Int64 = 1000)
+    {
         self.init(
             snapshotPath: snapshotPath, endpoint: endpoint, scope: .prefixes(prefixes),
             toleranceMilliseconds: toleranceMilliseconds)
@@ -90,7 +91,8 @@ public struct Verifier {
             guard !batch.isEmpty else { return }
             let reply = try redis.command(KeyReader.command(for: batch.map(\.key), mode: readMode))
             guard let results = KeyReader.parse(reply, count: batch.count) else {
-                throw OneShotCommandError(description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
+                throw OneShotCommandError(
+                    description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
             }
             // A verify of a million rows takes seconds, in which sessions expire: a key read as
             // missing whose expiry had passed by the time of the read expired, it is not missing.
@@ -150,7 +152,7 @@ public struct Verifier {
     private func expiryMatches(_ a: Int64?, _ b: Int64?) -> Bool {
         switch (a, b) {
         case (nil, nil): return true
-        case let (x?, y?):
+        case (let x?, let y?):
             // Checked: the snapshot's value and Redis's are not trusted to be near each other.
             let (difference, overflow) = x.subtractingReportingOverflow(y)
             return !overflow && difference.magnitude <= UInt64(max(toleranceMilliseconds, 0))

@@ -83,14 +83,19 @@ public struct RunSettings: Sendable, Equatable {
                 return text
             }
             func integer(_ range: ClosedRange<Int64>) throws -> Int {
-                guard case .integer(let number) = value else { throw fail("expected an integer, got \(value.typeName)") }
-                guard range.contains(number) else { throw fail("must be between \(range.lowerBound) and \(range.upperBound)") }
+                guard case .integer(let number) = value else {
+                    throw fail("expected an integer, got \(value.typeName)")
+                }
+                guard range.contains(number) else {
+                    throw fail("must be between \(range.lowerBound) and \(range.upperBound)")
+                }
                 return Int(number)
             }
             func choice<T: RawRepresentable>(_ type: T.Type, _ all: [T]) throws -> T where T.RawValue == String {
                 let text = try string()
                 guard let result = T(rawValue: text) else {
-                    throw fail("expected one of \(all.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \"\(text)\"")
+                    throw fail(
+                        "expected one of \(all.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \"\(text)\"")
                 }
                 return result
             }
@@ -98,7 +103,9 @@ public struct RunSettings: Sendable, Equatable {
             case "redis": settings.redis = try string()
             case "password_file": settings.passwordFile = try string()
             case "prefixes":
-                guard case .array(let items) = value else { throw fail("expected an array of strings, got \(value.typeName)") }
+                guard case .array(let items) = value else {
+                    throw fail("expected an array of strings, got \(value.typeName)")
+                }
                 settings.prefixes = try items.map {
                     guard case .string(let text) = $0, !text.isEmpty else { throw fail("expected non-empty strings") }
                     return text
@@ -113,26 +120,37 @@ public struct RunSettings: Sendable, Equatable {
                 case .integer(let i): text = String(i)
                 default: throw fail("expected a fraction like 0.1 or a percentage like \"10%\"")
                 }
-                guard parseFraction(text) != nil else { throw fail("expected a fraction like 0.1 or a percentage like \"10%\"") }
+                guard parseFraction(text) != nil else {
+                    throw fail("expected a fraction like 0.1 or a percentage like \"10%\"")
+                }
                 settings.maxResyncDelete = text
-            case "evicted": settings.evicted = try choice(MirrorConfiguration.EvictedPolicy.self, MirrorConfiguration.EvictedPolicy.allCases)
+            case "evicted":
+                settings.evicted = try choice(
+                    MirrorConfiguration.EvictedPolicy.self, MirrorConfiguration.EvictedPolicy.allCases)
             case "config_set":
-                guard case .boolean(let flag) = value else { throw fail("expected true or false, got \(value.typeName)") }
+                guard case .boolean(let flag) = value else {
+                    throw fail("expected true or false, got \(value.typeName)")
+                }
                 settings.configSet = flag
             case "on_cache_loss":
-                settings.onCacheLoss = try choice(MirrorConfiguration.CacheLossAction.self, MirrorConfiguration.CacheLossAction.allCases)
+                settings.onCacheLoss = try choice(
+                    MirrorConfiguration.CacheLossAction.self, MirrorConfiguration.CacheLossAction.allCases)
             case "metrics_interval_s": settings.metricsIntervalSeconds = try integer(0...86_400)
             case "metrics_file": settings.metricsFile = try string()
             case "max_value_bytes":
                 settings.maxValueBytes = try integer(1024...Int64(MirrorConfiguration.maxValueBytesLimit))
             case "log_format":
                 let text = try string()
-                guard ["logfmt", "json"].contains(text) else { throw fail("expected \"logfmt\" or \"json\", got \"\(text)\"") }
+                guard ["logfmt", "json"].contains(text) else {
+                    throw fail("expected \"logfmt\" or \"json\", got \"\(text)\"")
+                }
                 settings.logFormat = text
             case "log_level":
                 let text = try string()
                 let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
-                guard levels.contains(text) else { throw fail("expected one of \(levels.joined(separator: ", ")), got \"\(text)\"") }
+                guard levels.contains(text) else {
+                    throw fail("expected one of \(levels.joined(separator: ", ")), got \"\(text)\"")
+                }
                 settings.logLevel = text
             case "log_file": settings.logFile = try string()
             case "integrity_key_file": settings.integrityKeyFile = try string()

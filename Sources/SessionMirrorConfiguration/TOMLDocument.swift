@@ -85,7 +85,10 @@ public struct TOMLDocument: Sendable {
     }
 
     private static func isBareKey(_ key: String) -> Bool {
-        !key.isEmpty && key.unicodeScalars.allSatisfy { $0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+        !key.isEmpty
+            && key.unicodeScalars.allSatisfy {
+                $0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "_" || $0 == "-"
+            }
     }
 
     /// Drops a `#` comment that is not inside a string.
@@ -116,7 +119,13 @@ public struct TOMLDocument: Sendable {
         var escaped = false
         for character in text {
             if let open = quote {
-                if escaped { escaped = false } else if character == "\\" && open == "\"" { escaped = true } else if character == open { quote = nil }
+                if escaped {
+                    escaped = false
+                } else if character == "\\" && open == "\"" {
+                    escaped = true
+                } else if character == open {
+                    quote = nil
+                }
                 continue
             }
             switch character {
@@ -180,7 +189,8 @@ public struct TOMLDocument: Sendable {
                     case "u", "U":
                         let digits = e == "u" ? 4 : 8
                         guard index + digits <= text.count,
-                            let code = UInt32(String(String.UnicodeScalarView(text[index..<index + digits])), radix: 16),
+                            let code = UInt32(
+                                String(String.UnicodeScalarView(text[index..<index + digits])), radix: 16),
                             let scalar = Unicode.Scalar(code)
                         else { throw error("invalid \\\(e) escape") }
                         out.append(scalar)
@@ -236,7 +246,9 @@ public struct TOMLDocument: Sendable {
             if word == "true" { return .boolean(true) }
             if word == "false" { return .boolean(false) }
             if let integer = Int64(word) { return .integer(integer) }
-            if let float = Double(word), word.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) { return .float(float) }
+            if let float = Double(word), word.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) {
+                return .float(float)
+            }
             throw error("a bare word is not a value (strings need quotes)")
         }
     }

@@ -172,7 +172,8 @@ final class Statement {
         }
         let status = blob.withUnsafeBytes { raw in
             asText
-                ? sqlite3_bind_text(statement, index, raw.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(raw.count), transient)
+                ? sqlite3_bind_text(
+                    statement, index, raw.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(raw.count), transient)
                 : sqlite3_bind_blob(statement, index, raw.baseAddress, Int32(raw.count), transient)
         }
         try check(status, "bind blob")

@@ -16,11 +16,14 @@ public enum SnapshotError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notASnapshot(let path, let detail):
-            return "\(path) is not a SessionMirror snapshot (\(detail)); refusing to touch it: choose another --snapshot path"
+            return
+                "\(path) is not a SessionMirror snapshot (\(detail)); refusing to touch it: choose another --snapshot path"
         case .corrupt(let path, let detail):
-            return "snapshot \(path) is damaged (\(detail)); it was left untouched: move it aside and restore from a copy"
+            return
+                "snapshot \(path) is damaged (\(detail)); it was left untouched: move it aside and restore from a copy"
         case .newerFormat(let path, let found, let supported):
-            return "snapshot \(path) has format version \(found), newer than this sessionmirror supports (\(supported)): upgrade sessionmirror"
+            return
+                "snapshot \(path) has format version \(found), newer than this sessionmirror supports (\(supported)): upgrade sessionmirror"
         case .cannotCreate(let path, let reason):
             return "cannot create snapshot \(path): \(reason)"
         case .missing(let path):

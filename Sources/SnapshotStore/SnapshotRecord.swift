@@ -15,7 +15,9 @@ public struct SnapshotRecord: Sendable, Equatable {
     /// When the row last changed (local Unix ms).
     public var changedAt: Int64
 
-    public init(key: [UInt8], type: String, value: [UInt8], expiresAt: Int64?, state: RowState = .live, changedAt: Int64 = 0) {
+    public init(
+        key: [UInt8], type: String, value: [UInt8], expiresAt: Int64?, state: RowState = .live, changedAt: Int64 = 0
+    ) {
         self.key = key
         self.type = type
         self.value = value

@@ -52,7 +52,9 @@ public struct IntegrityKey: @unchecked Sendable {
         var message: [UInt8] = []
         message.reserveCapacity(IntegrityKey.rowLabel.count + 48 + rowKey.count + typeBytes.count + value.count)
         func integer(_ number: UInt64) {
-            for shift in stride(from: 56, through: 0, by: -8) { message.append(UInt8(truncatingIfNeeded: number >> shift)) }
+            for shift in stride(from: 56, through: 0, by: -8) {
+                message.append(UInt8(truncatingIfNeeded: number >> shift))
+            }
         }
         message += IntegrityKey.rowLabel
         integer(UInt64(rowKey.count))

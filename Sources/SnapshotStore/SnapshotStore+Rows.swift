@@ -107,7 +107,8 @@ extension SnapshotStore {
     /// the partial index of evicted rows, no table scan. Expired rows not yet pruned are included.
     public func quickCounts() throws -> (live: Int, evicted: Int) {
         let total = Int(try database.integer("SELECT count(*) FROM sessions") ?? 0)
-        let evicted = Int(try database.integer("SELECT count(*) FROM sessions INDEXED BY sessions_evicted WHERE state = 1") ?? 0)
+        let evicted = Int(
+            try database.integer("SELECT count(*) FROM sessions INDEXED BY sessions_evicted WHERE state = 1") ?? 0)
         return (total - evicted, evicted)
     }
 

@@ -199,7 +199,9 @@ public final class SnapshotStore {
             let tableCount = try database.integer("SELECT count(*) FROM sqlite_master") ?? 0
             if applicationID != SnapshotStore.applicationID {
                 let empty = isNew || (applicationID == 0 && version == 0 && tableCount == 0)
-                if !empty { throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application") }
+                if !empty {
+                    throw SnapshotError.notASnapshot(path: path, detail: "an SQLite database of another application")
+                }
                 if mode != .readWrite { throw SnapshotError.notASnapshot(path: path, detail: "an empty file") }
                 return 0
             }
@@ -207,7 +209,8 @@ public final class SnapshotStore {
                 throw SnapshotError.newerFormat(path: path, found: version, supported: SnapshotStore.formatVersion)
             }
             if mode == .maintenance && version < SnapshotStore.formatVersion {
-                throw SnapshotError.notASnapshot(path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
+                throw SnapshotError.notASnapshot(
+                    path: path, detail: "format \(version): start `sessionmirror run` once to upgrade it")
             }
             // A snapshot never has triggers or views: in a copy from elsewhere they are code that
             // would run in this process (the connection does not run them; refusing says why).
@@ -316,7 +319,9 @@ public final class SnapshotStore {
             try delete(key: record.key)
             return
         }
-        guard let statement = upsertStatement else { throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage) }
+        guard let statement = upsertStatement else {
+            throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage)
+        }
         defer { statement.reset() }
         try statement.bind(1, blob: record.key)
         try statement.bind(2, record.type)
@@ -331,7 +336,9 @@ public final class SnapshotStore {
         }
         try statement.step()
         if database.changes == 0 {
-            guard let markSeen = markSeenStatement else { throw SQLiteError(step: "prepare mark seen", code: 1, message: database.lastMessage) }
+            guard let markSeen = markSeenStatement else {
+                throw SQLiteError(step: "prepare mark seen", code: 1, message: database.lastMessage)
+            }
             defer { markSeen.reset() }
             try markSeen.bind(1, blob: record.key)
             try markSeen.bind(2, generation)
@@ -360,7 +367,9 @@ public final class SnapshotStore {
 
     /// Deletes a row (the key was deleted or expired in Redis).
     public func delete(key: [UInt8]) throws {
-        guard let statement = deleteStatement else { throw SQLiteError(step: "prepare delete", code: 1, message: database.lastMessage) }
+        guard let statement = deleteStatement else {
+            throw SQLiteError(step: "prepare delete", code: 1, message: database.lastMessage)
+        }
         defer { statement.reset() }
         try statement.bind(1, blob: key)
         try statement.step()
@@ -369,7 +378,9 @@ public final class SnapshotStore {
     /// Marks a live row evicted; the value is kept for a restore.
     public func markEvicted(key: [UInt8], changedAt: Int64, generation: Int64) throws {
         if integrityKey != nil { return try markEvictedSigned(key: key, changedAt: changedAt, generation: generation) }
-        guard let statement = evictStatement else { throw SQLiteError(step: "prepare evict", code: 1, message: database.lastMessage) }
+        guard let statement = evictStatement else {
+            throw SQLiteError(step: "prepare evict", code: 1, message: database.lastMessage)
+        }
         defer { statement.reset() }
         try statement.bind(1, blob: key)
         try statement.bind(2, changedAt)
@@ -430,7 +441,8 @@ public final class SnapshotStore {
             return
         }
         let statement = try database.prepare(
-            "INSERT INTO metadata (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            "INSERT INTO metadata (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        )
         try statement.bind(1, name)
         try statement.bind(2, value)
         try statement.step()

@@ -562,7 +562,8 @@ public final class SnapshotWriter: @unchecked Sendable {
                 "changes were committed later than --commit-interval: the snapshot is behind Redis",
                 metadata: [
                     "event": "commit_late", "changes": "\(late)",
-                    "max_wait_ms": "\(worst / 1_000_000)", "commit_interval_ms": "\(commitIntervalNanoseconds / 1_000_000)",
+                    "max_wait_ms": "\(worst / 1_000_000)",
+                    "commit_interval_ms": "\(commitIntervalNanoseconds / 1_000_000)",
                 ])
         }
     }
@@ -576,7 +577,9 @@ public final class SnapshotWriter: @unchecked Sendable {
         let order = changes.indices.sorted { a, b in
             let (l, r) = (keys[a], keys[b])
             let common = min(l.count, r.count)
-            let c = l.withUnsafeBytes { lp in r.withUnsafeBytes { rp in memcmp(lp.baseAddress!, rp.baseAddress!, common) } }
+            let c = l.withUnsafeBytes { lp in
+                r.withUnsafeBytes { rp in memcmp(lp.baseAddress!, rp.baseAddress!, common) }
+            }
             if c != 0 { return c < 0 }
             return l.count != r.count ? l.count < r.count : a < b
         }

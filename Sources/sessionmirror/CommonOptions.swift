@@ -90,7 +90,9 @@ struct LogOptions: ParsableArguments {
         try LogOptions.bootstrap(format: format ?? Defaults.logFormat, level: level ?? Defaults.logLevel, file: file)
     }
 
-    static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws -> LogfmtLogHandler.Sink {
+    static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws
+        -> LogfmtLogHandler.Sink
+    {
         let sink: LogfmtLogHandler.Sink
         do {
             sink = try file.map { try LogfmtLogHandler.Sink(path: $0) } ?? LogfmtLogHandler.Sink()

@@ -5,7 +5,8 @@ import SessionMirror
 struct DoctorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
-        abstract: "Preflight: can the mirror and restore work against this Redis? Exit 1 when something would stop them.")
+        abstract:
+            "Preflight: can the mirror and restore work against this Redis? Exit 1 when something would stop them.")
 
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
@@ -32,7 +33,9 @@ struct DoctorCommand: ParsableCommand {
         } else {
             for check in checks {
                 let name = check.name.padding(toLength: 17, withPad: " ", startingAt: 0)
-                print("\(check.status.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(name) \(check.detail)")
+                print(
+                    "\(check.status.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(name) \(check.detail)"
+                )
                 if let fix = check.fix, check.status != .ok { print("      fix: \(fix)") }
             }
             print(

@@ -26,11 +26,14 @@ struct RestoreCommand: ParsableCommand {
         help: "Restore every row whatever its key (only for a snapshot you trust: it may hold any key).")
     var allPrefixes = false
     @OptionGroup var integrity: IntegrityKeyOptions
-    @Option(name: .customLong("rename-prefix"), help: "OLD=NEW: put keys under OLD back under NEW (switching Django session engines).")
+    @Option(
+        name: .customLong("rename-prefix"),
+        help: "OLD=NEW: put keys under OLD back under NEW (switching Django session engines).")
     var renamePrefix: String?
     @Flag(name: .customLong("dry-run"), help: "Report what would happen; write nothing.") var dryRun = false
     @Flag(help: "Replace keys that exist instead of skipping them.") var overwrite = false
-    @Flag(name: .customLong("skip-evicted"), help: "Leave out sessions Redis evicted under memory pressure.") var skipEvicted = false
+    @Flag(name: .customLong("skip-evicted"), help: "Leave out sessions Redis evicted under memory pressure.")
+    var skipEvicted = false
     @Flag(help: "Print the summary as one JSON object on stdout.") var json = false
     @OptionGroup var log: LogOptions
 
@@ -40,7 +43,8 @@ struct RestoreCommand: ParsableCommand {
         try refuseEmptyPrefixes(prefixes)
         if allPrefixes && !prefixes.isEmpty { throw fail("--all-prefixes and --prefix: choose one") }
         var options = RestoreOptions()
-        options.scope = allPrefixes ? .everything : prefixes.isEmpty ? .recorded : .prefixes(prefixes.map { Array($0.utf8) })
+        options.scope =
+            allPrefixes ? .everything : prefixes.isEmpty ? .recorded : .prefixes(prefixes.map { Array($0.utf8) })
         options.integrityKey = try integrity.key()
         options.dryRun = dryRun
         options.overwrite = overwrite
@@ -69,7 +73,8 @@ struct RestoreCommand: ParsableCommand {
             // Almost always a typo or a wrong cache VERSION: say so rather than report success.
             throw fail(
                 "no row of \(snapshot) is under \(prefixes); "
-                    + "its \(summary.otherPrefix) rows are under other prefixes: check --prefix (Django KEY_PREFIX and VERSION)")
+                    + "its \(summary.otherPrefix) rows are under other prefixes: check --prefix (Django KEY_PREFIX and VERSION)"
+            )
         }
         if summary.otherPrefix > 0 && options.scope == .recorded {
             logger.warning(

@@ -32,7 +32,8 @@ struct RunOptions: ParsableArguments {
     var maxResyncDelete: String?
     @Option(help: "keep (restorable, marked evicted) or delete (default \(tuning.evictedPolicy.rawValue)).")
     var evicted: MirrorConfiguration.EvictedPolicy?
-    @Flag(name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make.")
+    @Flag(
+        name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make.")
     var noConfigSet = false
     @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default \(tuning.onCacheLoss.rawValue)).")
     var onCacheLoss: MirrorConfiguration.CacheLossAction?
@@ -40,12 +41,14 @@ struct RunOptions: ParsableArguments {
         name: .customLong("metrics-interval"), parsing: .unconditional,
         help: "Seconds between metrics lines (default \(tuning.metricsIntervalSeconds); 0: none).")
     var metricsInterval: Int?
-    @Option(name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
+    @Option(
+        name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?
     @Option(
         name: .customLong("max-value-bytes"),
         help:
-            "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes)).")
+            "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes))."
+    )
     var maxValueBytes: String?
     @OptionGroup var log: LogOptions
     @Option(
@@ -110,7 +113,8 @@ struct RunOptions: ParsableArguments {
         }
         guard applyPassword(file: settings.passwordFile, to: &endpoint) else {
             throw ConfigurationError.invalid(
-                option: option("--password-file", "password_file"), reason: "cannot read \(settings.passwordFile ?? "")")
+                option: option("--password-file", "password_file"), reason: "cannot read \(settings.passwordFile ?? "")"
+            )
         }
         let snapshot = settings.snapshot ?? Defaults.snapshotPath
         var configuration = MirrorConfiguration(
@@ -121,7 +125,8 @@ struct RunOptions: ParsableArguments {
         if let text = settings.maxResyncDelete {
             guard let fraction = RunSettings.parseFraction(text) else {
                 throw ConfigurationError.invalid(
-                    option: option("--max-resync-delete", "max_resync_delete"), reason: "expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
+                    option: option("--max-resync-delete", "max_resync_delete"),
+                    reason: "expected a fraction like 0.1 or a percentage like 10%, got '\(text)'")
             }
             configuration.maxResyncDeleteFraction = fraction
         }
@@ -140,12 +145,17 @@ struct RunOptions: ParsableArguments {
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {
-            throw ConfigurationError.invalid(option: option("--integrity-key-file", "integrity_key_file"), reason: "\(error)")
+            throw ConfigurationError.invalid(
+                option: option("--integrity-key-file", "integrity_key_file"), reason: "\(error)")
         }
         try configuration.validateOptions()
         try checkWritableDirectory(of: snapshot, option: option("--snapshot", "snapshot"))
-        if let metricsFile = settings.metricsFile { try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file")) }
-        if let logFile = settings.logFile { try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file")) }
+        if let metricsFile = settings.metricsFile {
+            try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file"))
+        }
+        if let logFile = settings.logFile {
+            try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file"))
+        }
         return configuration
     }
 
@@ -154,9 +164,11 @@ struct RunOptions: ParsableArguments {
         let folder = directory.isEmpty ? "." : directory
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ConfigurationError.invalid(option: option, reason: "cannot create \(path): directory \(folder) does not exist")
+            throw ConfigurationError.invalid(
+                option: option, reason: "cannot create \(path): directory \(folder) does not exist")
         }
-        guard access(folder, W_OK) == 0 || (FileManager.default.fileExists(atPath: path) && access(path, W_OK) == 0) else {
+        guard access(folder, W_OK) == 0 || (FileManager.default.fileExists(atPath: path) && access(path, W_OK) == 0)
+        else {
             throw ConfigurationError.invalid(option: option, reason: "\(path) is not writable")
         }
     }
@@ -183,7 +195,9 @@ struct RunCommand: ParsableCommand {
             throw fail("\(error)")
         }
         if checkConfig {
-            print("configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)")
+            print(
+                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+            )
             return
         }
         let sink = try LogOptions.bootstrap(
@@ -225,7 +239,9 @@ struct CheckCommand: ParsableCommand {
     func run() throws {
         do {
             let configuration = try options.configuration(try options.settings())
-            print("configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)")
+            print(
+                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+            )
         } catch let error as ConfigurationError {
             throw fail("\(error)")
         }

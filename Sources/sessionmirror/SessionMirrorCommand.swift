@@ -9,7 +9,10 @@ struct SessionMirrorCommand: ParsableCommand {
         commandName: "sessionmirror",
         abstract: "Mirrors Redis session keys into a SQLite snapshot and puts them back after a cache loss.",
         version: BuildInfo.description,
-        subcommands: [RunCommand.self, CheckCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self, StatusCommand.self, DoctorCommand.self]
+        subcommands: [
+            RunCommand.self, CheckCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self,
+            StatusCommand.self, DoctorCommand.self,
+        ]
     )
 
     static func main() {

@@ -14,7 +14,7 @@ struct StatusCommand: ParsableCommand {
         let status: SnapshotStatus
         do {
             status = try SnapshotStatus.read(path: snapshot)
-        } catch where SnapshotStatus.isDamage(error) {
+        } catch  where SnapshotStatus.isDamage(error) {
             // Damage is what status exists to report: exit 1, as when quick_check lists problems.
             FileHandle.standardError.write(Data("sessionmirror: \(error)\n".utf8))
             throw ExitCode(1)

@@ -12,7 +12,8 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @OptionGroup var integrity: IntegrityKeyOptions
-    @Option(name: .customLong("tolerance-ms"), help: "Expiries this close count as equal.") var toleranceMs: Int64 = 1000
+    @Option(name: .customLong("tolerance-ms"), help: "Expiries this close count as equal.") var toleranceMs: Int64 =
+        1000
     @Flag(help: "Print the report as one JSON object on stdout.") var json = false
     @OptionGroup var log: LogOptions
 
@@ -36,7 +37,8 @@ struct VerifyCommand: ParsableCommand {
             metadata: [
                 "event": "verify_finished", "equal": "\(report.equal)", "different_value": "\(report.differentValue)",
                 "different_expiry": "\(report.differentExpiry)", "only_in_snapshot": "\(report.onlyInSnapshot)",
-                "only_in_redis": "\(report.onlyInRedis)", "evicted": "\(report.evicted)", "expired": "\(report.expired)",
+                "only_in_redis": "\(report.onlyInRedis)", "evicted": "\(report.evicted)",
+                "expired": "\(report.expired)",
                 "tampered": "\(report.tampered)",
             ])
         if json { printJSON(report) }

@@ -11,7 +11,8 @@ private func mirrorEighteenSessionsThenStop(
 ) async throws {
     let client = try redis.client()
     for index in 0..<18 { try client.checked("SET", "session:u\(index)", "v", "EX", "3600") }
-    let mirror = try RunningMirror.start(redis: redis, prefix: bytes("session:"), snapshotPath: path, configure: configure)
+    let mirror = try RunningMirror.start(
+        redis: redis, prefix: bytes("session:"), snapshotPath: path, configure: configure)
     try await mirror.waitUntilReady()
     try await waitUntilSnapshotMatchesRedis(redis, snapshotPath: path, prefix: bytes("session:"))
     #expect(mirror.stop() == 0)

@@ -43,7 +43,8 @@ struct CommandLineRefusalTests {
     @Test("--version names the release, the snapshot format and the C libraries, and exits 0")
     func version() async throws {
         let directory = try TemporaryDirectory(label: "version")
-        let (termination, output) = try await MirrorProcess.runToCompletion(["--version"], in: directory, timeout: .seconds(10))
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["--version"], in: directory, timeout: .seconds(10))
         #expect(termination == .exited(0), "\(termination?.description ?? "still running"): \(output)")
         #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == BuildInfo.description)
         #expect(BuildInfo.description.contains("snapshot format \(SnapshotStore.formatVersion)"))
@@ -96,7 +97,8 @@ struct CommandLineRefusalTests {
             timeout: .seconds(10))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
-        let pointsToTunnel = output.contains("TLS") && output.contains("not supported") && output.contains("docs/security.md")
+        let pointsToTunnel =
+            output.contains("TLS") && output.contains("not supported") && output.contains("docs/security.md")
         #expect(pointsToTunnel, "\(output)")
     }
 
@@ -123,7 +125,8 @@ struct CommandLineRefusalTests {
         let (termination, output) = try await MirrorProcess.runToCompletion(
             ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
         #expect(
-            termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)",
+            termination != nil && termination != .exited(0),
+            "\(termination?.description ?? "still running"): \(output)",
             sourceLocation: sourceLocation)
         #expect(messageLines(output).count == 1, "expected one line:\n\(output)", sourceLocation: sourceLocation)
         #expect(output.contains(path), "the message does not name the path: \(output)", sourceLocation: sourceLocation)

@@ -29,13 +29,15 @@ struct FullSyncBookkeepingTests {
             try store.beginFullSync(generation: 2)
             try store.upsert(record("a", "v1"), changedAt: 5, generation: 2)  // unchanged
             try store.upsert(record("b", "v2"), changedAt: 5, generation: 2)  // changed
-            let outcome = try store.reconcile(generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true)
+            let outcome = try store.reconcile(
+                generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true)
             try store.commit()
 
             #expect(outcome.missingRows == 1 && outcome.deleted == 1)
             let rows = try snapshotRows(at: store.path)
             #expect(rows[bytes("a")]?.changedAt == 1)
-            #expect(try sqlite3(store.path, "SELECT sync_generation FROM sessions WHERE key = x'61'") == "1", "rewritten")
+            #expect(
+                try sqlite3(store.path, "SELECT sync_generation FROM sessions WHERE key = x'61'") == "1", "rewritten")
             #expect(rows[bytes("b")]?.value == bytes("v2") && rows[bytes("b")]?.changedAt == 5)
             #expect(rows[bytes("c")] == nil, "the row the sync did not see is deleted")
         }
@@ -57,7 +59,8 @@ struct FullSyncBookkeepingTests {
             try store.begin()
             try store.upsert(record("a", "v1"), changedAt: 5, generation: 2)
             try store.upsert(record("b", "v1"), changedAt: 5, generation: 2)
-            let outcome = try store.reconcile(generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true)
+            let outcome = try store.reconcile(
+                generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true)
             try store.commit()
             #expect(outcome.missingRows == 1)
             #expect(Set(try snapshotRows(at: store.path).keys) == [bytes("a"), bytes("b")])

@@ -30,7 +30,9 @@ struct InstallScriptTests {
         #expect(termination == .exited(0), "check_binary_libraries on the built binary:\n\(output)")
         #expect(!FileManager.default.fileExists(atPath: marker), "install.sh ran ldd")
         let text = try String(contentsOfFile: installScriptPath, encoding: .utf8)
-        let commandLines = text.split(separator: "\n").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") }
+        let commandLines = text.split(separator: "\n").filter {
+            !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#")
+        }
         #expect(!commandLines.contains { $0.contains("ldd ") }, "install.sh still calls ldd")
     }
 
@@ -42,7 +44,8 @@ struct InstallScriptTests {
         let directory = try TemporaryDirectory(label: "install-missing")
         let compiler = try #require(cCompiler)
         // A program linked against a library of its own, found through RUNPATH=$ORIGIN.
-        try "int sm_probe(void) { return 0; }\n".write(toFile: directory.file("probe.c"), atomically: true, encoding: .utf8)
+        try "int sm_probe(void) { return 0; }\n".write(
+            toFile: directory.file("probe.c"), atomically: true, encoding: .utf8)
         try "int sm_probe(void);\nint main(void) { return sm_probe(); }\n".write(
             toFile: directory.file("main.c"), atomically: true, encoding: .utf8)
         for arguments in [
@@ -139,7 +142,8 @@ private func run(
     var childEnvironment = ProcessInfo.processInfo.environment
     childEnvironment.merge(environment) { _, added in added }
     let process = try ChildProcess(
-        executable: executable, arguments: arguments, outputPath: directory.file("run-\(UUID().uuidString.prefix(6)).out"),
+        executable: executable, arguments: arguments,
+        outputPath: directory.file("run-\(UUID().uuidString.prefix(6)).out"),
         environment: childEnvironment)
     let termination = await process.waitForExit(timeout: .seconds(60))
     if termination == nil { process.kill() }

@@ -199,7 +199,10 @@ struct IntegrityTests {
         let keyFile = directory.file("key")
         try "short\n".write(toFile: keyFile, atomically: true, encoding: .utf8)
         let (ended, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--snapshot", directory.file("s.db"), "--redis", "redis://127.0.0.1:1/0", "--integrity-key-file", keyFile],
+            [
+                "run", "--snapshot", directory.file("s.db"), "--redis", "redis://127.0.0.1:1/0", "--integrity-key-file",
+                keyFile,
+            ],
             in: directory)
         #expect(ended == .exited(2), "\(output)")
         #expect(output.contains("--integrity-key-file") && output.contains("at least 16"), "\(output)")

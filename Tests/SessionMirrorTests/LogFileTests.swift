@@ -15,14 +15,20 @@ struct LogFileTests {
                 "--log-file", logPath, "--metrics-interval", "1",
             ], in: directory)
         defer { process.signal(SIGKILL) }
-        #expect(await eventually { ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").contains("event=sync_finished") })
+        #expect(
+            await eventually {
+                ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").contains("event=sync_finished")
+            })
         #expect(SnapshotFiles.mode(of: logPath) == 0o600)
 
         // logrotate: move the file away, then SIGHUP.
         let rotated = directory.file("mirror.log.1")
         try FileManager.default.moveItem(atPath: logPath, toPath: rotated)
         process.signal(SIGHUP)
-        #expect(await eventually { ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").contains("event=metrics") })
+        #expect(
+            await eventually {
+                ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").contains("event=metrics")
+            })
 
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(10)) == .exited(0))

@@ -55,7 +55,8 @@ private func parseLogfmt(_ line: String) -> [String: String]? {
 
 /// The fields docs/metrics.md documents for `event=metrics`.
 private let metricsFields = [
-    "events_received", "keys_read", "keys_vanished", "rows_upserted", "rows_deleted", "rows_evicted", "dirty_backlog", "writer_queue",
+    "events_received", "keys_read", "keys_vanished", "rows_upserted", "rows_deleted", "rows_evicted", "dirty_backlog",
+    "writer_queue",
     "commit_latency_p50_ms", "commit_latency_p99_ms", "commit_latency_max_ms", "late_commits", "snapshot_rows_live",
     "snapshot_rows_evicted", "snapshot_bytes", "reconnects", "full_syncs", "cache_losses", "restores", "errors",
     "connected", "redis.run_id",
@@ -77,11 +78,12 @@ struct LogFormatTests {
         try redis.client().checked("SET", "session:a b", "v", "EX", "60")
         try redis.client().checked("FLUSHALL")
         // The cache_loss line itself, not the cache_losses field of a metrics line.
-        #expect(await eventually(timeout: .seconds(20)) {
-            let output = process.output
-            return (output.contains(" event=cache_loss ") || output.contains("\"event\":\"cache_loss\""))
-                && output.contains("metrics")
-        })
+        #expect(
+            await eventually(timeout: .seconds(20)) {
+                let output = process.output
+                return (output.contains(" event=cache_loss ") || output.contains("\"event\":\"cache_loss\""))
+                    && output.contains("metrics")
+            })
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(10)) == .exited(0))
         return process.lines
@@ -93,9 +95,13 @@ struct LogFormatTests {
         #expect(lines.count >= 5)
         for line in lines {
             let fields = try #require(parseLogfmt(line), "not logfmt: \(line)")
-            #expect(fields["ts"] != nil && fields["level"] != nil && fields["event"] != nil && fields["msg"] != nil, "\(line)")
+            #expect(
+                fields["ts"] != nil && fields["level"] != nil && fields["event"] != nil && fields["msg"] != nil,
+                "\(line)")
             if fields["event"] == "metrics" {
-                #expect(Set(metricsFields).isSubset(of: Set(fields.keys)), "missing: \(Set(metricsFields).subtracting(fields.keys))")
+                #expect(
+                    Set(metricsFields).isSubset(of: Set(fields.keys)),
+                    "missing: \(Set(metricsFields).subtracting(fields.keys))")
             }
         }
         #expect(lines.contains { parseLogfmt($0)?["event"] == "cache_loss" })
@@ -106,7 +112,8 @@ struct LogFormatTests {
         let lines = try await runAndCollect(format: "json")
         for line in lines {
             let object = try #require(
-                try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String], "not a JSON object: \(line)")
+                try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String],
+                "not a JSON object: \(line)")
             #expect(object["ts"] != nil && object["level"] != nil && object["event"] != nil, "\(line)")
             if object["event"] == "metrics" {
                 #expect(Set(metricsFields).isSubset(of: Set(object.keys)))

@@ -66,9 +66,13 @@ struct LogTailingTests {
         // Every number of the last metrics line, under the textfile's names.
         for (series, field) in metricsLineSeries {
             let written = try #require(lastMetrics[field].flatMap { Double($0) }, "\(field) in \(lastMetrics)")
-            #expect(derived[series] == written, "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), log \(written)")
+            #expect(
+                derived[series] == written,
+                "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), log \(written)")
         }
-        for (quantile, field) in [("0.5", "commit_latency_p50_ms"), ("0.99", "commit_latency_p99_ms"), ("1", "commit_latency_max_ms")] {
+        for (quantile, field) in [
+            ("0.5", "commit_latency_p50_ms"), ("0.99", "commit_latency_p99_ms"), ("1", "commit_latency_max_ms"),
+        ] {
             let milliseconds = try #require(lastMetrics[field].flatMap { Double($0) }, "\(field) in \(lastMetrics)")
             let seconds = try #require(derived["sessionmirror_commit_latency_seconds{quantile=\"\(quantile)\"}"])
             #expect(abs(seconds - milliseconds / 1000) < 1e-9, "\(field): \(milliseconds) ms, mtail \(seconds) s")
@@ -78,11 +82,15 @@ struct LogTailingTests {
         let fileCounters = daemonFile.filter { $0.key.contains("_total") }
         #expect(!fileCounters.isEmpty, "no counters in the daemon's file: \(daemonFile.keys.sorted())")
         for (series, value) in fileCounters {
-            #expect(derived[series] == value, "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), file \(value)")
+            #expect(
+                derived[series] == value,
+                "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), file \(value)")
         }
         // The scenario happened: a load, one cache loss, one restore that put the sessions back.
-        #expect(daemonFile["sessionmirror_rows_written_total{kind=\"upsert\"}"].map { $0 >= Double(sessionCount) } == true)
-        #expect(daemonFile["sessionmirror_rows_written_total{kind=\"delete\"}"].map { $0 >= Double(deletedCount) } == true)
+        #expect(
+            daemonFile["sessionmirror_rows_written_total{kind=\"upsert\"}"].map { $0 >= Double(sessionCount) } == true)
+        #expect(
+            daemonFile["sessionmirror_rows_written_total{kind=\"delete\"}"].map { $0 >= Double(deletedCount) } == true)
         #expect(daemonFile["sessionmirror_cache_losses_total"] == 1)
         #expect(daemonFile["sessionmirror_restores_total"] == 1)
         // The events, line by line.
@@ -96,7 +104,9 @@ struct LogTailingTests {
         for (levelAndEvent, count) in levelEventCounts {
             let parts = levelAndEvent.split(separator: "/")
             let series = "sessionmirror_log_lines_total{event=\"\(parts[1])\",level=\"\(parts[0])\"}"
-            #expect(derived[series] == Double(count), "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), log \(count)")
+            #expect(
+                derived[series] == Double(count),
+                "\(series): mtail \(derived[series].map { "\($0)" } ?? "nothing"), log \(count)")
         }
 
         // lnav, headless, with the format and the view installed in a private configuration.
@@ -146,7 +156,8 @@ private func runScenario(format: String, logPath: String, metricsPath: String, i
         ], in: directory)
     defer { process.signal(SIGKILL) }
     func has(_ event: String) -> Bool { ((try? logLines(logPath)) ?? []).contains { $0["event"] == event } }
-    try #require(await eventually(timeout: .seconds(120)) { has("sync_finished") }, "no sync_finished:\n\(process.output)")
+    try #require(
+        await eventually(timeout: .seconds(120)) { has("sync_finished") }, "no sync_finished:\n\(process.output)")
 
     let client = try redis.client()
     defer { client.close() }
@@ -241,7 +252,9 @@ private func runTool(
 private func prometheusSamples(_ text: String) -> [String: Double] {
     var samples: [String: Double] = [:]
     for line in text.split(separator: "\n") where line.hasPrefix("sessionmirror_") {
-        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+            continue
+        }
         let series = line[..<space]
         guard let brace = series.firstIndex(of: "{") else {
             samples[String(series)] = value
@@ -249,7 +262,8 @@ private func prometheusSamples(_ text: String) -> [String: Double] {
         }
         let labels = series[series.index(after: brace)..<series.index(before: series.endIndex)].split(separator: ",")
             .filter { !$0.hasPrefix("prog=") }.sorted()
-        samples[labels.isEmpty ? String(series[..<brace]) : "\(series[..<brace]){\(labels.joined(separator: ","))}"] = value
+        samples[labels.isEmpty ? String(series[..<brace]) : "\(series[..<brace]){\(labels.joined(separator: ","))}"] =
+            value
     }
     return samples
 }
@@ -257,7 +271,9 @@ private func prometheusSamples(_ text: String) -> [String: Double] {
 /// The daemon's log lines, each as its fields (either format).
 private func logLines(_ path: String) throws -> [[String: String]] {
     try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { line in
-        guard let fields = logLineFields(String(line)) else { throw ChildProcessError(message: "not a log line: \(line)") }
+        guard let fields = logLineFields(String(line)) else {
+            throw ChildProcessError(message: "not a log line: \(line)")
+        }
         return fields
     }
 }

@@ -18,7 +18,8 @@ struct ConfigurationFileTests {
 
     @Test("every key of the example configuration in deploy/ is understood")
     func exampleConfigurationLoads() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let example = root.appendingPathComponent("deploy/sessionmirror.toml").path
         try #require(FileManager.default.fileExists(atPath: example), "deploy/sessionmirror.toml is missing")
         let settings = try RunSettings.load(path: example)
@@ -97,7 +98,8 @@ struct ConfigurationFileTests {
         let (url, output) = try await MirrorProcess.runToCompletion(["check", "--redis", "http://x"], in: directory)
         #expect(url == .exited(2) && output.contains("redis"))
         let (good, goodOutput) = try await MirrorProcess.runToCompletion(
-            ["check", "--snapshot", directory.file("s.db"), "--django-key-prefix", "k", "--django-version", "7"], in: directory)
+            ["check", "--snapshot", directory.file("s.db"), "--django-key-prefix", "k", "--django-version", "7"],
+            in: directory)
         #expect(good == .exited(0))
         #expect(goodOutput.contains("k:7:django.contrib.sessions.cache"))
         #expect(!FileManager.default.fileExists(atPath: directory.file("s.db")), "check must not create the snapshot")
@@ -113,7 +115,8 @@ struct OperationsConfigurationDefaultsTests {
         #expect(ended == .exited(0))
         #expect(
             output.contains(
-                #"mirroring [":1:django.contrib.sessions.cache"] from redis://127.0.0.1:6379/0 into ./sessionmirror.db"#),
+                #"mirroring [":1:django.contrib.sessions.cache"] from redis://127.0.0.1:6379/0 into ./sessionmirror.db"#
+            ),
             "\(output)")
     }
 
@@ -123,12 +126,18 @@ struct OperationsConfigurationDefaultsTests {
         let path = directory.file("c.toml")
         try "redis = \"redis://127.0.0.1:6390/1\"\nprefixes = [\"file:\"]\nlog_level = \"debug\"\n"
             .write(toFile: path, atomically: true, encoding: .utf8)
-        let (fromFile, fileOutput) = try await MirrorProcess.runToCompletion(["check", "--config", path], in: directory)
-        #expect(fromFile == .exited(0) && fileOutput.contains(#"["file:"] from redis://127.0.0.1:6390/1"#), "\(fileOutput)")
+        let (fromFile, fileOutput) = try await MirrorProcess.runToCompletion(
+            ["check", "--config", path], in: directory)
+        #expect(
+            fromFile == .exited(0) && fileOutput.contains(#"["file:"] from redis://127.0.0.1:6390/1"#), "\(fileOutput)")
         let (flags, flagOutput) = try await MirrorProcess.runToCompletion(
-            ["check", "--config", path, "--redis", "redis://127.0.0.1:6391/2", "--prefix", "flag:", "--log-level", "error"],
+            [
+                "check", "--config", path, "--redis", "redis://127.0.0.1:6391/2", "--prefix", "flag:", "--log-level",
+                "error",
+            ],
             in: directory)
-        #expect(flags == .exited(0) && flagOutput.contains(#"["flag:"] from redis://127.0.0.1:6391/2"#), "\(flagOutput)")
+        #expect(
+            flags == .exited(0) && flagOutput.contains(#"["flag:"] from redis://127.0.0.1:6391/2"#), "\(flagOutput)")
         let (bad, _) = try await MirrorProcess.runToCompletion(["check", "--log-level", "loud"], in: directory)
         #expect(bad == .exited(2))
     }
@@ -253,13 +262,17 @@ struct StatusDoctorMetricsTests {
         #expect(text.contains("sessionmirror_connected 1"))
         // The write-to-commit histogram: cumulative buckets up to +Inf, which equals the count.
         #expect(text.contains("# TYPE sessionmirror_write_to_commit_seconds histogram"))
-        let buckets = text.split(separator: "\n").filter { $0.hasPrefix("sessionmirror_write_to_commit_seconds_bucket{") }
-            .compactMap { line in line.split(separator: " ").last.flatMap { UInt64($0) } }
+        let buckets = text.split(separator: "\n").filter {
+            $0.hasPrefix("sessionmirror_write_to_commit_seconds_bucket{")
+        }
+        .compactMap { line in line.split(separator: " ").last.flatMap { UInt64($0) } }
         let count = text.split(separator: "\n").first { $0.hasPrefix("sessionmirror_write_to_commit_seconds_count ") }
             .flatMap { $0.split(separator: " ").last.flatMap { UInt64($0) } }
         #expect(buckets.count == 22 && buckets == buckets.sorted(), "\(buckets)")
         #expect(count != nil && buckets.last == count && count! >= 5, "\(buckets) \(String(describing: count))")
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.contains(".tmp.") }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter {
+            $0.contains(".tmp.")
+        }
         #expect(leftovers.isEmpty)
         process.signal(SIGTERM)
         #expect(await process.waitForExit(timeout: .seconds(10)) == .exited(0))

@@ -5,7 +5,9 @@ import Testing
 
 @Suite("Rows whose expiry passed are pruned beside the writer", .timeLimit(.minutes(5)))
 struct PruneTests {
-    @Test("rows left expired (the daemon was down when Redis expired them) are pruned, in batches; live and grace-period rows stay")
+    @Test(
+        "rows left expired (the daemon was down when Redis expired them) are pruned, in batches; live and grace-period rows stay"
+    )
     func expiredRowsArePruned() async throws {
         try await withMirroredRedis(configure: {
             $0.pruneIntervalSeconds = 1
@@ -19,10 +21,11 @@ struct PruneTests {
             let now = SystemTime.unixMilliseconds()
             // More expired rows than one prune pass hands to the writer (10,000).
             let manyExpired: [(String, Int64?)] = (0..<10_050).map { ("session:old-\($0)", now - 120_000) }
-            let rows: [(String, Int64?)] = [
-                ("session:long-expired", now - 120_000), ("session:just-expired", now - 5_000),
-                ("session:no-expiry", nil), ("session:future", now + 600_000),
-            ] + manyExpired
+            let rows: [(String, Int64?)] =
+                [
+                    ("session:long-expired", now - 120_000), ("session:just-expired", now - 5_000),
+                    ("session:no-expiry", nil), ("session:future", now + 600_000),
+                ] + manyExpired
             let store = try SnapshotStore(path: env.snapshotPath, mode: .maintenance)
             try store.begin()
             for (key, expiresAt) in rows {

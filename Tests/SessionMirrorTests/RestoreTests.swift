@@ -85,10 +85,12 @@ struct RestoreTests {
         defer { fixture.redis.stop() }
         let (redis, path) = (fixture.redis, fixture.path)
         let expiry = fixture.now + 600_000
-        try makeSnapshot(path, [
-            SnapshotRecord(key: bytes("s:one"), type: "string", value: bytes("old"), expiresAt: expiry),
-            SnapshotRecord(key: bytes("s:two"), type: "string", value: bytes("two"), expiresAt: expiry),
-        ])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes("s:one"), type: "string", value: bytes("old"), expiresAt: expiry),
+                SnapshotRecord(key: bytes("s:two"), type: "string", value: bytes("two"), expiresAt: expiry),
+            ])
         let client = try redis.client()
         try client.checked("SET", "s:one", "new session", "EX", "60")
 
@@ -109,11 +111,13 @@ struct RestoreTests {
         defer { fixture.redis.stop() }
         let (redis, path) = (fixture.redis, fixture.path)
         let now = fixture.now
-        try makeSnapshot(path, [
-            SnapshotRecord(key: bytes("s:gone"), type: "string", value: bytes("x"), expiresAt: now - 1000),
-            SnapshotRecord(key: bytes("s:valid"), type: "string", value: bytes("y"), expiresAt: now + 60_000),
-            SnapshotRecord(key: bytes("s:none"), type: "string", value: bytes("z"), expiresAt: nil),
-        ])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes("s:gone"), type: "string", value: bytes("x"), expiresAt: now - 1000),
+                SnapshotRecord(key: bytes("s:valid"), type: "string", value: bytes("y"), expiresAt: now + 60_000),
+                SnapshotRecord(key: bytes("s:none"), type: "string", value: bytes("z"), expiresAt: nil),
+            ])
         let summary = try restore(path, redis)
         #expect(summary.skippedExpired == 1 && summary.restored == 2)
         let client = try redis.client()
@@ -128,10 +132,13 @@ struct RestoreTests {
         defer { fixture.redis.stop() }
         let (redis, path) = (fixture.redis, fixture.path)
         let expiry = fixture.now + 60_000
-        try makeSnapshot(path, [
-            SnapshotRecord(key: bytes("s:evicted"), type: "string", value: bytes("e"), expiresAt: expiry, state: .evicted),
-            SnapshotRecord(key: bytes("s:live"), type: "string", value: bytes("l"), expiresAt: expiry),
-        ])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(
+                    key: bytes("s:evicted"), type: "string", value: bytes("e"), expiresAt: expiry, state: .evicted),
+                SnapshotRecord(key: bytes("s:live"), type: "string", value: bytes("l"), expiresAt: expiry),
+            ])
         let skipping = try restore(path, redis) { $0.skipEvicted = true }
         #expect(skipping.restored == 1 && skipping.skippedEvicted == 1)
         #expect(try redis.client().checked("EXISTS", "s:evicted").integer == 0)
@@ -148,10 +155,12 @@ struct RestoreTests {
         let expiry = fixture.now + 60_000
         let old = ":1:django.contrib.sessions.cached_db"
         let new = ":1:django.contrib.sessions.cache"
-        try makeSnapshot(path, [
-            SnapshotRecord(key: bytes(old + "abc123"), type: "string", value: bytes("data"), expiresAt: expiry),
-            SnapshotRecord(key: bytes(":1:other"), type: "string", value: bytes("no"), expiresAt: expiry),
-        ])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes(old + "abc123"), type: "string", value: bytes("data"), expiresAt: expiry),
+                SnapshotRecord(key: bytes(":1:other"), type: "string", value: bytes("no"), expiresAt: expiry),
+            ])
         let summary = try restore(path, redis) {
             $0.renamePrefix = PrefixRename(old: bytes(old), new: bytes(new))
             $0.scope = .prefixes([bytes(old)])
@@ -170,10 +179,12 @@ struct RestoreTests {
         defer { fixture.redis.stop() }
         let (redis, path) = (fixture.redis, fixture.path)
         let expiry = fixture.now + 60_000
-        try makeSnapshot(path, [
-            SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("a"), expiresAt: expiry),
-            SnapshotRecord(key: bytes("s:b"), type: "string", value: bytes("b"), expiresAt: expiry),
-        ])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes("s:a"), type: "string", value: bytes("a"), expiresAt: expiry),
+                SnapshotRecord(key: bytes("s:b"), type: "string", value: bytes("b"), expiresAt: expiry),
+            ])
         try redis.client().checked("SET", "s:a", "live")
         let summary = try restore(path, redis) { $0.dryRun = true }
         #expect(summary.restored == 1 && summary.skippedExisting == 1 && summary.dryRun)

@@ -69,7 +69,8 @@ struct ShutdownTests {
         for attempt in 0..<3 {
             try? FileManager.default.removeItem(atPath: logPath)
             // The log file is opened before the snapshot: once it exists, the daemon is opening it.
-            let process = try MirrorProcess.start(runArguments(redis.url(), directory) + ["--log-file", logPath], in: directory)
+            let process = try MirrorProcess.start(
+                runArguments(redis.url(), directory) + ["--log-file", logPath], in: directory)
             #expect(await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: logPath) })
             process.signal(SIGTERM)
             let termination = await process.waitForExit(timeout: .seconds(60))

@@ -12,7 +12,8 @@ struct VerifyPurgeTests {
         try await withMirroredRedis { env in
             for index in 0..<10 { try env.client.checked("SET", "session:k\(index)", "v", "EX", "3600") }
             try await env.waitUntilSnapshotMatchesRedis()
-            let verifier = Verifier(snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), prefixes: [env.prefix])
+            let verifier = Verifier(
+                snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), prefixes: [env.prefix])
             let clean = try verifier.run()
             #expect(clean.equal == 10 && clean.inSync)
 
@@ -91,7 +92,9 @@ struct VerifyPurgeTests {
             try env.client.checked("SET", "other:keep", "v")
             try await env.waitUntilSnapshotMatchesRedis()
 
-            let summary = try Purger(snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), prefixes: [env.prefix]).run()
+            let summary = try Purger(
+                snapshotPath: env.snapshotPath, endpoint: env.redis.endpoint(), prefixes: [env.prefix]
+            ).run()
 
             #expect(summary.redisKeysDeleted == 25)
             #expect(try env.client.checked("EXISTS", "other:keep").integer == 1)
@@ -123,7 +126,9 @@ struct RestoreCommandLineTests {
         try sqlite.run()
         sqlite.waitUntilExit()
 
-        for (path, expected) in [(directory.file("missing.db"), "does not exist"), (text, "not a SessionMirror snapshot"), (newer, "newer")] {
+        for (path, expected) in [
+            (directory.file("missing.db"), "does not exist"), (text, "not a SessionMirror snapshot"), (newer, "newer"),
+        ] {
             let before = try? Data(contentsOf: URL(fileURLWithPath: path))
             let (ended, output) = try await MirrorProcess.runToCompletion(
                 ["restore", "--snapshot", path, "--redis", redis.url()], in: directory)
@@ -141,9 +146,16 @@ struct RestoreCommandLineTests {
         defer { redis.stop() }
         let directory = try TemporaryDirectory(label: "cli")
         let path = directory.file("s.db")
-        try makeSnapshot(path, [SnapshotRecord(key: bytes(":1:django.contrib.sessions.cacheabc"), type: "string", value: bytes("v"), expiresAt: nil)])
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(
+                    key: bytes(":1:django.contrib.sessions.cacheabc"), type: "string", value: bytes("v"), expiresAt: nil
+                )
+            ])
         let (ended, output) = try await MirrorProcess.runToCompletion(
-            ["restore", "--snapshot", path, "--redis", redis.url(), "--prefix", ":2:django.contrib.sessions.cache"], in: directory)
+            ["restore", "--snapshot", path, "--redis", redis.url(), "--prefix", ":2:django.contrib.sessions.cache"],
+            in: directory)
         #expect(ended == .exited(2), "\(output)")
         #expect(output.contains("check --prefix"))
         #expect(try redis.client().checked("DBSIZE").integer == 0)
@@ -159,7 +171,10 @@ struct RestoreCommandLineTests {
         try makeSnapshot(path, [SnapshotRecord(key: bytes(secret), type: "string", value: bytes("v"), expiresAt: nil)])
         try redis.client().checked("ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@read", "+time")
         let (ended, output) = try await MirrorProcess.runToCompletion(
-            ["restore", "--snapshot", path, "--redis", redis.url(username: "reader", password: "pw"), "--prefix", "s:", "--json"],
+            [
+                "restore", "--snapshot", path, "--redis", redis.url(username: "reader", password: "pw"), "--prefix",
+                "s:", "--json",
+            ],
             in: directory)
         #expect(ended == .exited(1), "\(output)")
         #expect(output.contains("event=restore_errors") && output.contains("NOPERM"))

@@ -9,20 +9,20 @@ struct KeyPatternTests {
         let cache = bytes(":1:django.contrib.sessions.cache")
         let cachedDB = bytes(":1:django.contrib.sessions.cached_db")
         let other = bytes("shop:")
-        #expect(KeyspaceNotifications.trackingPrefixes([cachedDB, cache, other]) == [other, cache])
-        #expect(KeyspaceNotifications.trackingPrefixes([cache, cachedDB]) == [cache])
-        #expect(KeyspaceNotifications.trackingPrefixes([other, other]) == [other])
-        #expect(KeyspaceNotifications.trackingPrefixes([bytes("ab"), bytes("ac")]).count == 2)
+        #expect(ChangeFeed.trackingPrefixes([cachedDB, cache, other]) == [other, cache])
+        #expect(ChangeFeed.trackingPrefixes([cache, cachedDB]) == [cache])
+        #expect(ChangeFeed.trackingPrefixes([other, other]) == [other])
+        #expect(ChangeFeed.trackingPrefixes([bytes("ab"), bytes("ac")]).count == 2)
     }
 
     @Test("glob characters in a prefix are escaped so that SCAN MATCH reads them literally")
     func escapeGlob() {
-        #expect(KeyspaceNotifications.escapeGlob(bytes(#"a*b?c[d]e\f"#)) == bytes(#"a\*b\?c\[d\]e\\f"#))
+        #expect(ChangeFeed.escapeGlob(bytes(#"a*b?c[d]e\f"#)) == bytes(#"a\*b\?c\[d\]e\\f"#))
         #expect(
-            KeyspaceNotifications.escapeGlob(bytes(":1:django.contrib.sessions.cache"))
+            ChangeFeed.escapeGlob(bytes(":1:django.contrib.sessions.cache"))
                 == bytes(":1:django.contrib.sessions.cache"))
-        #expect(KeyspaceNotifications.escapeGlob([0x00, 0xFF, 0x2A]) == [0x00, 0xFF, 0x5C, 0x2A])
-        #expect(KeyspaceNotifications.matchPattern(keyPrefix: bytes("s[1]:")) == bytes(#"s\[1\]:*"#))
+        #expect(ChangeFeed.escapeGlob([0x00, 0xFF, 0x2A]) == [0x00, 0xFF, 0x5C, 0x2A])
+        #expect(ChangeFeed.matchPattern(keyPrefix: bytes("s[1]:")) == bytes(#"s\[1\]:*"#))
     }
 
     @Test("a key is a session when it starts with one of the prefixes, byte for byte")
@@ -48,10 +48,10 @@ struct KeyPatternTests {
     @Test("notification flags: the missing ones are named and merged without dropping the server's")
     func notificationFlags() {
         #expect(
-            KeyspaceNotifications.missingFlags(in: "").sorted() == Array(KeyspaceNotifications.requiredFlags).sorted())
-        #expect(KeyspaceNotifications.missingFlags(in: "AKE").isEmpty, "A covers g, x and e")
-        let merged = KeyspaceNotifications.merged("Kl")
+            ChangeFeed.missingFlags(in: "").sorted() == Array(ChangeFeed.requiredFlags).sorted())
+        #expect(ChangeFeed.missingFlags(in: "AKE").isEmpty, "A covers g, x and e")
+        let merged = ChangeFeed.merged("Kl")
         #expect(merged.contains("K") && merged.contains("l"))
-        #expect(KeyspaceNotifications.missingFlags(in: merged).isEmpty)
+        #expect(ChangeFeed.missingFlags(in: merged).isEmpty)
     }
 }
