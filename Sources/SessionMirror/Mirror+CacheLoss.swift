@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import RedisClient
 import SnapshotStore
 
 extension Mirror {
@@ -42,8 +43,11 @@ extension Mirror {
                 // `sessionmirror-r`), and the daemon's other threads are named `sm-…` too.
                 startNamedThread("sm-restore") { [self] in
                     logger.notice("restoring sessions", metadata: ["event": "restore_started", "reason": "\(reason)"])
+                    var succeeded = false
                     do {
                         let summary = try restorer.run()
+                        // Stopped by Redis refusing every write (OOM, READONLY, ...): not done yet.
+                        succeeded = summary.stoppedBy == nil
                         logger.notice(
                             "restore finished",
                             metadata: [
@@ -56,14 +60,49 @@ extension Mirror {
                         logger.error(
                             "automatic restore failed", metadata: ["event": "restore_failed", "error": "\(error)"])
                     }
-                    loop.execute { [self] in
+                    loop.execute { [self, succeeded] in
                         restoreRunning = false
-                        stats.restores += 1
-                        if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
+                        if succeeded {
+                            stats.restores += 1
+                            restoreFailuresInARow = 0
+                            if restoreWanted && !isStopping { handleCacheLoss(reason: "again") }
+                        } else {
+                            scheduleRestoreRetry()
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+extension Mirror {
+    /// An automatic restore that did not finish is tried again after 1 s, then 2, 4, ... up to a
+    /// minute: restoring with NX writes only what is still missing, and a user waits logged out
+    /// until it succeeds.
+    func scheduleRestoreRetry() {
+        assertOnLoop()
+        guard !isStopping else { return }
+        restoreFailuresInARow += 1
+        let delay = UInt64(min(60_000, 1_000 << min(restoreFailuresInARow - 1, 6)))
+        logger.warning(
+            "automatic restore did not finish; trying again",
+            metadata: [
+                "event": "restore_retry", "attempt": "\(restoreFailuresInARow)",
+                "retry_in_ms": "\(delay)",
+            ])
+        let timer =
+            restoreRetryTimer
+            ?? {
+                let timer = LoopTimer(loop: loop) { [weak self] in
+                    guard let self, !self.isStopping else { return }
+                    self.handleCacheLoss(reason: "again")
+                }
+                timers.append(timer)
+                restoreRetryTimer = timer
+                return timer
+            }()
+        timer.start(afterMilliseconds: delay)
     }
 }
 

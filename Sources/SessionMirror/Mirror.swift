@@ -66,6 +66,10 @@ public final class Mirror: @unchecked Sendable {
     var everSynced = false
     var restoreRunning = false
     var restoreWanted = false
+    /// Automatic restores that failed in a row (Redis refused the writes, or could not be reached):
+    /// each is tried again after a backoff, so that a passing fault does not leave users logged out.
+    var restoreFailuresInARow = 0
+    var restoreRetryTimer: LoopTimer?
     /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
     var oversizedKeys = Set<[UInt8]>()
     var reconnectAttempt = 0

@@ -37,6 +37,27 @@ struct CacheLossTests {
         }
     }
 
+    @Test("an automatic restore that Redis refuses (out of memory) is tried again until every session is back")
+    func refusedAutomaticRestoreIsRetried() async throws {
+        try await withMirroredRedis(configure: { $0.onCacheLoss = .restore }) { env in
+            for index in 0..<50 { try env.client.checked("SET", "session:s\(index)", "v\(index)", "EX", "3600") }
+            try await env.waitUntilSnapshotMatchesRedis()
+            let before = try redisKeys(env.client, prefix: env.prefix)
+
+            // Every write refused: the first restore stops on OOM.
+            try env.client.checked("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            try env.client.checked("CONFIG", "SET", "maxmemory", "1")
+            try env.client.checked("FLUSHALL")
+            #expect(await eventually(timeout: .seconds(60)) { !env.mirror.log.records(event: "restore_retry").isEmpty })
+            #expect(try redisKeys(env.client, prefix: env.prefix).isEmpty)
+
+            // The fault passes: a retry puts every session back.
+            try env.client.checked("CONFIG", "SET", "maxmemory", "0")
+            #expect(await env.mirror.waitForStatistics { $0.restores >= 1 })
+            #expect(try redisKeys(env.client, prefix: env.prefix) == before)
+        }
+    }
+
     @Test("FLUSHALL with the default --on-cache-loss alert logs cache_loss and keeps every row")
     func flushAlertsAndKeepsRows() async throws {
         try await withMirroredRedis { env in
