@@ -25,14 +25,16 @@ let package = Package(
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
         ),
+        // The one way the daemon starts a thread: named for Foundation and the kernel.
+        .target(name: "NamedThread"),
         .target(
             name: "RedisClient",
-            dependencies: ["CSessionMirrorHiredis", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CSessionMirrorHiredis", "NamedThread", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "SnapshotStore",
             dependencies: [
-                "CSessionMirrorSQLite", .product(name: "Logging", package: "swift-log"),
+                "CSessionMirrorSQLite", "NamedThread", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -44,7 +46,9 @@ let package = Package(
         // The mirror engine: pure Swift, no C.
         .target(
             name: "SessionMirror",
-            dependencies: ["RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "NamedThread", "RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The configuration file, its defaults and its errors: what the command line reads before it
         // hands the engine a plain MirrorConfiguration.
@@ -67,7 +71,9 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionMirrorTests",
-            dependencies: ["SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore", "Systemd"]
+            dependencies: [
+                "SessionMirror", "SessionMirrorConfiguration", "RedisClient", "SnapshotStore", "Systemd", "NamedThread",
+            ]
         ),
     ]
 )

@@ -1,6 +1,7 @@
 import CSessionMirrorHiredis
 import Dispatch
 import Foundation
+import NamedThread
 import Synchronization
 
 /// A libuv loop running on its own thread: the one owner of every hiredis context, timer and
@@ -56,18 +57,13 @@ public final class EventLoop: @unchecked Sendable {
     /// Starts the loop thread. `body` runs first, on the loop thread, to set up handles. The
     /// kernel's thread name (`top -H`, `/proc/<pid>/task/*/comm`) is `name` cut to 15 bytes.
     public func start(name: String = "sm-loop", _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread { [self] in
+        startNamedThread(name, stackSize: 1 << 20) { [self] in
             threadID.withLock { $0 = pthread_self() }
-            try? String(name.utf8.prefix(15))?.write(
-                toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
             body()
             _ = uv_run(loop, UV_RUN_DEFAULT)
             closeInboxAndHandles()
             finished.signal()
         }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        thread.start()
     }
 
     /// True when called on the loop thread.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NamedThread
 import RedisClient
 import SnapshotStore
 

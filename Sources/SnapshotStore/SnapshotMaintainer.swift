@@ -1,4 +1,5 @@
 import Foundation
+import NamedThread
 import Synchronization
 
 /// Work on the snapshot that must not hold up the writer, on a thread and connection of its own:

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NamedThread
 import Synchronization
 
 /// A change to apply to the snapshot, stamped with when its key first became dirty.

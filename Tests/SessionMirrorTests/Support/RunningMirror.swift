@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NamedThread
 import SessionMirror
 import SnapshotStore
 import Synchronization
