@@ -92,10 +92,14 @@ public struct TOMLDocument: Sendable {
     }
 
     /// Drops a `#` comment that is not inside a string.
-    private static func stripComment(_ line: String) -> String {
-        var quote: Character?
-        var escaped = false
-        for (offset, character) in line.enumerated() {
+    /// Whether each character of a line lies inside a TOML string ('literal' or "basic", where a
+    /// backslash escapes the next character): the one rule `stripComment` and `bracketsBalanced` share.
+    private struct QuoteTracker {
+        private var quote: Character?
+        private var escaped = false
+
+        /// Feeds `character`; true when it is part of a string (its quotes included).
+        mutating func isQuoted(_ character: Character) -> Bool {
             if let open = quote {
                 if escaped {
                     escaped = false
@@ -104,32 +108,29 @@ public struct TOMLDocument: Sendable {
                 } else if character == open {
                     quote = nil
                 }
-            } else if character == "\"" || character == "'" {
-                quote = character
-            } else if character == "#" {
-                return String(line.prefix(offset))
+                return true
             }
+            if character == "\"" || character == "'" {
+                quote = character
+                return true
+            }
+            return false
+        }
+    }
+
+    private static func stripComment(_ line: String) -> String {
+        var tracker = QuoteTracker()
+        for (offset, character) in line.enumerated() where !tracker.isQuoted(character) && character == "#" {
+            return String(line.prefix(offset))
         }
         return line
     }
 
     private static func bracketsBalanced(_ text: String) -> Bool {
         var depth = 0
-        var quote: Character?
-        var escaped = false
-        for character in text {
-            if let open = quote {
-                if escaped {
-                    escaped = false
-                } else if character == "\\" && open == "\"" {
-                    escaped = true
-                } else if character == open {
-                    quote = nil
-                }
-                continue
-            }
+        var tracker = QuoteTracker()
+        for character in text where !tracker.isQuoted(character) {
             switch character {
-            case "\"", "'": quote = character
             case "[": depth += 1
             case "]": depth -= 1
             default: break
