@@ -72,7 +72,8 @@ public struct MirrorConfiguration: Sendable {
     /// master's name (no password either way).
     public var redisDescription: String {
         guard let sentinel else { return "\(endpoint)" }
-        return "sentinel master '\(sentinel.masterName)' via \(sentinel.sentinels.map { "\($0)" }.joined(separator: ","))"
+        return
+            "sentinel master '\(sentinel.masterName)' via \(sentinel.sentinels.map { "\($0)" }.joined(separator: ","))"
             + " db \(endpoint.database)"
     }
 

@@ -118,7 +118,9 @@ public struct RunSettings: Sendable, Equatable {
                     throw fail("expected a non-empty array of \"host:port\" strings, got \(value.typeName)")
                 }
                 settings.sentinels = try items.map {
-                    guard case .string(let text) = $0, !text.isEmpty else { throw fail("expected \"host:port\" strings") }
+                    guard case .string(let text) = $0, !text.isEmpty else {
+                        throw fail("expected \"host:port\" strings")
+                    }
                     return text
                 }
             case "sentinel_master": settings.sentinelMaster = try string()

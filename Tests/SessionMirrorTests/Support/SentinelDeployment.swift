@@ -189,8 +189,9 @@ final class SentinelDeployment: Sendable {
         let moved = await eventually(timeout: timeout) {
             var ports = Set<Int>()
             for sentinel in sentinels {
-                guard let reply = try? sentinel.client().command(
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelDeployment.masterName),
+                guard
+                    let reply = try? sentinel.client().command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelDeployment.masterName),
                     let items = reply.elements, items.count == 2, let port = items[1].text.flatMap({ Int($0) })
                 else { continue }
                 ports.insert(port)
