@@ -82,7 +82,9 @@ extension Mirror {
     /// The command that restores into the current master, for the `restore_hint` line.
     var restoreTarget: String {
         guard let sentinel = configuration.sentinel else { return "--redis \(configuration.endpoint)" }
-        let sentinels = sentinel.sentinels.map { "--sentinel \($0)" }.joined(separator: " ")
-        return "\(sentinels) --sentinel-master \(sentinel.masterName)"
+        var words = sentinel.sentinels.map { "--sentinel \($0)" } + ["--sentinel-master \(sentinel.masterName)"]
+        if configuration.endpoint.database != 0 { words.append("--db \(configuration.endpoint.database)") }
+        if sentinel.password != nil { words.append("--sentinel-password-file FILE") }
+        return words.joined(separator: " ")
     }
 }

@@ -139,6 +139,19 @@ struct SentinelRefusalTests {
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit(timeout: .seconds(30)) == .exited(0), "\(daemon.output)")
         #expect(!daemon.output.contains("sentinel-secret"))
+
+        // purge finds the master through Sentinel too; an unknown name is its one line and exit 2.
+        let sentinelOptions = [
+            "--sentinel", sentinel.address, "--sentinel-password-file", directory.file("sentinel.pw"),
+        ]
+        let purge = ["purge", "--yes", "--snapshot", directory.file("sessions.db")] + sentinelOptions
+        let unknown = try await MirrorProcess.runToCompletion(purge + ["--sentinel-master", "nosuch"], in: directory)
+        #expect(unknown.termination == .exited(2), "\(unknown.output)")
+        #expect(unknown.output.split(separator: "\n").count == 1, "\(unknown.output)")
+        let purged = try await MirrorProcess.runToCompletion(
+            purge + ["--sentinel-master", SentinelDeployment.masterName], in: directory)
+        #expect(purged.termination == .exited(0), "\(purged.output)")
+        #expect(try redisKeys(master.client(), prefix: bytes("session:")).isEmpty)
     }
 
     @Test("with no Sentinel reachable the daemon retries and reports it, and mirrors once a Sentinel answers")
