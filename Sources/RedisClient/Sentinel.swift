@@ -242,7 +242,13 @@ public final class SentinelResolver: @unchecked Sendable {
         } catch {
             return .unreachable(SentinelResolver.reason(error))
         }
-        if let message = reply.errorMessage { return .refused("ROLE: \(message)") }
+        if let message = reply.errorMessage {
+            // A least-privilege ACL user may lack +role; INFO it has (the daemon needs it anyway).
+            guard message.hasPrefix("NOPERM"), let info = try? connection.command("INFO", "replication").text else {
+                return .refused("ROLE: \(message)")
+            }
+            return SentinelResolver.roleFromInfo(info)
+        }
         let items = reply.elements ?? []
         switch items.first?.text {
         case "master"?: return nil
@@ -250,6 +256,22 @@ public final class SentinelResolver: @unchecked Sendable {
             return .replica("ROLE says replica of \(items[1].text ?? "?"):\(items[2].integer.map { "\($0)" } ?? "?")")
         case let role?: return .replica("ROLE says \(role)")
         case nil: return .refused("unexpected reply to ROLE")
+        }
+    }
+
+    /// The same check from `INFO replication`: `role:master`, or `role:slave` with `master_host`
+    /// and `master_port`.
+    private static func roleFromInfo(_ text: String) -> Check? {
+        var fields: [Substring: Substring] = [:]
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            fields[line[..<colon]] = line[line.index(after: colon)...]
+        }
+        switch fields["role"] {
+        case "master"?: return nil
+        case let role?:
+            return .replica("INFO says \(role) of \(fields["master_host"] ?? "?"):\(fields["master_port"] ?? "?")")
+        case nil: return .refused("neither ROLE nor INFO replication says the role")
         }
     }
 

@@ -222,4 +222,25 @@ struct SentinelRefusalTests {
         #expect(daemon.lines(event: "redis_unavailable").first?.contains("is a replica") == true, "\(daemon.output)")
         #expect(daemon.lines(event: "connected").isEmpty && daemon.process.poll() == nil, "\(daemon.output)")
     }
+
+    @Test(
+        "the resolver asks each Sentinel in turn, checks the master (with INFO when ROLE is not granted), and asks the one that answered first next time"
+    )
+    func resolverOrder() async throws {
+        let master = try await RedisServer.start()
+        defer { master.stop() }
+        let sentinel = try await SentinelProcess.start(monitoring: master.port)
+        defer { sentinel.stop() }
+        // A data-node user without +role, as a least-privilege ACL may be.
+        try master.client().checked("ACL", "SETUSER", "mirror", "on", ">pw", "~*", "&*", "+@all", "-role")
+        let dead = SentinelSettings.Address(host: "127.0.0.1", port: try RedisServer.freePort())
+        let live = SentinelSettings.Address(host: "127.0.0.1", port: sentinel.port)
+        let resolver = SentinelResolver(
+            settings: SentinelSettings(sentinels: [dead, live], masterName: SentinelDeployment.masterName))
+        let dataNode = RedisEndpoint(address: .unix(path: "/unused"), database: 2, username: "mirror", password: "pw")
+        let found = try resolver.resolve(dataNode: dataNode)
+        #expect(found.address == .tcp(host: "127.0.0.1", port: master.port))
+        #expect(found.database == 2 && found.username == "mirror" && found.password == "pw")
+        #expect(resolver.order == [live, dead])
+    }
 }
