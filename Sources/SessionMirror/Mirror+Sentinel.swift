@@ -13,7 +13,7 @@ extension Mirror {
     func resolveMaster(attempt: Int) {
         assertOnLoop()
         guard let resolver = sentinelResolver else { return }
-        resolvingAttempt = attempt
+        state = .resolving(attempt: attempt)
         let dataNode = configuration.endpoint
         sentinelQueue.async { [weak self] in
             let result = Result { () throws(SentinelError) in try resolver.resolve(dataNode: dataNode) }
@@ -25,8 +25,8 @@ extension Mirror {
     private func masterFound(_ result: Result<RedisEndpoint, SentinelError>, attempt: Int) {
         assertOnLoop()
         // A newer attempt (a `+switch-master` meanwhile) or a shutdown makes this answer stale.
-        guard resolvingAttempt == attempt, case .idle = state else { return }
-        resolvingAttempt = nil
+        guard case .resolving(attempt) = state else { return }
+        state = .idle(reconnectTimer: nil)
         switch result {
         case .failure(let error):
             connectFailed(MirrorSetupError(description: "\(error)", permanent: error.isOperatorError))
@@ -70,12 +70,14 @@ extension Mirror {
             tearDownConnections()
             stats.reconnects += 1
         }
-        // The next attempt starts now, with a short backoff after it.
+        // The next attempt starts now (a search under way is dropped), with a short backoff after it.
         reconnectAttempt = 0
-        if case .idle(let timer) = state {
-            timer?.close()
-            state = .idle(reconnectTimer: nil)
+        switch state {
+        case .idle(let timer): timer?.close()
+        case .resolving: break
+        case .connecting, .connected, .stopping: return
         }
+        state = .idle(reconnectTimer: nil)
         connect()
     }
 

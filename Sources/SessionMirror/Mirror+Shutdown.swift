@@ -11,6 +11,7 @@ extension Mirror {
         switch state {
         case .stopping: return
         case .idle(let reconnectTimer): reconnectTimer?.close()
+        case .resolving: break  // The answer finds the state changed and is dropped.
         case .connecting(let connecting, let handshake):
             handshake.subscribeTimer?.close()
             connecting.reader.abort()

@@ -88,8 +88,6 @@ public final class Mirror: @unchecked Sendable {
     /// The master of the latest connection: `configuration.endpoint` without Sentinel, nil with
     /// Sentinel until it first named one.
     var master: RedisEndpoint?
-    /// The connection attempt whose master Sentinel is being asked for.
-    var resolvingAttempt: Int?
 
     /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
     public init(configuration: MirrorConfiguration, logger: Logger) throws {
