@@ -137,6 +137,20 @@ public struct RedisEndpoint: Sendable, Equatable {
     }
 }
 
+extension RedisEndpoint {
+    /// The address alone, `host:port` or the socket path (escaped as in `description`): where the
+    /// node is, without user or database.
+    public var addressDescription: String {
+        switch address {
+        case .tcp(let host, let port):
+            let shownHost = RedisEndpoint.escaped(host, strictly: false)
+            return host.contains(":") ? "[\(shownHost)]:\(port)" : "\(shownHost):\(port)"
+        case .unix(let path):
+            return RedisEndpoint.escaped(path, strictly: false)
+        }
+    }
+}
+
 extension RedisEndpoint: CustomStringConvertible {
     /// A printable form with the password masked (`***` when there is a password and no user), safe
     /// for logs, `STATUS=` and a command line: bytes that could pass for a separator, a newline or
@@ -153,7 +167,7 @@ extension RedisEndpoint: CustomStringConvertible {
         }
     }
 
-    private static func escaped(_ text: String, strictly: Bool) -> String {
+    fileprivate static func escaped(_ text: String, strictly: Bool) -> String {
         var out = ""
         for byte in text.utf8 {
             let kept: Bool

@@ -29,7 +29,6 @@ final class ChangeFeedSubscription: @unchecked Sendable {
     private let loop = EventLoop()
     private let mirrorLoop: EventLoop
     private let dirty: SharedDirtyQueue
-    private let endpoint: RedisEndpoint
     private let prefixes: [[UInt8]]
     /// `ChangeFeed.channels`: the invalidation channel, then the keyevent channels.
     private let channels: [[UInt8]]
@@ -78,16 +77,15 @@ final class ChangeFeedSubscription: @unchecked Sendable {
     static let barrierChannel = Array("__sessionmirror__:shutdown-barrier".utf8)
 
     init(
-        endpoint: RedisEndpoint, prefixes: [[UInt8]], canaryKey: [UInt8], dirty: SharedDirtyQueue,
+        database: Int, prefixes: [[UInt8]], canaryKey: [UInt8], dirty: SharedDirtyQueue,
         mirrorLoop: EventLoop, callbacks: Callbacks
     ) {
         self.canaryKey = canaryKey
-        self.endpoint = endpoint
         self.dirty = dirty
         self.mirrorLoop = mirrorLoop
         self.callbacks = callbacks
         self.prefixes = prefixes
-        channels = ChangeFeed.channels(database: endpoint.database)
+        channels = ChangeFeed.channels(database: database)
         loop.start(name: "sm-subscription") { [self] in
             heartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed)
             // After each I/O phase: one wakeup of the mirror's loop for everything marked in it.
@@ -95,8 +93,9 @@ final class ChangeFeedSubscription: @unchecked Sendable {
         }
     }
 
-    /// Opens a new subscriber connection for `attempt`, dropping any previous one.
-    func connect(attempt: Int) {
+    /// Opens a new subscriber connection to `endpoint` for `attempt`, dropping any previous one.
+    /// The endpoint comes with each attempt: with Sentinel the master moves.
+    func connect(attempt: Int, endpoint: RedisEndpoint) {
         loop.execute { [self] in
             dropConnection()
             self.attempt = attempt

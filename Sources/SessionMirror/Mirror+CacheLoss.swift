@@ -20,7 +20,7 @@ extension Mirror {
         }
         guard configuration.onCacheLoss == .restore else {
             logger.notice(
-                "restore with: sessionmirror restore --snapshot \(configuration.snapshotPath) --redis \(configuration.endpoint)",
+                "restore with: sessionmirror restore --snapshot \(configuration.snapshotPath) \(restoreTarget)",
                 metadata: ["event": "restore_hint"])
             return
         }
@@ -34,7 +34,8 @@ extension Mirror {
         options.scope = .prefixes(configuration.prefixes)
         options.integrityKey = configuration.integrityKey
         let restorer = Restorer(
-            snapshotPath: configuration.snapshotPath, endpoint: configuration.endpoint, options: options, logger: logger
+            snapshotPath: configuration.snapshotPath, endpoint: master ?? configuration.endpoint, options: options,
+            logger: logger
         )
         // Queued behind every change already read, so the restore sees them committed. The restore
         // itself runs on its own thread with its own connections: the loop keeps draining events.

@@ -16,10 +16,22 @@ extension Mirror {
         assertOnLoop()
         guard case .idle(let reconnectTimer) = state else { return }
         reconnectTimer?.close()
+        state = .idle(reconnectTimer: nil)
         lastAttempt += 1
         let attempt = lastAttempt
+        guard sentinelResolver == nil, let master else {
+            // With Sentinel, every attempt asks it first (`Mirror+Sentinel.swift`): the master moves.
+            resolveMaster(attempt: attempt)
+            return
+        }
+        open(master, attempt: attempt)
+    }
+
+    /// Opens the reader and the subscriber to `endpoint` for `attempt`.
+    func open(_ endpoint: RedisEndpoint, attempt: Int) {
+        assertOnLoop()
         let reader = AsyncRedisConnection(
-            loop: loop, endpoint: configuration.endpoint,
+            loop: loop, endpoint: endpoint,
             onConnect: { [weak self] error in
                 guard let self, case .connecting(let connection, var handshake) = self.state,
                     connection.attempt == attempt
@@ -37,7 +49,7 @@ extension Mirror {
                 self.connectionLost(error.map { "\($0)" } ?? "connection closed")
             })
         state = .connecting(NodeConnection(attempt: attempt, reader: reader), Handshake())
-        subscription.connect(attempt: attempt)
+        subscription.connect(attempt: attempt, endpoint: endpoint)
     }
 
     /// The subscriber connection of `attempt` is up (or failed), on the subscription's own loop.
@@ -243,7 +255,7 @@ extension Mirror {
             logger.info("connected to Redis", metadata: metadata)
         }
         lastReportedFailure = nil
-        onStatus?("connected to \(configuration.endpoint) (run_id \(connection.runID ?? "?")); full sync")
+        onStatus?("connected to \(connection.reader.endpoint) (run_id \(connection.runID ?? "?")); full sync")
         let reason = everConnected ? "reconnect" : "start"
         everConnected = true
         startFullSync(reason: reason, on: connection)

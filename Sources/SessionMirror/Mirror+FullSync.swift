@@ -113,6 +113,8 @@ extension Mirror {
         connection.sync = nil
         let finished = state
         let attempt = connection.attempt
+        // For `status --json`: with Sentinel, where the master was at this sync.
+        let masterAddress = connection.reader.endpoint.addressDescription
         let evidence = LossEvidence(
             previousRunID: storedRunID, runID: connection.runID, canary: connection.canary,
             previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
@@ -123,6 +125,7 @@ extension Mirror {
         writer.enqueue(
             steps: reconcileStep(reconciliation) { [self] store, outcome in
                 try store.setMetadata("redis_run_id", evidence.runID)
+                try store.setMetadata("redis_master", masterAddress)
                 try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
                 try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
                 return {
@@ -176,7 +179,7 @@ extension Mirror {
             handleCacheLoss(reason: reason)
         }
         onStatus?(
-            "mirroring \(configuration.prefixes.count) prefix(es) from \(configuration.endpoint); "
+            "mirroring \(configuration.prefixes.count) prefix(es) from \(master.map { "\($0)" } ?? "?"); "
                 + "\(outcome.unexpiredRows - outcome.deleted) sessions in the snapshot")
         if !everSynced {
             everSynced = true

@@ -29,6 +29,7 @@ extension Mirror {
             ("snapshot_rows_evicted", "\(gauges.evicted)"),
             ("snapshot_bytes", "\(gauges.bytes)"),
             ("reconnects", "\(stats.reconnects)"),
+            ("failovers", "\(stats.failovers)"),
             ("full_syncs", "\(stats.fullSyncs)"),
             ("cache_losses", "\(stats.cacheLosses)"),
             ("restores", "\(stats.restores)"),
@@ -109,6 +110,9 @@ extension Mirror {
             ])
         metric("snapshot_bytes", "gauge", "Snapshot database and WAL size.", [("", values["snapshot_bytes"])])
         metric("reconnects_total", "counter", "Connections to Redis lost and made again.", [("", values["reconnects"])])
+        metric(
+            "failovers_total", "counter", "Times Sentinel named another master than before.",
+            [("", values["failovers"])])
         metric("full_syncs_total", "counter", "Full syncs (SCAN) started.", [("", values["full_syncs"])])
         metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
         metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])

@@ -57,6 +57,7 @@ extension Mirror {
         let old = connection
         switch state {
         case .idle: break
+        case .resolving: state = .idle(reconnectTimer: nil)
         case .connecting(_, let handshake):
             handshake.subscribeTimer?.close()
             state = .idle(reconnectTimer: nil)

@@ -11,12 +11,14 @@ extension Mirror {
         switch state {
         case .stopping: return
         case .idle(let reconnectTimer): reconnectTimer?.close()
+        case .resolving: break  // The answer finds the state changed and is dropped.
         case .connecting(let connecting, let handshake):
             handshake.subscribeTimer?.close()
             connecting.reader.abort()
         case .connected: break
         }
         connection?.sync = nil
+        sentinelWatch?.stop()
         state = .stopping(Shutdown(connection: connection, barrierReached: false))
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
         onStopping?()

@@ -5,7 +5,8 @@ extension Mirror {
     ///
     /// | State        | Owns                                                        | Leaves for                    |
     /// |--------------|-------------------------------------------------------------|-------------------------------|
-    /// | `idle`       | the reconnect timer, between attempts                       | `connecting` (timer or start) |
+    /// | `idle`       | the reconnect timer, between attempts                       | `connecting` or `resolving`   |
+    /// | `resolving`  | the attempt whose master Sentinel is being asked for        | `connecting`, or `idle`       |
     /// | `connecting` | the connection, and the handshake's progress                | `connected`, or `idle`        |
     /// | `connected`  | the connection: reads in flight, the full sync, the canary  | `idle` (lost)                 |
     /// | `stopping`   | the connection being drained, if one was up                 | the loop ends                 |
@@ -16,6 +17,9 @@ extension Mirror {
     enum State {
         /// Not connected: before the first attempt, or waiting for `reconnectTimer` after a failure.
         case idle(reconnectTimer: LoopTimer?)
+        /// With Sentinel: the master of `attempt` is being asked for, off the loop
+        /// (`Mirror+Sentinel.swift`); the answer is dropped unless the state is still this one.
+        case resolving(attempt: Int)
         /// The reader and the subscriber are opening, the server is checked, the subscription and
         /// client tracking are set up.
         case connecting(NodeConnection, Handshake)
@@ -45,7 +49,7 @@ extension Mirror {
     /// The connection in any state that has one.
     var connection: NodeConnection? {
         switch state {
-        case .idle: nil
+        case .idle, .resolving: nil
         case .connecting(let connection, _), .connected(let connection): connection
         case .stopping(let shutdown): shutdown.connection
         }

@@ -79,11 +79,23 @@ public final class Mirror: @unchecked Sendable {
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
 
+    // Sentinel (`Mirror+Sentinel.swift`).
+    /// Finds the master through Sentinel; it blocks, so it runs on `sentinelQueue` only.
+    let sentinelResolver: SentinelResolver?
+    let sentinelQueue = DispatchQueue(label: "sm-sentinel")
+    /// The `+switch-master` subscription (loop thread).
+    var sentinelWatch: SentinelWatch?
+    /// The master of the latest connection: `configuration.endpoint` without Sentinel, nil with
+    /// Sentinel until it first named one.
+    var master: RedisEndpoint?
+
     /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
     public init(configuration: MirrorConfiguration, logger: Logger) throws {
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
+        sentinelResolver = configuration.sentinel.map { SentinelResolver(settings: $0) }
+        master = configuration.sentinel == nil ? configuration.endpoint : nil
         let store = try SnapshotStore(path: configuration.snapshotPath, mode: .readWrite)
         generation = Int64(try store.metadata("sync_generation") ?? "0") ?? 0
         storedRunID = try store.metadata("redis_run_id")
@@ -103,7 +115,8 @@ public final class Mirror: @unchecked Sendable {
             pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds
         )
         subscription = ChangeFeedSubscription(
-            endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,
+            database: configuration.endpoint.database, prefixes: configuration.prefixes, canaryKey: canaryKey,
+            dirty: dirty,
             mirrorLoop: loop,
             callbacks: ChangeFeedSubscription.Callbacks(
                 connected: { [weak self] attempt, error in self?.subscriberConnected(attempt, error) },
@@ -181,11 +194,12 @@ public final class Mirror: @unchecked Sendable {
         logger.info(
             "starting",
             metadata: [
-                "event": "starting", "version": "\(BuildInfo.version)", "redis": "\(configuration.endpoint)",
+                "event": "starting", "version": "\(BuildInfo.version)", "redis": "\(configuration.redisDescription)",
                 "snapshot.path": "\(configuration.snapshotPath)",
                 "prefixes": "\(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
             ])
-        onStatus?("connecting to \(configuration.endpoint)")
+        onStatus?("connecting to \(configuration.redisDescription)")
+        startSentinelWatch()
         connect()
     }
 

@@ -19,7 +19,11 @@ public struct MirrorConfiguration: Sendable {
         case restore
     }
 
+    /// The Redis to mirror. With `sentinel` set, its credentials and database are the data nodes'
+    /// and its address is replaced by the master's each time Sentinel names one.
     public var endpoint: RedisEndpoint
+    /// Find (and follow) the master through these Sentinels instead of `endpoint`'s address.
+    public var sentinel: SentinelSettings?
     /// Key prefixes to mirror, byte-exact.
     public var prefixes: [[UInt8]]
     public var snapshotPath: String
@@ -62,6 +66,15 @@ public struct MirrorConfiguration: Sendable {
         self.endpoint = endpoint
         self.prefixes = prefixes
         self.snapshotPath = snapshotPath
+    }
+
+    /// What the daemon mirrors from, for logs and `STATUS=`: the endpoint, or the Sentinels and the
+    /// master's name (no password either way).
+    public var redisDescription: String {
+        guard let sentinel else { return "\(endpoint)" }
+        return
+            "sentinel master '\(sentinel.masterName)' via \(sentinel.sentinels.map { "\($0)" }.joined(separator: ","))"
+            + " db \(endpoint.database)"
     }
 
     /// 16 MiB: a thousand times a large Django session, far below what SQLite accepts.

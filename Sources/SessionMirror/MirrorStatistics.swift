@@ -7,6 +7,8 @@ public struct MirrorStatistics: Sendable {
     /// Values over `max_value_bytes` that were not mirrored (their rows were deleted).
     public var valuesTooLarge: UInt64 = 0
     public var reconnects: UInt64 = 0
+    /// Times Sentinel named another master than the one before.
+    public var failovers: UInt64 = 0
     public var fullSyncs: UInt64 = 0
     public var cacheLosses: UInt64 = 0
     public var restores: UInt64 = 0

@@ -16,6 +16,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     public var lastCommitAt: Int64?
     public var lastFullSyncAt: Int64?
     public var redisRunID: String?
+    /// The Redis node (`host:port` or socket path) of the daemon's last full sync: with Sentinel,
+    /// where the master was then.
+    public var redisMaster: String?
     public var fileBytes: Int64
     /// SQLite's `quick_check`: "ok" or what is wrong.
     public var quickCheck: String
@@ -31,6 +34,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case lastCommitAt = "last_commit_at_ms"
         case lastFullSyncAt = "last_full_sync_at_ms"
         case redisRunID = "redis_run_id"
+        case redisMaster = "redis_master"
         case fileBytes = "file_bytes"
         case quickCheck = "quick_check"
     }
@@ -57,7 +61,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
             rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
             lastCommitAt: lastCommit, lastFullSyncAt: try store.metadata("last_full_sync_at").flatMap { Int64($0) },
-            redisRunID: try store.metadata("redis_run_id"), fileBytes: store.fileBytes(),
+            redisRunID: try store.metadata("redis_run_id"), redisMaster: try store.metadata("redis_master"),
+            fileBytes: store.fileBytes(),
             // Opening ran quick_check and refuses a file it finds damaged (`isDamage`).
             quickCheck: "ok")
     }

@@ -6,6 +6,13 @@ import SessionMirror
 public struct RunSettings: Sendable, Equatable {
     public var redis: String?
     public var passwordFile: String?
+    /// Sentinels (`host:port`), instead of `redis`.
+    public var sentinels: [String]?
+    public var sentinelMaster: String?
+    /// The Sentinels' own password, apart from the data nodes' `passwordFile`.
+    public var sentinelPasswordFile: String?
+    /// With Sentinel: the database number (with `redis` it is in the URL).
+    public var database: Int?
     public var prefixes: [String]?
     public var snapshot: String?
     public var commitIntervalMilliseconds: Int?
@@ -30,6 +37,10 @@ public struct RunSettings: Sendable, Equatable {
         var merged = self
         merged.redis = other.redis ?? redis
         merged.passwordFile = other.passwordFile ?? passwordFile
+        merged.sentinels = other.sentinels ?? sentinels
+        merged.sentinelMaster = other.sentinelMaster ?? sentinelMaster
+        merged.sentinelPasswordFile = other.sentinelPasswordFile ?? sentinelPasswordFile
+        merged.database = other.database ?? database
         merged.prefixes = other.prefixes ?? prefixes
         merged.snapshot = other.snapshot ?? snapshot
         merged.commitIntervalMilliseconds = other.commitIntervalMilliseconds ?? commitIntervalMilliseconds
@@ -102,6 +113,19 @@ public struct RunSettings: Sendable, Equatable {
             switch key {
             case "redis": settings.redis = try string()
             case "password_file": settings.passwordFile = try string()
+            case "sentinels":
+                guard case .array(let items) = value, !items.isEmpty else {
+                    throw fail("expected a non-empty array of \"host:port\" strings, got \(value.typeName)")
+                }
+                settings.sentinels = try items.map {
+                    guard case .string(let text) = $0, !text.isEmpty else {
+                        throw fail("expected \"host:port\" strings")
+                    }
+                    return text
+                }
+            case "sentinel_master": settings.sentinelMaster = try string()
+            case "sentinel_password_file": settings.sentinelPasswordFile = try string()
+            case "db": settings.database = try integer(0...Int64(Int32.max))
             case "prefixes":
                 guard case .array(let items) = value else {
                     throw fail("expected an array of strings, got \(value.typeName)")

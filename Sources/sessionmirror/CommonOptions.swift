@@ -25,18 +25,107 @@ struct RedisOptions: ParsableArguments {
     @Option(name: .customLong("password-file"), help: "Read the Redis password from this file (first line).")
     var passwordFile: String?
 
+    @Option(
+        name: .customLong("sentinel"),
+        help: "A Sentinel's host:port (repeatable): find the master through Sentinel instead of --redis.")
+    var sentinels: [String] = []
+
+    @Option(name: .customLong("sentinel-master"), help: "The master's name in Sentinel (`sentinel monitor NAME ...`).")
+    var sentinelMaster: String?
+
+    @Option(
+        name: .customLong("sentinel-password-file"),
+        help: "Read the Sentinels' own password (requirepass in sentinel.conf) from this file (first line).")
+    var sentinelPasswordFile: String?
+
+    @Option(name: .customLong("db"), help: "With --sentinel: the database number (default 0).")
+    var database: Int?
+
     /// The endpoint with the password from, in order: the file, $SESSIONMIRROR_REDIS_PASSWORD, the URL.
+    /// With `--sentinel`, the master Sentinel names now (checked with ROLE). Every refusal is one
+    /// line and exit 2.
     func endpoint() throws -> RedisEndpoint {
-        var endpoint: RedisEndpoint
+        let target: RedisTarget
         do {
-            endpoint = try RedisEndpoint(url: url ?? Defaults.redisURL)
+            target = try RedisTarget(
+                url: url, passwordFile: passwordFile, sentinels: sentinels, sentinelMaster: sentinelMaster,
+                sentinelPasswordFile: sentinelPasswordFile, database: database, option: { flag, _ in flag })
         } catch {
-            throw ValidationError("--redis: \(error)")
+            throw fail("\(error)")
+        }
+        guard let sentinel = target.sentinel else { return target.endpoint }
+        do {
+            return try SentinelResolver(settings: sentinel).resolve(dataNode: target.endpoint)
+        } catch {
+            throw fail("\(error)")
+        }
+    }
+}
+
+/// Where Redis is, from the flags or the file: the endpoint (with Sentinel: the data nodes'
+/// credentials and database) and the Sentinel settings.
+struct RedisTarget {
+    var endpoint: RedisEndpoint
+    var sentinel: SentinelSettings?
+
+    /// - Parameter option: names a setting as `option(flag, fileKey)` for the messages.
+    init(
+        url: String?, passwordFile: String?, sentinels: [String], sentinelMaster: String?,
+        sentinelPasswordFile: String?, database: Int?, option: (String, String) -> String
+    ) throws(ConfigurationError) {
+        if sentinels.isEmpty {
+            for (given, flag, key) in [
+                (sentinelMaster != nil, "--sentinel-master", "sentinel_master"),
+                (sentinelPasswordFile != nil, "--sentinel-password-file", "sentinel_password_file"),
+                (database != nil, "--db", "db"),
+            ] where given {
+                throw .invalid(
+                    option: option(flag, key),
+                    reason: "only with --sentinel (with --redis the database is in the URL)")
+            }
+            do {
+                endpoint = try RedisEndpoint(url: url ?? Defaults.redisURL)
+            } catch {
+                throw .invalid(option: option("--redis", "redis"), reason: "\(error)")
+            }
+        } else {
+            guard url == nil else {
+                throw .invalid(
+                    option: option("--redis", "redis"), reason: "give either --redis or --sentinel, not both")
+            }
+            guard let sentinelMaster, !sentinelMaster.isEmpty else {
+                throw .invalid(option: option("--sentinel", "sentinels"), reason: "needs --sentinel-master NAME")
+            }
+            var addresses: [SentinelSettings.Address] = []
+            for text in sentinels {
+                do {
+                    addresses.append(try SentinelSettings.Address(parsing: text))
+                } catch {
+                    throw .invalid(option: option("--sentinel", "sentinels"), reason: "\(error)")
+                }
+            }
+            if let database, database < 0 {
+                throw .invalid(option: option("--db", "db"), reason: "must be a number >= 0")
+            }
+            var settings = SentinelSettings(sentinels: addresses, masterName: sentinelMaster)
+            if let sentinelPasswordFile {
+                guard let text = try? String(contentsOfFile: sentinelPasswordFile, encoding: .utf8) else {
+                    throw .invalid(
+                        option: option("--sentinel-password-file", "sentinel_password_file"),
+                        reason: "cannot read \(sentinelPasswordFile)")
+                }
+                let password = String(text.split(whereSeparator: \.isNewline).first ?? "")
+                settings.password = password.isEmpty ? nil : password
+            }
+            sentinel = settings
+            // Never dialled: the daemon and the commands use the address Sentinel names. Only the
+            // credentials and the database are the data nodes'.
+            endpoint = RedisEndpoint(address: .unix(path: "/sentinel-names-the-master"), database: database ?? 0)
         }
         guard applyPassword(file: passwordFile, to: &endpoint) else {
-            throw ValidationError("--password-file: cannot read \(passwordFile ?? "")")
+            throw .invalid(
+                option: option("--password-file", "password_file"), reason: "cannot read \(passwordFile ?? "")")
         }
-        return endpoint
     }
 }
 

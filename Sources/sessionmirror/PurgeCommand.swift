@@ -30,9 +30,11 @@ struct PurgeCommand: ParsableCommand {
             throw ValidationError(
                 "purge deletes every session under \(what) from Redis and the snapshot; add --yes to confirm")
         }
+        // Outside the `do`: its refusal is already the one line to print.
+        let endpoint = try redis.endpoint()
         let summary: Purger.Summary
         do {
-            summary = try Purger(snapshotPath: snapshot, endpoint: try redis.endpoint(), scope: scope).run()
+            summary = try Purger(snapshotPath: snapshot, endpoint: endpoint, scope: scope).run()
         } catch let error as ValidationError {
             throw error
         } catch {

@@ -69,6 +69,10 @@ struct RunOptions: ParsableArguments {
         var flags = RunSettings()
         flags.redis = redis.url
         flags.passwordFile = redis.passwordFile
+        flags.sentinels = redis.sentinels.isEmpty ? nil : redis.sentinels
+        flags.sentinelMaster = redis.sentinelMaster
+        flags.sentinelPasswordFile = redis.sentinelPasswordFile
+        flags.database = redis.database
         flags.prefixes = prefix.prefixes.isEmpty ? nil : prefix.prefixes
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()
@@ -105,20 +109,15 @@ struct RunOptions: ParsableArguments {
     func configuration(_ settings: RunSettings) throws -> MirrorConfiguration {
         // Name the flag, and the file's key too when there is a file.
         func option(_ flag: String, _ key: String) -> String { config.map { "\(flag) (or \(key) in \($0))" } ?? flag }
-        var endpoint: RedisEndpoint
-        do {
-            endpoint = try RedisEndpoint(url: settings.redis ?? Defaults.redisURL)
-        } catch {
-            throw ConfigurationError.invalid(option: option("--redis", "redis"), reason: "\(error)")
-        }
-        guard applyPassword(file: settings.passwordFile, to: &endpoint) else {
-            throw ConfigurationError.invalid(
-                option: option("--password-file", "password_file"), reason: "cannot read \(settings.passwordFile ?? "")"
-            )
-        }
+        let target = try RedisTarget(
+            url: settings.redis, passwordFile: settings.passwordFile, sentinels: settings.sentinels ?? [],
+            sentinelMaster: settings.sentinelMaster, sentinelPasswordFile: settings.sentinelPasswordFile,
+            database: settings.database, option: option)
         let snapshot = settings.snapshot ?? Defaults.snapshotPath
         var configuration = MirrorConfiguration(
-            endpoint: endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) }, snapshotPath: snapshot)
+            endpoint: target.endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) },
+            snapshotPath: snapshot)
+        configuration.sentinel = target.sentinel
         if let milliseconds = settings.commitIntervalMilliseconds {
             configuration.commitIntervalMilliseconds = milliseconds
         }
@@ -196,7 +195,7 @@ struct RunCommand: ParsableCommand {
         }
         if checkConfig {
             print(
-                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
             )
             return
         }
@@ -240,7 +239,7 @@ struct CheckCommand: ParsableCommand {
         do {
             let configuration = try options.configuration(try options.settings())
             print(
-                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+                "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
             )
         } catch let error as ConfigurationError {
             throw fail("\(error)")

@@ -37,6 +37,7 @@ struct StatusCommand: ParsableCommand {
                 last commit     \(time(status.lastCommitAt))
                 last full sync  \(time(status.lastFullSyncAt))
                 redis run_id    \(status.redisRunID ?? "none yet")
+                redis master    \(status.redisMaster ?? "none yet")
                 quick_check     \(status.quickCheck)
                 """)
         }

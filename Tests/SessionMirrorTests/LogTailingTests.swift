@@ -201,6 +201,7 @@ private let metricsLineSeries: [(String, String)] = [
     ("sessionmirror_rows_written_total{kind=\"evicted\"}", "rows_evicted"),
     ("sessionmirror_late_commits_total", "late_commits"),
     ("sessionmirror_reconnects_total", "reconnects"),
+    ("sessionmirror_failovers_total", "failovers"),
     ("sessionmirror_full_syncs_total", "full_syncs"),
     ("sessionmirror_cache_losses_total", "cache_losses"),
     ("sessionmirror_restores_total", "restores"),

@@ -41,6 +41,8 @@ if [ "$#" -eq 0 ]; then
             || { echo "probe_daemon_down.py $mode 5 failed: logged-out sessions came back" >&2; exit 1; }
     done
     echo "probe_daemon_down: logged-out sessions stay gone (restore and alert modes)"
+    # Sessions through django-redis's Sentinel support, across SENTINEL FAILOVER and a killed master.
+    "$VENV/bin/python" "$HERE/sentinel_e2e.py" || { echo "sentinel_e2e.py failed" >&2; exit 1; }
 fi
 
 exec "$VENV/bin/python" "$HERE/run_e2e.py" "$@"

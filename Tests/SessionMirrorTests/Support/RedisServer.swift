@@ -175,7 +175,7 @@ final class RedisServer: Sendable {
     ///
     /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
     /// Another process may take the port before redis-server binds it; `start` then retries.
-    private static func freePort() throws -> Int {
+    static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }

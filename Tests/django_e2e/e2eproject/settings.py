@@ -55,8 +55,30 @@ elif CACHE_BACKEND == "django_redis":
             "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
         }
     }
+elif CACHE_BACKEND == "django_redis_sentinel":
+    # django-redis's Sentinel support (sentinel_e2e.py): E2E_SENTINELS="host:port,host:port",
+    # E2E_REDIS_URL="redis://<master name>/0". The LOCATION is a list holding only the master's
+    # URL, so that reads go to the master too: a session just written is never read from a
+    # replica that has not received it yet.
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": [REDIS_URL + "?is_master=1"],
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.SentinelClient",
+                "CONNECTION_POOL_CLASS": "redis.sentinel.SentinelConnectionPool",
+                "SENTINELS": [
+                    (host, int(port))
+                    for host, port in (item.rsplit(":", 1) for item in os.environ["E2E_SENTINELS"].split(","))
+                ],
+            },
+        }
+    }
+    DJANGO_REDIS_CONNECTION_FACTORY = "django_redis.pool.SentinelConnectionFactory"
 else:
-    raise RuntimeError(f"E2E_CACHE_BACKEND must be 'django' or 'django_redis', not {CACHE_BACKEND!r}")
+    raise RuntimeError(
+        f"E2E_CACHE_BACKEND must be 'django', 'django_redis' or 'django_redis_sentinel', not {CACHE_BACKEND!r}"
+    )
 
 # Sessions live only in the cache: exactly what SessionMirror protects.
 SESSION_ENGINE = "django.contrib.sessions.backends.cache"
