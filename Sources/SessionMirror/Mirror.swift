@@ -172,6 +172,10 @@ public final class Mirror: @unchecked Sendable {
                 afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
             timers.append(timer)
         }
+        let roleCheck = LoopTimer(loop: loop) { [weak self] in self?.periodicRoleCheck() }
+        let roleInterval = UInt64(max(configuration.replicaCheckIntervalMilliseconds, 1))
+        roleCheck.start(afterMilliseconds: roleInterval, repeatMilliseconds: roleInterval)
+        timers.append(roleCheck)
         if configuration.metricsIntervalSeconds > 0 {
             let interval = UInt64(configuration.metricsIntervalSeconds) * 1000
             let metrics = LoopTimer(loop: loop) { [weak self] in self?.logMetrics() }

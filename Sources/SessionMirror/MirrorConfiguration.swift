@@ -52,6 +52,9 @@ public struct MirrorConfiguration: Sendable {
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
+    /// How often the daemon asks the node it mirrors whether it is still a master, when no read
+    /// asks it anyway (every read batch is followed by a role check of its own).
+    public var replicaCheckIntervalMilliseconds = 1000
     /// Test-only: while it returns true, the full sync's reads wait (its keys stay in the dirty
     /// set), so that a test can observe that live changes are committed ahead of a sync however
     /// long it takes. Nil in production; `sessionmirror run` sets it only in debug builds
