@@ -126,7 +126,8 @@ public struct MirrorConfiguration: Sendable {
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
         if let backup, backup.directory.isEmpty || backup.intervalSeconds < 1 || backup.keep < 1 {
-            throw Invalid(setting: .backup, reason: "needs a directory, an interval of at least 1 and keep of at least 1")
+            throw Invalid(
+                setting: .backup, reason: "needs a directory, an interval of at least 1 and keep of at least 1")
         }
     }
 }

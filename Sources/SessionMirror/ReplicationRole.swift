@@ -105,7 +105,8 @@ extension RedisConnection {
         if let role = ReplicationRole.Query.role.role(in: try command(ReplicationRole.Query.role.command)) {
             return role
         }
-        return ReplicationRole.Query.infoReplication.role(in: try command(ReplicationRole.Query.infoReplication.command))
+        return ReplicationRole.Query.infoReplication.role(
+            in: try command(ReplicationRole.Query.infoReplication.command))
     }
 
     /// Throws the refusal line when this node is not a master (`restore`, `purge`).

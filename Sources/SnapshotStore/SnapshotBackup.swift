@@ -76,7 +76,8 @@ public enum SnapshotBackup {
     {
         let started = DispatchTime.now().uptimeNanoseconds
         let target = targetPath(snapshotPath: snapshotPath, destination: destination)
-        let directory = (target as NSString).deletingLastPathComponent.isEmpty
+        let directory =
+            (target as NSString).deletingLastPathComponent.isEmpty
             ? "." : (target as NSString).deletingLastPathComponent
         if let real = SafeFile.resolvedPath(target), real == SafeFile.resolvedPath(snapshotPath) {
             throw SnapshotBackupError(
@@ -115,7 +116,8 @@ public enum SnapshotBackup {
             return SnapshotBackupSummary(path: target, rows: rows, bytes: bytes, durationSeconds: seconds)
         } catch let error as SnapshotBackupError {
             unlink(temporary)
-            throw SnapshotBackupError(description: "backup to \(target): \(error.description)", isDiskFull: error.isDiskFull)
+            throw SnapshotBackupError(
+                description: "backup to \(target): \(error.description)", isDiskFull: error.isDiskFull)
         } catch {
             unlink(temporary)
             throw SnapshotBackupError(description: "backup to \(target): \(error)", isDiskFull: false)

@@ -46,7 +46,9 @@ struct BackupTests {
         for name in foreign + ["s-backup-20200101T000000Z.db"] {
             try "not a backup".write(toFile: "\(backups)/\(name)", atomically: true, encoding: .utf8)
         }
-        let written = await eventually(timeout: .seconds(30)) { mirror.log.records(event: "backup_finished").count >= 3 }
+        let written = await eventually(timeout: .seconds(30)) {
+            mirror.log.records(event: "backup_finished").count >= 3
+        }
         try #require(written, "\(mirror.log.text)")
         // The command line, beside the running daemon, into a fixed path: then the daemon's
         // snapshot must still be whole (its -wal kept: no lock of the daemon was dropped).
@@ -83,7 +85,8 @@ struct BackupTests {
             in: directory)
         #expect(restored == .exited(0), "\(restoreOutput)")
         #expect(
-            restoreOutput.contains("\"restored\":\(rows)") && restoreOutput.contains("\"tampered\":0"), "\(restoreOutput)")
+            restoreOutput.contains("\"restored\":\(rows)") && restoreOutput.contains("\"tampered\":0"),
+            "\(restoreOutput)")
         for index in [0, 7, 19] {
             #expect(
                 try client.checked("GET", "s:\(index)").bytes

@@ -21,8 +21,10 @@ struct ReplicationRoleTests {
     func role() {
         #expect(ReplicationRole(role: .array([.bulk(bytes("master")), .integer(0), .array([])])) == .master)
         let replica = ReplicationRole(
-            role: .array([.bulk(bytes("slave")), .bulk(bytes("10.0.0.5")), .integer(6380), .bulk(bytes("connected")),
-                .integer(42)]))
+            role: .array([
+                .bulk(bytes("slave")), .bulk(bytes("10.0.0.5")), .integer(6380), .bulk(bytes("connected")),
+                .integer(42),
+            ]))
         #expect(replica == .replica(masterHost: "10.0.0.5", masterPort: 6380, link: "connected"))
         #expect(replica?.masterAddress == "10.0.0.5:6380")
         #expect(ReplicationRole(role: .array([.bulk(bytes("sentinel")), .array([])])) == .other("sentinel"))
@@ -42,7 +44,8 @@ struct ReplicationRoleTests {
                 == .replica(masterHost: "10.0.0.5", masterPort: 6380, link: "up"))
         #expect(ReplicationRole(infoReplication: "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n") == .master)
         #expect(ReplicationRole(infoReplication: "# Server\r\nredis_version:7.0.15\r\n") == nil)
-        #expect(ReplicationRole.Query.infoReplication.role(in: .bulk(bytes(replicaInfo)))?.masterAddress == "10.0.0.5:6380")
+        #expect(
+            ReplicationRole.Query.infoReplication.role(in: .bulk(bytes(replicaInfo)))?.masterAddress == "10.0.0.5:6380")
     }
 
     @Test("the refusal is one line naming the master to point --redis at; a master is not refused")
