@@ -137,6 +137,20 @@ public struct Doctor: Sendable {
                 fix: "grant +info")
         }
 
+        // Master or replica: the daemon, restore and purge refuse a replica.
+        switch try? redis.replicationRole() {
+        case .master?:
+            add("role", .ok, "master")
+        case let role?:
+            add(
+                "role", .fail, "\(role)",
+                fix: role.masterAddress.map { "point --redis at the master \($0)" } ?? "point --redis at the master")
+        case nil:
+            add(
+                "role", .warn, "ROLE and INFO replication refused: cannot tell a master from a replica",
+                fix: "grant +role or +info")
+        }
+
         // Keyspace notifications and CONFIG.
         let current = reply(["CONFIG", "GET", "notify-keyspace-events"])
         if let value = current.elements?.last?.text {

@@ -124,10 +124,14 @@ extension Mirror {
         // invalidations of a pass of its loop after a flush in the same pass) makes the canary's
         // presence meaningless: then the flush counts as ours, at the cost of a harmless NX restore.
         let canaryPredatesFlush = canaryWritesBefore == connection.canaryWritesSent
-        connection.reader.send([Array("EXISTS".utf8), canaryKey]) { [weak self] reply in
-            guard let self, reply != nil, connection.flushChecksPending > 0 else { return }
+        // A node that became a replica empties itself before loading its master's data, and that
+        // sends the same flush message: then it is not a loss, and the mirror stops reading it.
+        let canary = ReplyBox()
+        connection.reader.send([Array("EXISTS".utf8), canaryKey]) { canary.reply = $0 }
+        confirmMaster(on: connection) { [weak self] in
+            guard let self, connection.flushChecksPending > 0 else { return }
             connection.flushChecksPending -= 1
-            if reply?.integer == 1 && canaryPredatesFlush { return }  // Another database was flushed.
+            if canary.reply?.integer == 1 && canaryPredatesFlush { return }  // Another database was flushed.
             self.flushDetected()
         }
     }

@@ -7,6 +7,10 @@ struct MirrorSetupError: Error, CustomStringConvertible {
     let description: String
     /// True for an operator's error that retrying will not fix (auth, CONFIG refused, old Redis).
     let permanent: Bool
+    /// The `event` of the error line logged when it is retried.
+    var event = "redis_unavailable"
+    /// More fields for that line (`redis.master` for a replica).
+    var metadata: Logger.Metadata = [:]
 }
 
 extension Mirror {
@@ -98,11 +102,55 @@ extension Mirror {
                 return
             }
             connection.runID = RedisInfo(text).runID
-            connection.reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
-                guard let self, let reply else { return }
-                self.checkNotifications(reply, on: connection)
+            self.readRole(on: connection) { [weak self] in self?.readNotificationFlags(on: connection) }
+        }
+    }
+
+    private func readNotificationFlags(on connection: NodeConnection) {
+        connection.reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
+            guard let self, let reply else { return }
+            self.checkNotifications(reply, on: connection)
+        }
+    }
+
+    /// Refuses a replica before anything is changed on it: the master's expiries and evictions
+    /// reach a replica as `DEL`, which would delete the rows of valid sessions. Asks `ROLE`, else
+    /// `INFO replication` (an ACL may refuse `ROLE`); the one that answered is the one every later
+    /// check uses (`confirmMaster`).
+    private func readRole(on connection: NodeConnection, then next: @escaping () -> Void) {
+        connection.reader.send(ReplicationRole.Query.role.command) { [weak self] reply in
+            guard let self, let reply, self.connecting === connection else { return }
+            if let role = ReplicationRole.Query.role.role(in: reply) {
+                connection.roleQuery = .role
+                self.roleRead(role, on: connection, then: next)
+                return
+            }
+            connection.reader.send(ReplicationRole.Query.infoReplication.command) { [weak self] info in
+                guard let self, let info, self.connecting === connection else { return }
+                guard let role = ReplicationRole.Query.infoReplication.role(in: info) else {
+                    self.connectFailed(
+                        MirrorSetupError(
+                            description: "ROLE (\(reply.errorMessage ?? "unexpected reply")) and INFO replication "
+                                + "(\(info.errorMessage ?? "unexpected reply")) were refused: the mirror reads only "
+                                + "from a master and must tell it from a replica; grant +role or +info",
+                            permanent: true))
+                    return
+                }
+                connection.roleQuery = .infoReplication
+                self.roleRead(role, on: connection, then: next)
             }
         }
+    }
+
+    private func roleRead(_ role: ReplicationRole, on connection: NodeConnection, then next: () -> Void) {
+        guard let line = role.refusal(node: configuration.endpoint.description) else {
+            next()
+            return
+        }
+        connectFailed(
+            MirrorSetupError(
+                description: line, permanent: true, event: "redis_is_replica",
+                metadata: ["redis.master": "\(role.masterAddress ?? "\(role)")"]))
     }
 
     private func checkNotifications(_ reply: RedisReply, on connection: NodeConnection) {

@@ -24,6 +24,9 @@ extension Mirror {
     enum Drain {
         case waitingForKeys
         case waitingForReads(throughBatch: UInt64)
+        /// Every read is in: a role check behind the SCANs and reads says whether they came from a
+        /// master before the reconciliation may delete a row.
+        case confirmingMaster
     }
 
     /// Rows a piece of the reconciliation reads, in one writer transaction.
@@ -109,6 +112,18 @@ extension Mirror {
             connection.sync = state
         }
         guard case .waitingForReads(let through) = state.drain, connection.batchesCompleted >= through else { return }
+        state.drain = .confirmingMaster
+        connection.sync = state
+        confirmMaster(on: connection) { [weak self, state] in
+            guard let self, self.connection === connection, let current = connection.sync,
+                current.generation == state.generation, case .confirmingMaster = current.drain
+            else { return }
+            self.reconcile(state, on: connection)
+        }
+    }
+
+    /// Deletes what the sync did not find, as far as `LossEvidence` allows, and records the evidence.
+    private func reconcile(_ state: SyncState, on connection: NodeConnection) {
         dirty.state.withLock { $0.clearBarrier() }
         connection.sync = nil
         let finished = state

@@ -11,7 +11,7 @@ extension Mirror {
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
         }
-        let fields: [(String, String)] = [
+        var fields: [(String, String)] = [
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
@@ -37,6 +37,11 @@ extension Mirror {
             ("connected", "\(connected != nil)"),
             ("redis.run_id", "\(connection?.runID ?? "")"),
         ]
+        if let periodicBackup {
+            let last = periodicBackup.lastSuccessMilliseconds.load(ordering: .relaxed)
+            fields.append(("backup_last_success_unix_s", "\(last / 1000)"))
+            fields.append(("backup_failures", "\(periodicBackup.failures.load(ordering: .relaxed))"))
+        }
         var metadata: Logger.Metadata = ["event": "metrics"]
         for (key, value) in fields { metadata[key] = "\(value)" }
         logger.info("metrics", metadata: metadata)
@@ -117,6 +122,12 @@ extension Mirror {
         metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
         metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])
         metric("errors_total", "counter", "Errors (Redis and snapshot).", [("", values["errors"])])
+        if values["backup_failures"] != nil {
+            metric(
+                "backup_last_success_timestamp_seconds", "gauge", "Unix time of the last backup written (0: none yet).",
+                [("", values["backup_last_success_unix_s"])])
+            metric("backup_failures_total", "counter", "Backups that failed.", [("", values["backup_failures"])])
+        }
         metric(
             "connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
         return lines.joined(separator: "\n") + "\n"

@@ -2,6 +2,11 @@ import Logging
 import RedisClient
 import SnapshotStore
 
+/// A reply kept until a later one on the same connection decides what to do with it.
+final class ReplyBox {
+    var reply: RedisReply?
+}
+
 /// Reading changed keys back from Redis, in pipelined batches, and handing them to the writer.
 extension Mirror {
     /// Keys sent in one read command.
@@ -60,11 +65,15 @@ extension Mirror {
                     attempt: connection.attempt)
                 connection.keysInFlight += keys.count
                 if lane == .sync { connection.syncKeysInFlight += keys.count }
+                // The read's reply is used only once a role check behind it says the node is still
+                // a master: a replica's missing keys are its master's expiries and evictions.
+                let read = ReplyBox()
                 connection.reader.send(
                     KeyReader.command(for: keys.map(\.key), mode: connection.serverProfile?.readMode ?? .pexpiretime)
-                ) { [weak self] reply in
-                    self?.readFinished(batch, reply)
+                ) { reply in
+                    read.reply = reply
                 }
+                confirmMaster(on: connection) { [weak self] in self?.readFinished(batch, read.reply) }
             }
         }
         if connection.sync?.drain != nil { checkSyncBarrier() }

@@ -10,23 +10,77 @@ extension Mirror {
         tearDownConnections()
         if error.permanent && !everConnected {
             // An operator's error at start-up: say it once and exit non-zero.
-            logger.critical("\(error.description)", metadata: ["event": "fatal"])
+            logger.critical("\(error.description)", metadata: error.metadata.merging(["event": "fatal"]) { $1 })
             setExitCode(2)
             beginShutdown(reason: "fatal")
             return
         }
         stats.errors += 1
-        reportUnavailable(error.description)
+        reportUnavailable(error.description, event: error.event, metadata: error.metadata)
         scheduleReconnect()
     }
 
     /// Logs (and tells systemd) that Redis cannot be used, once per distinct reason.
-    private func reportUnavailable(_ reason: String) {
+    private func reportUnavailable(
+        _ reason: String, event: String = "redis_unavailable", metadata: Logger.Metadata = [:]
+    ) {
         guard lastReportedFailure != reason else { return }
         lastReportedFailure = reason
         onStatus?("Redis unavailable, retrying: \(reason)")
         logger.error(
-            "cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
+            "cannot use Redis; retrying with backoff",
+            metadata: metadata.merging(["event": "\(event)", "error": "\(reason)"]) { $1 })
+    }
+
+    /// The node the mirror reads from turned into a replica (`REPLICAOF`, a failover without
+    /// Sentinel): stop at once, before any read of it changes a row, and reconnect with backoff;
+    /// the handshake refuses it until it is a master again (`readRole`).
+    func stopMirroringReplica(_ role: ReplicationRole) {
+        assertOnLoop()
+        guard connection != nil else { return }
+        let line = role.refusal(node: configuration.endpoint.description) ?? "\(role)"
+        tearDownConnections()
+        guard !isStopping else {
+            finishShutdownIfDrained()
+            return
+        }
+        stats.errors += 1
+        lastReportedFailure = line
+        onStatus?("Redis became a replica, reconnecting until it is a master: \(line)")
+        logger.error(
+            "Redis became a replica: stopped mirroring from it; reconnecting until it is a master again",
+            metadata: [
+                "event": "redis_is_replica", "redis.master": "\(role.masterAddress ?? "\(role)")", "error": "\(line)",
+            ])
+        scheduleReconnect()
+    }
+
+    /// Asks the node's role behind every command already sent on the reader, and runs `next` only
+    /// if it is still a master: whatever those commands read was read from a master. A replica
+    /// ends the connection (`stopMirroringReplica`); an unreadable answer reconnects.
+    func confirmMaster(on connection: NodeConnection, then next: @escaping () -> Void) {
+        let query = connection.roleQuery
+        connection.reader.send(query.command) { [weak self] reply in
+            guard let self, let reply, self.connection === connection else { return }
+            switch query.role(in: reply) {
+            case .master?:
+                next()
+            case let role?:
+                self.stopMirroringReplica(role)
+            case nil:
+                self.stats.errors += 1
+                self.connectionLost("role check failed: \(reply.errorMessage ?? "unexpected reply")")
+            }
+        }
+    }
+
+    /// Every `replicaCheckIntervalMilliseconds`: notices a node that became a replica while no
+    /// key changes (the reads confirm the role behind every batch on their own).
+    func periodicRoleCheck() {
+        assertOnLoop()
+        guard let connection = connected, !connection.roleCheckPending else { return }
+        connection.roleCheckPending = true
+        confirmMaster(on: connection) { connection.roleCheckPending = false }
     }
 
     func connectionLost(_ reason: String) {
@@ -73,7 +127,7 @@ extension Mirror {
         dirty.state.withLock { $0.removeAll() }
     }
 
-    private func scheduleReconnect() {
+    func scheduleReconnect() {
         guard case .idle(let previous) = state else { return }
         let base = configuration.reconnectMinimumMilliseconds << min(reconnectAttempt, 16)
         let capped = min(base, configuration.reconnectMaximumMilliseconds)

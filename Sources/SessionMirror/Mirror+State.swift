@@ -99,6 +99,10 @@ final class NodeConnection {
     /// The server, read before anything is changed on it.
     var serverProfile: ServerProfile?
     var runID: String?
+    /// How this node answers "master or replica?" (`ROLE`, or `INFO replication` under an ACL).
+    var roleQuery = ReplicationRole.Query.role
+    /// A periodic role check is waiting for its answer.
+    var roleCheckPending = false
     /// What tells a loss from logouts, read before the full sync (`LossEvidence`).
     var canary = LossEvidence.Canary.unknown
     var evictedKeys: Int64?

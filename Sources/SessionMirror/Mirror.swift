@@ -38,6 +38,8 @@ public final class Mirror: @unchecked Sendable {
     /// Called on the loop thread after a cache loss was detected, with the reason (for tests and
     /// embedding); `configuration.onCacheLoss` decides whether a restore follows.
     public var cacheLossHandler: (@Sendable (String) -> Void)?
+    /// The `[backup]` schedule's thread, when one is configured.
+    let periodicBackup: PeriodicBackup?
 
     // MARK: - Loop-thread state
     //
@@ -110,6 +112,9 @@ public final class Mirror: @unchecked Sendable {
         // What restore, verify and purge may touch, and the key that signs every row from here on.
         try store.recordScope(MirrorScope(prefixes: configuration.prefixes, database: configuration.endpoint.database))
         try store.enableIntegrity(configuration.integrityKey)
+        periodicBackup = configuration.backup.map {
+            PeriodicBackup(schedule: $0, snapshotPath: configuration.snapshotPath, logger: logger)
+        }
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
             pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds
@@ -140,9 +145,11 @@ public final class Mirror: @unchecked Sendable {
     ///
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
+        periodicBackup?.start()
         loop.start { [self] in start() }
         loop.join()
         subscription.stop()
+        periodicBackup?.stop()
         if !writer.stop(timeoutSeconds: 4) {
             logger.error("snapshot writer did not finish in time", metadata: ["event": "shutdown_incomplete"])
             exitCode.withLock { $0 = 1 }
@@ -185,6 +192,10 @@ public final class Mirror: @unchecked Sendable {
                 afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
             timers.append(timer)
         }
+        let roleCheck = LoopTimer(loop: loop) { [weak self] in self?.periodicRoleCheck() }
+        let roleInterval = UInt64(max(configuration.replicaCheckIntervalMilliseconds, 1))
+        roleCheck.start(afterMilliseconds: roleInterval, repeatMilliseconds: roleInterval)
+        timers.append(roleCheck)
         if configuration.metricsIntervalSeconds > 0 {
             let interval = UInt64(configuration.metricsIntervalSeconds) * 1000
             let metrics = LoopTimer(loop: loop) { [weak self] in self?.logMetrics() }

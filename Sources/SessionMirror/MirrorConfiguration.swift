@@ -56,6 +56,11 @@ public struct MirrorConfiguration: Sendable {
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
+    /// How often the daemon asks the node it mirrors whether it is still a master, when no read
+    /// asks it anyway (every read batch is followed by a role check of its own).
+    public var replicaCheckIntervalMilliseconds = 1000
+    /// Backups of the snapshot on a schedule (`[backup]`); nil: none.
+    public var backup: BackupSchedule?
     /// Test-only: while it returns true, the full sync's reads wait (its keys stay in the dirty
     /// set), so that a test can observe that live changes are committed ahead of a sync however
     /// long it takes. Nil in production; `sessionmirror run` sets it only in debug builds
@@ -86,7 +91,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath
+        case snapshotPath, backup
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -133,5 +138,9 @@ public struct MirrorConfiguration: Sendable {
                 reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
+        if let backup, backup.directory.isEmpty || backup.intervalSeconds < 1 || backup.keep < 1 {
+            throw Invalid(
+                setting: .backup, reason: "needs a directory, an interval of at least 1 and keep of at least 1")
+        }
     }
 }

@@ -40,6 +40,8 @@ public struct Purger {
         }
         let (store, redis) = try openSnapshotAndRedis(
             snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
+        // Before anything is deleted: a replica refuses the UNLINKs, and the rows must not go alone.
+        try redis.refuseReplica()
         guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
             throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }

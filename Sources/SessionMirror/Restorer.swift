@@ -123,6 +123,8 @@ public struct Restorer: Sendable {
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
         let started = SystemTime.monotonicNanoseconds()
         let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
+        // A replica answers every write with READONLY: say which node to use instead, before any row is read.
+        try redis.refuseReplica()
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
         do {
             try store.checkIntegrityKey(options.integrityKey)

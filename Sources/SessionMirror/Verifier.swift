@@ -15,6 +15,9 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var expired = 0
     /// Rows whose MAC did not match (integrity key given): changed or added outside sessionmirror.
     public var tampered = 0
+    /// `host:port` of the master when the node compared is a replica: allowed (verify writes
+    /// nothing), but a replica lags its master, so a difference may be only that lag.
+    public var replicaOf: String?
 
     enum CodingKeys: String, CodingKey {
         case equal
@@ -25,6 +28,7 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         case evicted
         case expired
         case tampered
+        case replicaOf = "replica_of"
     }
 
     /// True when every unexpired key is equal on both sides.
@@ -77,6 +81,7 @@ public struct Verifier {
             throw OneShotCommandError(description: "\(error)")
         }
         var report = VerifyReport()
+        report.replicaOf = try redis.replicationRole()?.masterAddress
         let readMode: KeyReader.Mode
         do {
             readMode = try redis.serverProfile().readMode

@@ -29,6 +29,8 @@ public struct RunSettings: Sendable, Equatable {
     public var django: DjangoPreset?
     /// The file holding the key that signs the snapshot's rows.
     public var integrityKeyFile: String?
+    /// The `[backup]` section: copies of the snapshot on a schedule (only in the file).
+    public var backup: BackupSchedule?
 
     public init() {}
 
@@ -56,6 +58,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.logFile = other.logFile ?? logFile
         merged.django = other.django ?? django
         merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
+        merged.backup = other.backup ?? backup
         return merged
     }
 
@@ -86,6 +89,8 @@ public struct RunSettings: Sendable, Equatable {
         var settings = RunSettings()
         var django = DjangoPreset()
         var sawDjango = false
+        var backup = BackupSchedule(directory: "", intervalSeconds: 60 * 60, keep: 24)
+        var sawBackup = false
         for key in document.values.keys.sorted() {
             let (value, line) = document.values[key]!
             func fail(_ reason: String) -> ConfigurationError { .key(file: path, key: key, line: line, reason) }
@@ -187,11 +192,27 @@ public struct RunSettings: Sendable, Equatable {
             case "django.engine":
                 django.engine = try choice(DjangoPreset.Engine.self, DjangoPreset.Engine.allCases)
                 sawDjango = true
+            case "backup.directory":
+                backup.directory = try string()
+                guard !backup.directory.isEmpty else { throw fail("must not be empty") }
+                sawBackup = true
+            case "backup.interval_minutes":
+                backup.intervalSeconds = try integer(1...525_600) * 60
+                sawBackup = true
+            case "backup.keep":
+                backup.keep = try integer(1...10_000)
+                sawBackup = true
             default:
                 throw fail("unknown key (see deploy/sessionmirror.toml for every key)")
             }
         }
         if sawDjango { settings.django = django }
+        if sawBackup {
+            guard !backup.directory.isEmpty else {
+                throw ConfigurationError.file(path, line: nil, "[backup] needs a directory")
+            }
+            settings.backup = backup
+        }
         return settings
     }
 }

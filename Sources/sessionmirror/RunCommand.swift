@@ -141,6 +141,7 @@ struct RunOptions: ParsableArguments {
             }
         #endif
         if let bytes = settings.maxValueBytes { configuration.maxValueBytes = bytes }
+        configuration.backup = settings.backup
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {

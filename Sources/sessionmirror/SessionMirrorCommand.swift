@@ -11,7 +11,7 @@ struct SessionMirrorCommand: ParsableCommand {
         version: BuildInfo.description,
         subcommands: [
             RunCommand.self, CheckCommand.self, RestoreCommand.self, VerifyCommand.self, PurgeCommand.self,
-            StatusCommand.self, DoctorCommand.self,
+            StatusCommand.self, DoctorCommand.self, BackupCommand.self,
         ]
     )
 

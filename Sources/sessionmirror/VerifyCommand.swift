@@ -32,6 +32,11 @@ struct VerifyCommand: ParsableCommand {
         } catch {
             throw fail("\(error)")
         }
+        if let master = report.replicaOf {
+            logger.warning(
+                "compared with a replica: it lags its master, so a difference may be only that lag",
+                metadata: ["event": "verify_replica", "redis.master": "\(master)"])
+        }
         logger.notice(
             "\(report.inSync ? "snapshot and Redis are in sync" : "snapshot and Redis differ")",
             metadata: [

@@ -5,7 +5,7 @@ import Testing
 /// A small tmpfs for a snapshot whose disk must fill up; unmounted when released.
 ///
 /// - Important: needs root (`mount`); the tests that use it are skipped without it.
-private final class SmallDisk {
+final class SmallDisk {
     let directory: TemporaryDirectory
     var path: String { directory.path }
 
