@@ -22,6 +22,10 @@ public struct RunSettings: Sendable, Equatable {
     public var django: DjangoPreset?
     /// The file holding the key that signs the snapshot's rows.
     public var integrityKeyFile: String?
+    /// How long deletions are remembered for the failover reconciliation, in seconds.
+    public var tombstoneWindowSeconds: Int?
+    public var tombstoneMaxRows: Int?
+    public var tombstoneMaxBytes: Int?
 
     public init() {}
 
@@ -45,6 +49,9 @@ public struct RunSettings: Sendable, Equatable {
         merged.logFile = other.logFile ?? logFile
         merged.django = other.django ?? django
         merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
+        merged.tombstoneWindowSeconds = other.tombstoneWindowSeconds ?? tombstoneWindowSeconds
+        merged.tombstoneMaxRows = other.tombstoneMaxRows ?? tombstoneMaxRows
+        merged.tombstoneMaxBytes = other.tombstoneMaxBytes ?? tombstoneMaxBytes
         return merged
     }
 
@@ -154,6 +161,9 @@ public struct RunSettings: Sendable, Equatable {
                 settings.logLevel = text
             case "log_file": settings.logFile = try string()
             case "integrity_key_file": settings.integrityKeyFile = try string()
+            case "tombstone_window_s": settings.tombstoneWindowSeconds = try integer(1...86_400)
+            case "tombstone_max_rows": settings.tombstoneMaxRows = try integer(1...100_000_000)
+            case "tombstone_max_bytes": settings.tombstoneMaxBytes = try integer(1024...(1 << 34))
             case "django.key_prefix":
                 django.keyPrefix = try string()
                 sawDjango = true
