@@ -55,6 +55,11 @@ public struct TombstonePrune: Sendable, Equatable {
     public var expired = 0
     /// Inside the window, dropped because a bound in rows or bytes was hit.
     public var dropped = 0
+
+    public init(expired: Int = 0, dropped: Int = 0) {
+        self.expired = expired
+        self.dropped = dropped
+    }
 }
 
 extension SnapshotStore {
