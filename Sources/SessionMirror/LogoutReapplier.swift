@@ -20,7 +20,7 @@ struct LogoutReapplication: Sendable, Equatable {
 /// tombstone recorded: a logout the old master acknowledged that never reached the new one.
 ///
 /// Each key is compared and deleted atomically with `WATCH`: `WATCH key`, read it (`TYPE`, then
-/// `GET` for a string or `DUMP` for another type), compare the SHA-256 of what was read with the
+/// `MGET` for a string or `DUMP` for another type), compare the SHA-256 of what was read with the
 /// tombstone's, and only if equal `MULTI` / `DEL` / `EXEC`. Redis aborts the `EXEC` when anything
 /// touched the key after the `WATCH`, so a session the application wrote meanwhile is never
 /// deleted. A DUMP payload carries the RDB version and the encoding: a non-string value compares
@@ -70,12 +70,14 @@ struct LogoutReapplier: Sendable {
             result.superseded += 1
             return
         }
-        let read = try redis.command([Array((type == "string" ? "GET" : "DUMP").utf8), key])
+        // MGET, not GET: the mirror's user already has it (its read script uses it).
+        let read = try redis.command([Array((type == "string" ? "MGET" : "DUMP").utf8), key])
         if let refusal = read.errorMessage {
             try redis.command([Array("UNWATCH".utf8)])
             throw LogoutReapplyError(reason: refusal)
         }
-        guard let value = read.bytes, Tombstone.digest(of: value) == tombstone.valueDigest else {
+        let value = type == "string" ? read.elements?.first?.bytes : read.bytes
+        guard let value, Tombstone.digest(of: value) == tombstone.valueDigest else {
             try redis.command([Array("UNWATCH".utf8)])
             result.superseded += 1
             return
@@ -98,7 +100,8 @@ extension LogoutReapplication {
     var total: Int { reapplied + superseded + absent + failed }
 }
 
-/// Redis refused a command of the comparison (an ACL without `+watch`, `+multi`, `+exec` or `+del`).
+/// Redis refused a command of the comparison (an ACL without `+watch`, `+multi`, `+exec` or `+del`,
+/// or read-only key rights: `sessionmirror doctor` prints the restore user's line, which has them).
 struct LogoutReapplyError: Error, CustomStringConvertible {
     let reason: String
     var description: String { "re-applying a lost logout was refused: \(reason)" }
