@@ -101,6 +101,46 @@ struct FailoverReconciliationTests {
     }
 }
 
+@Suite("failover reconciliation against a real replica")
+struct ReplicaFailoverTests {
+    @Test("a replica promoted while it lagged: the mirror, started again on it, restores the lost logins and redoes the lost logouts")
+    func promotedLaggingReplica() async throws {
+        let master = try await RedisServer.start()
+        defer { master.stop() }
+        let replica = try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", String(master.port)])
+        defer { replica.stop() }
+        let directory = try TemporaryDirectory(label: "replica")
+        let path = directory.file("s.db")
+        let client = try master.client()
+        let replicaClient = try replica.client()
+
+        let first = try RunningMirror.start(redis: master, prefix: bytes("session:"), snapshotPath: path)
+        try await first.waitUntilReady()
+        for index in 0..<6 { try client.checked("SET", "session:old\(index)", "v\(index)", "EX", "3600") }
+        try await waitUntilSnapshotMatchesRedis(master, snapshotPath: path, prefix: bytes("session:"))
+        // The replica has everything, the canary included; then its link is cut: it lags from here.
+        #expect(await eventually(timeout: .seconds(20)) { (try? replicaClient.checked("DBSIZE").integer) == 7 })
+        try replicaClient.checked("REPLICAOF", "NO", "ONE")
+
+        try client.checked("SET", "session:new", "fresh", "EX", "3600")
+        try client.checked("DEL", "session:old0")
+        try await waitUntilSnapshotMatchesRedis(master, snapshotPath: path, prefix: bytes("session:"))
+        #expect(first.stop() == 0)
+        master.stop()
+
+        // The promoted replica: another run_id, the older data. The daemon is pointed at it.
+        let second = try RunningMirror.start(redis: replica, prefix: bytes("session:"), snapshotPath: path) {
+            $0.onCacheLoss = .restore
+        }
+        defer { second.stop() }
+        try await second.waitUntilReady()
+        #expect(await second.waitForStatistics { $0.failovers >= 1 && $0.restores >= 1 })
+        #expect(try replicaClient.checked("GET", "session:new").text == "fresh")
+        #expect(try replicaClient.checked("EXISTS", "session:old0").integer == 0)
+        #expect(try replicaClient.checked("EXISTS", "session:old1").integer == 1)
+    }
+}
+
 @Suite("tombstones: what the snapshot remembers of logouts")
 struct TombstoneTests {
     private static func store(_ directory: TemporaryDirectory, rows: Int) throws -> SnapshotStore {
