@@ -105,7 +105,8 @@ public final class Mirror: @unchecked Sendable {
         try store.enableIntegrity(configuration.integrityKey)
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds,
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds,
+            pruneGraceSeconds: configuration.pruneGraceSeconds,
             tombstoneLimits: configuration.tombstoneLimits)
         subscription = ChangeFeedSubscription(
             endpoint: configuration.endpoint, prefixes: configuration.prefixes, canaryKey: canaryKey, dirty: dirty,

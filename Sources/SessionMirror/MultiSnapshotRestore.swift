@@ -105,7 +105,9 @@ public struct MultiSnapshotRestorer: Sendable {
             }
             try store.forEachRecord(verifying: options.integrityKey) { row, authenticity in
                 // A tampered row is never restored; it must not hide an authentic one either.
-                if authenticity != .tampered { choice.consider(key: row.key, changedAt: row.changedAt, snapshot: index) }
+                if authenticity != .tampered {
+                    choice.consider(key: row.key, changedAt: row.changedAt, snapshot: index)
+                }
                 return true
             }
             for tombstone in try store.tombstones() {

@@ -374,7 +374,8 @@ public final class SnapshotWriter: @unchecked Sendable {
                         sequence: pendingBulk.last?.sequence ?? 0,
                         work: .step(
                             { [self] store in
-                                let prune = try store.pruneTombstones(now: SystemTime.unixMilliseconds(), limits: limits)
+                                let prune = try store.pruneTombstones(
+                                    now: SystemTime.unixMilliseconds(), limits: limits)
                                 return .done(after: { [self] in tombstonesPruned(prune) })
                             }, holdsLive: false)))
             }

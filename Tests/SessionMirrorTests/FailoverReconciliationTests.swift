@@ -36,7 +36,9 @@ private struct LostWindow {
 
 @Suite("failover reconciliation: a server that comes back with an older state of the data")
 struct FailoverReconciliationTests {
-    @Test("with --on-cache-loss restore, the writes the failover lost come back and the logouts it lost are deleted again")
+    @Test(
+        "with --on-cache-loss restore, the writes the failover lost come back and the logouts it lost are deleted again"
+    )
     func lostWritesComeBackAndLogoutsAreReapplied() async throws {
         try await withMirroredRedis(configure: {
             $0.onCacheLoss = .restore
@@ -103,7 +105,9 @@ struct FailoverReconciliationTests {
 
 @Suite("failover reconciliation against a real replica")
 struct ReplicaFailoverTests {
-    @Test("a replica promoted while it lagged: the mirror, started again on it, restores the lost logins and redoes the lost logouts")
+    @Test(
+        "a replica promoted while it lagged: the mirror, started again on it, restores the lost logins and redoes the lost logouts"
+    )
     func promotedLaggingReplica() async throws {
         let master = try await RedisServer.start()
         defer { master.stop() }
@@ -147,7 +151,8 @@ struct TombstoneTests {
         let store = try SnapshotStore(path: directory.file("t.db"), mode: .readWrite)
         try store.begin()
         for index in 0..<rows {
-            let record = SnapshotRecord(key: bytes("s:\(index)"), type: "string", value: bytes("secret\(index)"),
+            let record = SnapshotRecord(
+                key: bytes("s:\(index)"), type: "string", value: bytes("secret\(index)"),
                 expiresAt: nil)
             try store.upsert(record, changedAt: 1, generation: 1)
         }
