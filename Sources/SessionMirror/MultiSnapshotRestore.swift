@@ -59,8 +59,9 @@ public struct MultiSnapshotRestorer: Sendable {
         self.logger = logger
     }
 
-    public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
-        let choice = try plan()
+    /// Plans (`plan()`, unless given) and restores.
+    public func run(choice planned: SnapshotChoice? = nil, progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
+        let choice = try planned ?? plan()
         var total = RestoreSummary()
         total.dryRun = options.dryRun
         for (index, path) in snapshotPaths.enumerated() {
@@ -75,8 +76,9 @@ public struct MultiSnapshotRestorer: Sendable {
         return total
     }
 
-    /// Reads every snapshot's keys, times and tombstones; refuses snapshots of different scopes.
-    private func plan() throws -> SnapshotChoice {
+    /// Reads every snapshot's keys, times and tombstones; refuses snapshots of different scopes,
+    /// damaged ones and a wrong integrity key, before anything is written.
+    public func plan() throws -> SnapshotChoice {
         var choice = SnapshotChoice()
         var firstScope: (path: String, scope: MirrorScope?)?
         for (index, path) in snapshotPaths.enumerated() {

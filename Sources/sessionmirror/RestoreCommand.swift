@@ -66,16 +66,22 @@ struct RestoreCommand: ParsableCommand {
         let endpoint = try redis.endpoint()
         let paths = snapshots.isEmpty ? [Defaults.snapshotPath] : snapshots
         let snapshot = paths.joined(separator: ", ")
+        // Several snapshots are checked against each other before anything else is said.
+        let several = MultiSnapshotRestorer(snapshotPaths: paths, endpoint: endpoint, options: options, logger: logger)
+        let choice: SnapshotChoice?
+        do {
+            choice = paths.count > 1 ? try several.plan() : nil
+        } catch {
+            throw fail("\(error)")
+        }
         reportCacheLossAge(snapshotPath: paths[0], endpoint: endpoint, logger: logger)
         let progress = ProgressReporter(logger: logger)
         let summary: RestoreSummary
         do {
-            if paths.count == 1 {
-                let restorer = Restorer(snapshotPath: paths[0], endpoint: endpoint, options: options, logger: logger)
-                summary = try restorer.run { progress.report(done: $0) }
+            if let choice {
+                summary = try several.run(choice: choice) { progress.report(done: $0) }
             } else {
-                let restorer = MultiSnapshotRestorer(
-                    snapshotPaths: paths, endpoint: endpoint, options: options, logger: logger)
+                let restorer = Restorer(snapshotPath: paths[0], endpoint: endpoint, options: options, logger: logger)
                 summary = try restorer.run { progress.report(done: $0) }
             }
         } catch {

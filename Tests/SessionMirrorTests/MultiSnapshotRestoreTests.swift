@@ -74,6 +74,11 @@ struct MultiSnapshotRestoreTests {
         }
         #expect(error?.description.contains("record different scopes") == true)
         #expect(error?.description.contains(second) == true)
+        // The command line: one line, exit 2.
+        let (ended, output) = try await MirrorProcess.runToCompletion(
+            ["restore", "--snapshot", first, "--snapshot", second, "--redis", redis.url()], in: directory)
+        #expect(ended == .exited(2), "\(output)")
+        #expect(output.split(separator: "\n").count == 1 && output.contains("record different scopes"), "\(output)")
         #expect(try redis.client().checked("DBSIZE").integer == 0)
     }
 }
