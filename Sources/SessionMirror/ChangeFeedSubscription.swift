@@ -217,7 +217,8 @@ final class ChangeFeedSubscription: @unchecked Sendable {
             else { return }
             dirty.eventsReceived.add(1, ordering: .relaxed)
             pendingKeys.append(key)
-            pendingGone.append(ChangeFeed.events[event - 1].evicted ? .evicted : .deleted)
+            let source = ChangeFeed.events[event - 1]
+            pendingGone.append(source.evicted ? .evicted : source.name == "del" ? .loggedOut : .deleted)
             pendingTimes.append(SystemTime.monotonicNanoseconds())
         case .subscribed:
             let (callbacks, attempt) = (callbacks, attempt)

@@ -11,8 +11,11 @@ struct DirtyQueue {
     enum Gone {
         /// No event said: keep the row as it is.
         case unexplained
-        /// `del`, `expired`, `rename_from`, `move_from`: delete the row.
+        /// `expired`, `rename_from`, `move_from`: delete the row.
         case deleted
+        /// `del` (DEL, UNLINK, GETDEL, EXPIRE into the past: a logout): delete the row and keep
+        /// a tombstone of its value (`SnapshotChange.Kind.logout`).
+        case loggedOut
         /// `evicted`: a valid login Redis dropped under memory pressure.
         case evicted
     }

@@ -68,10 +68,14 @@ public struct Doctor: Sendable {
         let keys = prefixes.map { "~" + String(decoding: ChangeFeed.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let commands =
             ["+ping", "+info", "+time", "+scan", "+set", "+restore", "+exists", "+unlink", "+type", "+mget", "+dump"]
-            + readCommands(server)
+            + readCommands(server) + reapplyCommands
         return (["ACL", "SETUSER", user, "reset", "on", passwordHashPlaceholder] + keys + commands + select(database))
             .joined(separator: " ")
     }
+
+    /// Re-applying a logout a failover lost: compare and delete under `WATCH` (`LogoutReapplier`).
+    /// The daemon needs them, with the restore user's key rights, to undo lost logouts.
+    private static let reapplyCommands = ["+watch", "+unwatch", "+multi", "+exec", "+del"]
 
     /// The commands of the read script on `server` (Redis 7 and Valkey when unknown).
     private static func readCommands(_ server: ServerProfile?) -> [String] {

@@ -64,6 +64,15 @@ struct LossEvidence: Equatable, Sendable {
         return previousEvictedKeys == evictedKeys
     }
 
+    /// Redis restarted (another `run_id`) and still holds data: the canary survived, or the sync
+    /// found keys. A failover to a replica, or a restart from a persistence file, looks like this:
+    /// what the server holds is an older state of the data, which lacks the last writes and may
+    /// still hold keys the application deleted since. The failover reconciliation runs then
+    /// (docs/architecture.md, "Failover reconciliation"); an empty server is a plain loss.
+    func serverHoldsOlderState(keysFound: Int) -> Bool {
+        runIDChanged && (canary == .present || keysFound > 0)
+    }
+
     /// Redis provably kept its data through the gap: the same `run_id`, the canary survived, and
     /// nothing was evicted. Then missing rows are logouts, however many.
     var lossRuledOut: Bool { !runIDChanged && canary == .present && nothingEvicted }
@@ -82,9 +91,12 @@ struct LossEvidence: Equatable, Sendable {
     }
 
     /// The reconciliation that applies this decision to the rows of the full sync `generation`.
-    func reconciliation(generation: Int64, now: Int64, maxDeleteFraction: Double) -> Reconciliation {
+    /// `recentSince`: rows changed at or after it (local Unix ms) are counted apart among the missing.
+    func reconciliation(generation: Int64, now: Int64, maxDeleteFraction: Double, recentSince: Int64 = .max)
+        -> Reconciliation
+    {
         Reconciliation(
             generation: generation, now: now, maxDeleteFraction: maxDeleteFraction, runIDChanged: runIDChanged,
-            lossRuledOut: lossRuledOut)
+            lossRuledOut: lossRuledOut, recentSince: recentSince)
     }
 }

@@ -6,10 +6,15 @@ import SnapshotStore
 
 extension Mirror {
     /// A loss was detected (`flush`, `redis_restarted` or `too_many_missing`): never delete rows
-    /// because of it; with `--on-cache-loss restore`, put every valid session back at once.
-    func handleCacheLoss(reason: String) {
+    /// because of it; with `--on-cache-loss restore`, put every valid session back at once, or,
+    /// after a failover, those of `request` (`Mirror+Failover.swift`).
+    func handleCacheLoss(reason: String, request: RestoreRequest = .everything) {
         cacheLossHandler?(reason)
         if reason != "again" {
+            // A restore still running or being retried covers what it was asked for and this too.
+            restoreRequest =
+                restoreRunning || restoreWanted || restoreFailuresInARow > 0
+                ? restoreRequest.widened(with: request) : request
             // For `restore`, which says how long Redis has been without the sessions.
             let seenAt = SystemTime.unixMilliseconds()
             writer.enqueue { store in
@@ -33,6 +38,8 @@ extension Mirror {
         var options = RestoreOptions()
         options.scope = .prefixes(configuration.prefixes)
         options.integrityKey = configuration.integrityKey
+        options.changedSince = restoreRequest.changedSince
+        options.excludedKeys = restoreRequest.excludedKeys
         let restorer = Restorer(
             snapshotPath: configuration.snapshotPath, endpoint: master ?? configuration.endpoint, options: options,
             logger: logger

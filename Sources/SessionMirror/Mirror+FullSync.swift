@@ -133,18 +133,28 @@ extension Mirror {
         let evidence = LossEvidence(
             previousRunID: storedRunID, runID: connection.runID, canary: connection.canary,
             previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
+        // A server with an older state of the data: the window the failover reconciliation looks at.
+        let now = SystemTime.unixMilliseconds()
+        let failoverSince =
+            evidence.serverHoldsOlderState(keysFound: state.keysScanned)
+            ? (connectedUntil ?? now) - configuration.tombstoneLimits.windowMilliseconds : nil
         // In bounded pieces: live changes are committed between two of them.
         let reconciliation = evidence.reconciliation(
-            generation: state.generation, now: SystemTime.unixMilliseconds(),
-            maxDeleteFraction: configuration.maxResyncDeleteFraction)
+            generation: state.generation, now: now, maxDeleteFraction: configuration.maxResyncDeleteFraction,
+            recentSince: failoverSince ?? .max)
         writer.enqueue(
             steps: reconcileStep(reconciliation) { [self] store, outcome in
                 try store.setMetadata("redis_run_id", evidence.runID)
                 try store.setMetadata("redis_master", masterAddress)
                 try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
                 try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
+                let failover = try failoverSince.map { since in
+                    FailoverReconciliation(since: since, tombstones: try store.tombstones(since: since))
+                }
                 return {
-                    self.loop.execute { self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt) }
+                    self.loop.execute {
+                        self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt, failover: failover)
+                    }
                 }
             })
     }
@@ -166,7 +176,11 @@ extension Mirror {
     ///   - evidence: what the reconciliation decided on, now recorded in the snapshot.
     ///   - attempt: the connection the sync ran on; the canary is written only while it is still
     ///     the current one (a newer one has a sync of its own to finish first).
-    private func syncFinished(_ state: SyncState, _ outcome: ReconcileOutcome, evidence: LossEvidence, attempt: Int) {
+    ///   - failover: set when the server holds an older state of the data (`LossEvidence.serverHoldsOlderState`).
+    private func syncFinished(
+        _ state: SyncState, _ outcome: ReconcileOutcome, evidence: LossEvidence, attempt: Int,
+        failover: FailoverReconciliation?
+    ) {
         assertOnLoop()
         // Backoff resets only once a connection proved useful: one that connects and then fails
         // every read (an ACL refusing the script) must not reconnect in a tight loop.
@@ -191,8 +205,11 @@ extension Mirror {
                     "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(evidence.runID ?? "?")",
                     "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
                 ])
-            handleCacheLoss(reason: reason)
+            // After a failover, the restore waits for the lost logouts to be re-applied, and puts
+            // back only the rows changed in the window (`Mirror+Failover.swift`).
+            if failover == nil { handleCacheLoss(reason: reason) }
         }
+        if let failover { reconcileFailover(failover, outcome: outcome, evidence: evidence) }
         onStatus?(
             "mirroring \(configuration.prefixes.count) prefix(es) from \(master.map { "\($0)" } ?? "?"); "
                 + "\(outcome.unexpiredRows - outcome.deleted) sessions in the snapshot")

@@ -33,6 +33,11 @@ extension Mirror {
             ("full_syncs", "\(stats.fullSyncs)"),
             ("cache_losses", "\(stats.cacheLosses)"),
             ("restores", "\(stats.restores)"),
+            ("failover_reconciliations", "\(stats.failoverReconciliations)"),
+            ("failover_lost_writes", "\(stats.failoverLostWrites)"),
+            ("failover_logouts_reapplied", "\(stats.failoverLogoutsReapplied)"),
+            ("failover_logouts_superseded", "\(stats.failoverLogoutsSuperseded)"),
+            ("tombstones_dropped", "\(writerStats.tombstonesDropped)"),
             ("errors", "\(stats.errors + writerStats.writeErrors)"),
             ("connected", "\(connected != nil)"),
             ("redis.run_id", "\(connection?.runID ?? "")"),
@@ -121,6 +126,22 @@ extension Mirror {
         metric("full_syncs_total", "counter", "Full syncs (SCAN) started.", [("", values["full_syncs"])])
         metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
         metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])
+        metric(
+            "failover_reconciliations_total", "counter",
+            "Full syncs against a Redis with another run_id that still held data (the failover reconciliation ran).",
+            [("", values["failover_reconciliations"])])
+        metric(
+            "failover_lost_writes_total", "counter", "Recent sessions a failover lost (the new server lacked them).",
+            [("", values["failover_lost_writes"])])
+        metric(
+            "failover_logouts_total", "counter", "Logouts a failover lost, by outcome.",
+            [
+                ("{outcome=\"reapplied\"}", values["failover_logouts_reapplied"]),
+                ("{outcome=\"superseded\"}", values["failover_logouts_superseded"]),
+            ])
+        metric(
+            "tombstones_dropped_total", "counter", "Tombstones dropped inside their window (a bound was hit).",
+            [("", values["tombstones_dropped"])])
         metric("errors_total", "counter", "Errors (Redis and snapshot).", [("", values["errors"])])
         if values["backup_failures"] != nil {
             metric(

@@ -125,6 +125,8 @@ extension Mirror {
                 switch entry.gone {
                 case .deleted:
                     kind = .delete(key: key)
+                case .loggedOut:
+                    kind = .logout(key: key)
                 case .evicted:
                     kind = configuration.evictedPolicy == .keep ? .evicted(key: key) : .delete(key: key)
                 case .unexplained:

@@ -1,5 +1,6 @@
 import Logging
 import RedisClient
+import SnapshotStore
 
 /// Failed and lost connections, and the reconnect with backoff.
 extension Mirror {
@@ -93,6 +94,7 @@ extension Mirror {
             return
         }
         if wasConnected {
+            connectedUntil = SystemTime.unixMilliseconds()
             stats.reconnects += 1
             lastReportedFailure = reason
             onStatus?("disconnected from Redis, reconnecting: \(reason)")

@@ -68,6 +68,8 @@ public final class Mirror: @unchecked Sendable {
     var everSynced = false
     var restoreRunning = false
     var restoreWanted = false
+    /// What the current (or next) automatic restore puts back.
+    var restoreRequest = RestoreRequest.everything
     /// Automatic restores that failed in a row (Redis refused the writes, or could not be reached):
     /// each is tried again after a backoff, so that a passing fault does not leave users logged out.
     var restoreFailuresInARow = 0
@@ -75,6 +77,9 @@ public final class Mirror: @unchecked Sendable {
     /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
     var oversizedKeys = Set<[UInt8]>()
     var reconnectAttempt = 0
+    /// When the last connection that was up was lost (local Unix ms): the failover reconciliation
+    /// looks for lost writes in the tombstone window before it. Nil until one was lost.
+    var connectedUntil: Int64?
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
     var timers: [LoopTimer] = []
@@ -117,8 +122,9 @@ public final class Mirror: @unchecked Sendable {
         }
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds
-        )
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds,
+            pruneGraceSeconds: configuration.pruneGraceSeconds,
+            tombstoneLimits: configuration.tombstoneLimits)
         subscription = ChangeFeedSubscription(
             database: configuration.endpoint.database, prefixes: configuration.prefixes, canaryKey: canaryKey,
             dirty: dirty,

@@ -53,6 +53,9 @@ public struct MirrorConfiguration: Sendable {
     public var maxValueBytes = MirrorConfiguration.defaultMaxValueBytes
     /// Signs every row the daemon writes (HMAC-SHA256); nil: rows are not signed.
     public var integrityKey: IntegrityKey?
+    /// How long deletions are remembered (tombstones), and how many: what the failover
+    /// reconciliation can undo, and how far back it looks for lost writes.
+    public var tombstoneLimits = TombstoneLimits()
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
@@ -91,7 +94,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath, backup
+        case snapshotPath, backup, tombstones
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -136,6 +139,12 @@ public struct MirrorConfiguration: Sendable {
             throw Invalid(
                 setting: .maxValueBytes,
                 reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
+        }
+        if !(1_000...86_400_000).contains(tombstoneLimits.windowMilliseconds) {
+            throw Invalid(setting: .tombstones, reason: "the window must be between 1 s and 24 h")
+        }
+        if tombstoneLimits.maxRows < 1 || tombstoneLimits.maxBytes < 1024 {
+            throw Invalid(setting: .tombstones, reason: "need at least 1 row and 1024 bytes")
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
         if let backup, backup.directory.isEmpty || backup.intervalSeconds < 1 || backup.keep < 1 {

@@ -33,6 +33,12 @@ public struct RestoreOptions: Sendable {
     public var pipelineBytes = 16 << 20
     /// Check every row's MAC with this key and never write a row that fails it.
     public var integrityKey: IntegrityKey?
+    /// Only rows changed at or after this (local Unix ms): the daemon's restore after a failover.
+    public var changedSince: Int64?
+    /// Keys never written (the daemon's restore after a failover: logouts it just re-applied).
+    public var excludedKeys: Set<[UInt8]> = []
+    /// Several snapshots: which of this one's rows to write (`MultiSnapshotRestorer`).
+    public var choice: SnapshotChoiceIndex?
     /// Stop once this many identical errors in a row say that Redis refuses every write (OOM,
     /// READONLY, NOPERM, LOADING, ...).
     public var refusalLimit = 5
@@ -57,6 +63,13 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     public var skippedExisting = 0
     public var skippedExpired = 0
     public var skippedEvicted = 0
+    /// Rows changed before `RestoreOptions.changedSince`.
+    public var skippedOlder = 0
+    /// Rows whose key was logged out: a tombstone newer than the row (several snapshots), or a
+    /// logout the daemon re-applied after a failover.
+    public var skippedLoggedOut = 0
+    /// Rows another snapshot holds a newer row of (several snapshots).
+    public var skippedSuperseded = 0
     public var failed = 0
     /// Rows left out because their key is under none of the prefixes.
     public var otherPrefix = 0
@@ -79,6 +92,9 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
         case skippedExisting = "skipped_existing"
         case skippedExpired = "skipped_expired"
         case skippedEvicted = "skipped_evicted"
+        case skippedOlder = "skipped_older"
+        case skippedLoggedOut = "skipped_logged_out"
+        case skippedSuperseded = "skipped_superseded"
         case failed
         case otherPrefix = "other_prefix"
         case tampered
@@ -94,7 +110,7 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     /// Rows looked at.
     public var total: Int {
         restored + skippedExisting + skippedExpired + skippedEvicted + failed + tampered + skippedTooLarge
-            + notAttempted
+            + notAttempted + skippedOlder + skippedLoggedOut + skippedSuperseded
     }
 }
 
@@ -180,6 +196,25 @@ public struct Restorer: Sendable {
                 if row.state == .evicted && options.skipEvicted {
                     outcome.summary.skippedEvicted += 1
                     return true
+                }
+                if let since = options.changedSince, row.changedAt < since {
+                    outcome.summary.skippedOlder += 1
+                    return true
+                }
+                if !options.excludedKeys.isEmpty && options.excludedKeys.contains(row.key) {
+                    outcome.summary.skippedLoggedOut += 1
+                    return true
+                }
+                if let choice = options.choice {
+                    switch choice.choice.verdict(key: row.key, changedAt: row.changedAt, snapshot: choice.snapshot) {
+                    case .restore: break
+                    case .superseded:
+                        outcome.summary.skippedSuperseded += 1
+                        return true
+                    case .loggedOut:
+                        outcome.summary.skippedLoggedOut += 1
+                        return true
+                    }
                 }
                 if outcome.summary.stoppedBy != nil {
                     outcome.summary.notAttempted += 1

@@ -30,6 +30,7 @@ extension MirrorConfiguration.Setting {
         case .maxValueBytes: return "--max-value-bytes"
         case .snapshotPath: return "--snapshot"
         case .backup: return "[backup]"
+        case .tombstones: return "--tombstone-window"
         }
     }
 }

@@ -31,6 +31,10 @@ public struct RunSettings: Sendable, Equatable {
     public var integrityKeyFile: String?
     /// The `[backup]` section: copies of the snapshot on a schedule (only in the file).
     public var backup: BackupSchedule?
+    /// How long deletions are remembered for the failover reconciliation, in seconds.
+    public var tombstoneWindowSeconds: Int?
+    public var tombstoneMaxRows: Int?
+    public var tombstoneMaxBytes: Int?
 
     public init() {}
 
@@ -59,6 +63,9 @@ public struct RunSettings: Sendable, Equatable {
         merged.django = other.django ?? django
         merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
         merged.backup = other.backup ?? backup
+        merged.tombstoneWindowSeconds = other.tombstoneWindowSeconds ?? tombstoneWindowSeconds
+        merged.tombstoneMaxRows = other.tombstoneMaxRows ?? tombstoneMaxRows
+        merged.tombstoneMaxBytes = other.tombstoneMaxBytes ?? tombstoneMaxBytes
         return merged
     }
 
@@ -183,6 +190,9 @@ public struct RunSettings: Sendable, Equatable {
                 settings.logLevel = text
             case "log_file": settings.logFile = try string()
             case "integrity_key_file": settings.integrityKeyFile = try string()
+            case "tombstone_window_s": settings.tombstoneWindowSeconds = try integer(1...86_400)
+            case "tombstone_max_rows": settings.tombstoneMaxRows = try integer(1...100_000_000)
+            case "tombstone_max_bytes": settings.tombstoneMaxBytes = try integer(1024...(1 << 34))
             case "django.key_prefix":
                 django.keyPrefix = try string()
                 sawDjango = true

@@ -17,11 +17,13 @@ public struct Reconciliation: Sendable {
     let maxDeleteFraction: Double
     let runIDChanged: Bool
     let lossRuledOut: Bool
+    /// Missing rows changed at or after this (local Unix ms) are also counted in `missingRecentRows`.
+    let recentSince: Int64
 
     enum Phase: Sendable {
         /// Counting, key range by key range after `after`. With `deleting` (the evidence already
         /// rules a loss out), missing rows are deleted in the same pass.
-        case counting(after: [UInt8], unexpired: Int, missing: Int, deleted: Int, deleting: Bool)
+        case counting(after: [UInt8], unexpired: Int, missing: Int, recent: Int, deleted: Int, deleting: Bool)
         /// The counts allow the deletes: deleting, key range by key range after `after`.
         case deleting(after: [UInt8], outcome: ReconcileOutcome)
         case finished(ReconcileOutcome)
@@ -33,13 +35,20 @@ public struct Reconciliation: Sendable {
     /// key survived, no eviction happened): then missing rows are deletions, however many.
     /// Otherwise nothing is deleted when Redis restarted (`runIDChanged`) or more than
     /// `maxDeleteFraction` of the unexpired rows would go.
-    public init(generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool) {
+    /// `recentSince` splits the missing rows by when they last changed (the failover
+    /// reconciliation's lost writes); the default counts none apart.
+    public init(
+        generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool,
+        recentSince: Int64 = .max
+    ) {
         self.generation = generation
         self.now = now
         self.maxDeleteFraction = maxDeleteFraction
         self.runIDChanged = runIDChanged
         self.lossRuledOut = lossRuledOut
-        phase = .counting(after: [], unexpired: 0, missing: 0, deleted: 0, deleting: lossRuledOut && !runIDChanged)
+        self.recentSince = recentSince
+        phase = .counting(
+            after: [], unexpired: 0, missing: 0, recent: 0, deleted: 0, deleting: lossRuledOut && !runIDChanged)
     }
 
     /// The outcome, once the last piece ran.
@@ -55,15 +64,18 @@ public struct Reconciliation: Sendable {
     public func step(in store: SnapshotStore, rows: Int) throws -> Reconciliation {
         var next = self
         switch phase {
-        case .counting(let after, var unexpired, var missing, var deleted, let deleting):
+        case .counting(let after, var unexpired, var missing, var recent, var deleted, let deleting):
             let piece = try store.reconcilePiece(
-                after: after, limit: rows, generation: generation, now: now, delete: deleting)
+                after: after, limit: rows, generation: generation, now: now, delete: deleting,
+                recentSince: recentSince)
             unexpired += piece.unexpired
             missing += piece.missing
+            recent += piece.missingRecent
             deleted += piece.deleted
             guard let last = piece.lastKey else {
                 var outcome = ReconcileOutcome(
                     unexpiredRows: unexpired, missingRows: missing, deleted: deleted, refusedReason: nil)
+                outcome.missingRecentRows = recent
                 if !deleting && missing > 0 {
                     if runIDChanged {
                         outcome.refusedReason = "redis_restarted"
@@ -79,10 +91,11 @@ public struct Reconciliation: Sendable {
                 return next
             }
             next.phase = .counting(
-                after: last, unexpired: unexpired, missing: missing, deleted: deleted, deleting: deleting)
+                after: last, unexpired: unexpired, missing: missing, recent: recent, deleted: deleted,
+                deleting: deleting)
         case .deleting(let after, var outcome):
             let piece = try store.reconcilePiece(
-                after: after, limit: rows, generation: generation, now: now, delete: true)
+                after: after, limit: rows, generation: generation, now: now, delete: true, recentSince: recentSince)
             outcome.deleted += piece.deleted
             guard let last = piece.lastKey else {
                 try store.endFullSync()
@@ -102,6 +115,8 @@ extension SnapshotStore {
     struct ReconcilePiece {
         var unexpired = 0
         var missing = 0
+        /// Missing rows changed at or after the reconciliation's `recentSince`.
+        var missingRecent = 0
         var deleted = 0
         /// The last key read; nil when the table has no key after the piece's start.
         var lastKey: [UInt8]?
@@ -110,21 +125,23 @@ extension SnapshotStore {
     /// Reads up to `limit` rows in key order after `after` (an empty key: from the start), counts
     /// the unexpired ones and those the sync of `generation` did not see, and with `delete`
     /// deletes the latter.
-    func reconcilePiece(after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool) throws
-        -> ReconcilePiece
-    {
+    func reconcilePiece(
+        after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool, recentSince: Int64 = .max
+    ) throws -> ReconcilePiece {
         // Keys are never empty (every prefix is non-empty), so `key > x''` starts at the first row.
         let select = try database.prepare(
             """
             SELECT key, expires_at IS NULL OR expires_at > ?1,
                 state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)
-                    AND key NOT IN (SELECT key FROM temp.sync_seen)
+                    AND key NOT IN (SELECT key FROM temp.sync_seen),
+                changed_at >= ?5
             FROM sessions WHERE key > ?3 ORDER BY key LIMIT ?4
             """)
         try select.bind(1, now)
         try select.bind(2, generation)
         try select.bind(3, blob: after)
         try select.bind(4, Int64(limit))
+        try select.bind(5, recentSince)
         var piece = ReconcilePiece()
         var gone: [[UInt8]] = []
         while try select.step() {
@@ -132,13 +149,15 @@ extension SnapshotStore {
             if select.int64(1) != 0 { piece.unexpired += 1 }
             if select.int64(2) != 0 {
                 piece.missing += 1
+                if select.int64(3) != 0 { piece.missingRecent += 1 }
                 if delete { gone.append(key) }
             }
             piece.lastKey = key
         }
         select.reset()
         for key in gone {
-            try self.delete(key: key)
+            // A missing row the evidence lets go is a logout the mirror did not see: remembered like one.
+            try deleteRecordingTombstone(key: key, at: now)
             piece.deleted += database.changes
         }
         return piece

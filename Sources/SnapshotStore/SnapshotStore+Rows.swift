@@ -22,6 +22,15 @@ public struct ReconcileOutcome: Sendable, Equatable {
     public var deleted: Int
     /// Why nothing was deleted, when the evidence was ambiguous.
     public var refusedReason: String?
+    /// Of `missingRows`, those changed at or after the reconciliation's `recentSince`.
+    public var missingRecentRows = 0
+
+    public init(unexpiredRows: Int, missingRows: Int, deleted: Int, refusedReason: String?) {
+        self.unexpiredRows = unexpiredRows
+        self.missingRows = missingRows
+        self.deleted = deleted
+        self.refusedReason = refusedReason
+    }
 }
 
 extension SnapshotStore {

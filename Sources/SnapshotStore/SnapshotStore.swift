@@ -8,7 +8,7 @@ import Foundation
 ///   lets run beside the daemon.
 public final class SnapshotStore {
     /// The schema version this build writes (`PRAGMA user_version`).
-    public static let formatVersion: Int64 = 3
+    public static let formatVersion: Int64 = 4
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
     /// The SQLite library loaded at run time.
@@ -297,6 +297,23 @@ public final class SnapshotStore {
                 PRAGMA user_version = 3;
                 COMMIT;
                 """, step: "migrate schema to version 3")
+        }
+        if version < 4 {
+            // Version 4: the deletions the mirror applied, for a while, so that a failover that lost
+            // one can be undone (SnapshotStore+Tombstones.swift). Pruned by age, then oldest first.
+            try database.execute(
+                """
+                BEGIN IMMEDIATE;
+                CREATE TABLE tombstones (
+                    key BLOB PRIMARY KEY NOT NULL,
+                    type TEXT NOT NULL,
+                    value_sha256 BLOB NOT NULL,
+                    deleted_at INTEGER NOT NULL
+                );
+                CREATE INDEX tombstones_deleted_at ON tombstones (deleted_at);
+                PRAGMA user_version = 4;
+                COMMIT;
+                """, step: "migrate schema to version 4")
         }
     }
 

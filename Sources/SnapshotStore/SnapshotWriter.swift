@@ -8,8 +8,11 @@ public struct SnapshotChange: Sendable {
     public enum Kind: Sendable {
         /// The key exists in Redis with this value and expiry.
         case upsert(SnapshotRecord)
-        /// The key is gone (deleted, expired, renamed away): the row goes.
+        /// The key is gone (expired, renamed away, or too large to keep): the row goes.
         case delete(key: [UInt8])
+        /// The application deleted the key (a `del` event: a logout): the row goes and a tombstone
+        /// of its value stays for the tombstone window (`SnapshotStore.deleteRecordingTombstone`).
+        case logout(key: [UInt8])
         /// Redis evicted the key: the row stays, marked evicted, for a restore.
         case evicted(key: [UInt8])
     }
@@ -30,7 +33,7 @@ public struct SnapshotChange: Sendable {
     var key: [UInt8] {
         switch kind {
         case .upsert(let record): return record.key
-        case .delete(let key), .evicted(let key): return key
+        case .delete(let key), .logout(let key), .evicted(let key): return key
         }
     }
 
@@ -68,6 +71,10 @@ public struct WriterStatistics: Sendable {
     public var transactions: UInt64 = 0
     public var writeErrors: UInt64 = 0
     public var rowsPruned: UInt64 = 0
+    /// Tombstones pruned because they left the tombstone window.
+    public var tombstonesExpired: UInt64 = 0
+    /// Tombstones dropped inside the window because a bound in rows or bytes was hit.
+    public var tombstonesDropped: UInt64 = 0
     /// Changes committed later than the commit interval after their key became dirty.
     public var lateCommits: UInt64 = 0
     /// Write-to-commit latency of every change committed since the last `statistics(resetLatency: true)`.
@@ -149,6 +156,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let pruneIntervalMilliseconds: Int64
     private let pruneGraceMilliseconds: Int64
     private let commitIntervalNanoseconds: UInt64
+    private let tombstoneLimits: TombstoneLimits
     private var lastLateWarning: UInt64 = 0
 
     // Writer-thread state: what was taken from `queue` and is not committed yet.
@@ -165,9 +173,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// and reported by a `commit_late` warning (at most once a minute).
     public init(
         store: SnapshotStore, logger: Logger, commitIntervalMilliseconds: Int = 100, pruneIntervalSeconds: Int = 60,
-        pruneGraceSeconds: Int = 60
+        pruneGraceSeconds: Int = 60, tombstoneLimits: TombstoneLimits = TombstoneLimits()
     ) {
         self.store = store
+        self.tombstoneLimits = tombstoneLimits
         self.logger = logger
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
@@ -279,6 +288,21 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
     }
 
+    /// Counts a committed tombstone prune; a bound that was hit is logged.
+    private func tombstonesPruned(_ prune: TombstonePrune) {
+        stats.withLock {
+            $0.tombstonesExpired += UInt64(prune.expired)
+            $0.tombstonesDropped += UInt64(prune.dropped)
+        }
+        guard prune.dropped > 0 else { return }
+        logger.warning(
+            "tombstones dropped inside their window: the bound in rows or bytes was hit; a failover now may bring these logouts back",
+            metadata: [
+                "event": "tombstones_dropped", "count": "\(prune.dropped)", "max_rows": "\(tombstoneLimits.maxRows)",
+                "max_bytes": "\(tombstoneLimits.maxBytes)",
+            ])
+    }
+
     /// A copy of the counters; `resetLatency` starts a new latency interval.
     public func statistics(resetLatency: Bool) -> WriterStatistics {
         stats.withLock { current in
@@ -313,6 +337,7 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     private func run() {
         var lastPrune = SystemTime.unixMilliseconds()
+        var lastTombstonePrune: Int64 = 0
         var failure: Failure?
         while true {
             condition.lock()
@@ -338,6 +363,21 @@ public final class SnapshotWriter: @unchecked Sendable {
                         sequence: pendingBulk.last?.sequence ?? 0,
                         work: .step(
                             fallbackPruneStep(before: now - pruneGraceMilliseconds, prunedSoFar: 0), holdsLive: false)))
+            }
+            // Tombstones are few and indexed by time: the writer prunes them itself, in order with
+            // the deletions that make them.
+            if now - lastTombstonePrune >= pruneIntervalMilliseconds {
+                lastTombstonePrune = now
+                let limits = tombstoneLimits
+                pendingBulk.append(
+                    Entry(
+                        sequence: pendingBulk.last?.sequence ?? 0,
+                        work: .step(
+                            { [self] store in
+                                let prune = try store.pruneTombstones(
+                                    now: SystemTime.unixMilliseconds(), limits: limits)
+                                return .done(after: { [self] in tombstonesPruned(prune) })
+                            }, holdsLive: false)))
             }
             do {
                 try commitLive()
@@ -524,6 +564,9 @@ public final class SnapshotWriter: @unchecked Sendable {
                 counts.upserted += 1
             case .delete(let key):
                 try store.delete(key: key)
+                counts.deleted += 1
+            case .logout(let key):
+                try store.deleteRecordingTombstone(key: key, at: changedAt)
                 counts.deleted += 1
             case .evicted(let key):
                 try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)

@@ -15,7 +15,13 @@ struct RestoreCommand: ParsableCommand {
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
+    @Option(
+        name: .customLong("snapshot"),
+        help: ArgumentHelp(
+            "The SQLite snapshot file (default \(Defaults.snapshotPath)); repeat it to restore from several: "
+                + "each key's most recent row wins, and a logout recorded in any of them wins over an older row.",
+            valueName: "snapshot"))
+    var snapshots: [String] = []
     @OptionGroup var redis: RedisOptions
     @Option(
         name: .customLong("prefix"),
@@ -58,12 +64,26 @@ struct RestoreCommand: ParsableCommand {
             if options.scope == .recorded { options.scope = .prefixes([Array(parts[0].utf8)]) }
         }
         let endpoint = try redis.endpoint()
-        reportCacheLossAge(snapshotPath: snapshot, endpoint: endpoint, logger: logger)
-        let restorer = Restorer(snapshotPath: snapshot, endpoint: endpoint, options: options, logger: logger)
+        let paths = snapshots.isEmpty ? [Defaults.snapshotPath] : snapshots
+        let snapshot = paths.joined(separator: ", ")
+        // Several snapshots are checked against each other before anything else is said.
+        let several = MultiSnapshotRestorer(snapshotPaths: paths, endpoint: endpoint, options: options, logger: logger)
+        let choice: SnapshotChoice?
+        do {
+            choice = paths.count > 1 ? try several.plan() : nil
+        } catch {
+            throw fail("\(error)")
+        }
+        reportCacheLossAge(snapshotPath: paths[0], endpoint: endpoint, logger: logger)
         let progress = ProgressReporter(logger: logger)
         let summary: RestoreSummary
         do {
-            summary = try restorer.run { progress.report(done: $0) }
+            if let choice {
+                summary = try several.run(choice: choice) { progress.report(done: $0) }
+            } else {
+                let restorer = Restorer(snapshotPath: paths[0], endpoint: endpoint, options: options, logger: logger)
+                summary = try restorer.run { progress.report(done: $0) }
+            }
         } catch {
             progress.finish()
             throw fail("\(error)")
@@ -86,7 +106,8 @@ struct RestoreCommand: ParsableCommand {
             metadata: [
                 "event": "restore_finished", "restored": "\(summary.restored)",
                 "skipped_existing": "\(summary.skippedExisting)", "skipped_expired": "\(summary.skippedExpired)",
-                "skipped_evicted": "\(summary.skippedEvicted)", "failed": "\(summary.failed)",
+                "skipped_evicted": "\(summary.skippedEvicted)", "skipped_logged_out": "\(summary.skippedLoggedOut)",
+                "skipped_superseded": "\(summary.skippedSuperseded)", "failed": "\(summary.failed)",
                 "other_prefix": "\(summary.otherPrefix)", "tampered": "\(summary.tampered)",
                 "skipped_too_large": "\(summary.skippedTooLarge)", "not_attempted": "\(summary.notAttempted)",
                 "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",

@@ -50,6 +50,13 @@ struct RunOptions: ParsableArguments {
             "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes))."
     )
     var maxValueBytes: String?
+    @Option(
+        name: .customLong("tombstone-window"), parsing: .unconditional,
+        help: ArgumentHelp(
+            "Seconds a logout is remembered, to undo it after a failover that lost it "
+                + "(default \(tuning.tombstoneLimits.windowMilliseconds / 1000)).",
+            valueName: "seconds"))
+    var tombstoneWindow: Int?
     @OptionGroup var log: LogOptions
     @Option(
         name: .customLong("integrity-key-file"),
@@ -102,6 +109,7 @@ struct RunOptions: ParsableArguments {
         flags.logLevel = log.level?.rawValue
         flags.logFile = log.file
         flags.integrityKeyFile = integrityKeyFile
+        flags.tombstoneWindowSeconds = tombstoneWindow
         return file.overridden(by: flags)
     }
 
@@ -142,6 +150,11 @@ struct RunOptions: ParsableArguments {
         #endif
         if let bytes = settings.maxValueBytes { configuration.maxValueBytes = bytes }
         configuration.backup = settings.backup
+        if let seconds = settings.tombstoneWindowSeconds {
+            configuration.tombstoneLimits.windowMilliseconds = Int64(seconds) * 1000
+        }
+        if let rows = settings.tombstoneMaxRows { configuration.tombstoneLimits.maxRows = rows }
+        if let bytes = settings.tombstoneMaxBytes { configuration.tombstoneLimits.maxBytes = bytes }
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {

@@ -31,6 +31,8 @@ struct SnapshotFormatTests {
         store.close()
 
         #expect(try sqlite3(path, "SELECT count(*) FROM sqlite_master WHERE name = 'sessions_evicted';") == "1")
+        // Format 4: the tombstones of logouts, empty after the upgrade.
+        #expect(try sqlite3(path, "SELECT count(*) FROM tombstones;") == "0")
         let rows = try snapshotRows(at: path)
         #expect(rows.count == 3)
         let first = try #require(rows[[0x3a, 0x31, 0x3a, 0x6b, 0x00, 0xff]])
