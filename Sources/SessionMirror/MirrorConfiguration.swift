@@ -87,6 +87,7 @@ public struct MirrorConfiguration: Sendable {
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
         case snapshotPath
+        case sentinel
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -133,5 +134,8 @@ public struct MirrorConfiguration: Sendable {
                 reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
+        if let sentinel, sentinel.sentinels.isEmpty || sentinel.masterName.isEmpty {
+            throw Invalid(setting: .sentinel, reason: "needs at least one Sentinel and the master's name")
+        }
     }
 }
