@@ -94,7 +94,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath, backup, tombstones
+        case snapshotPath, backup, tombstones, sentinel
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -150,6 +150,9 @@ public struct MirrorConfiguration: Sendable {
         if let backup, backup.directory.isEmpty || backup.intervalSeconds < 1 || backup.keep < 1 {
             throw Invalid(
                 setting: .backup, reason: "needs a directory, an interval of at least 1 and keep of at least 1")
+        }
+        if let sentinel, sentinel.sentinels.isEmpty || sentinel.masterName.isEmpty {
+            throw Invalid(setting: .sentinel, reason: "needs at least one Sentinel and the master's name")
         }
     }
 }

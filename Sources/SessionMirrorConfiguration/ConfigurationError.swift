@@ -31,6 +31,7 @@ extension MirrorConfiguration.Setting {
         case .snapshotPath: return "--snapshot"
         case .backup: return "[backup]"
         case .tombstones: return "--tombstone-window"
+        case .sentinel: return "--sentinel"
         }
     }
 }

@@ -38,6 +38,10 @@ struct CommandLineRefusalTests {
         BadArguments(
             testDescription: "a resync guard above 100%", arguments: ["--max-resync-delete", "150%"],
             mentions: "--max-resync-delete"),
+        BadArguments(testDescription: "--db without --sentinel", arguments: ["--db", "1"], mentions: "--db"),
+        BadArguments(
+            testDescription: "--sentinel-master without --sentinel", arguments: ["--sentinel-master", "m"],
+            mentions: "--sentinel-master"),
     ]
 
     @Test("--version names the release, the snapshot format and the C libraries, and exits 0")

@@ -119,6 +119,11 @@ struct SentinelRefusalTests {
             ),
             (["--sentinel-master", SentinelDeployment.masterName], "refused the Sentinel password"),
             (["--sentinel-master", SentinelDeployment.masterName, "--redis", master.url()], "not both"),
+            ([], "needs --sentinel-master"),
+            (
+                ["--sentinel", "127.0.0.1:99999", "--sentinel-master", SentinelDeployment.masterName],
+                "invalid Sentinel address '127.0.0.1:99999'"
+            ),
         ]
         for (arguments, mentions) in cases {
             let (termination, output) = try await MirrorProcess.runToCompletion(run + arguments, in: directory)

@@ -18,7 +18,7 @@ struct ConfigurationTests {
     /// One setting broken at a time, with the line the command line prints for it.
     enum Broken: CaseIterable, Sendable {
         case noPrefix, emptyPrefix, commitInterval, metricsInterval, resyncShare, valueBytes, snapshot, dirtyKeys
-        case batching
+        case batching, sentinel
 
         func apply(to c: inout MirrorConfiguration) {
             switch self {
@@ -31,6 +31,7 @@ struct ConfigurationTests {
             case .snapshot: c.snapshotPath = ""
             case .dirtyKeys: c.maxDirtyKeys = 10
             case .batching: c.readBatchSize = 0
+            case .sentinel: c.sentinel = SentinelSettings(sentinels: [], masterName: "m")
             }
         }
 
@@ -46,6 +47,7 @@ struct ConfigurationTests {
             case .snapshot: return "--snapshot: must not be empty"
             case .dirtyKeys: return "maxDirtyKeys: must be at least 2000"
             case .batching: return "read batching: need 1 <= readBatchSize <= maxKeysInFlight"
+            case .sentinel: return "--sentinel: needs at least one Sentinel and the master's name"
             }
         }
     }
