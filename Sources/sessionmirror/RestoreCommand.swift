@@ -11,7 +11,8 @@ struct RestoreCommand: ParsableCommand {
         discussion: """
             Never overwrites a key that exists (unless --overwrite). Writes only keys under the prefixes the \
             daemon recorded in the snapshot, unless --prefix or --all-prefixes says otherwise. Exit status: 0 all \
-            done, 1 some keys failed, were too large for Redis or failed the integrity check, 2 usage, connection or snapshot errors, \
+            done, 1 some keys failed, were too large for Redis or failed the integrity check, 2 usage, connection or snapshot errors \
+            or a replica (the line names its master), \
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 

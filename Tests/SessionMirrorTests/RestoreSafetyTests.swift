@@ -159,13 +159,17 @@ struct RestoreRefusalTests {
         #expect(try redis.client().checked("DBSIZE").integer == 0)
     }
 
-    @Test("a replica (READONLY): exit 3, one summary line")
+    /// A replica that says so is refused before any write (ReplicaTests); one whose user may not
+    /// ask (`ROLE` and `INFO` refused) answers every write with READONLY.
+    @Test("a replica that hides its role (READONLY): exit 3, one summary line")
     func readOnlyReplica() async throws {
         let primary = try await RedisServer.start()
         defer { primary.stop() }
         let replica = try await RedisServer.start(arguments: ["--replicaof", "127.0.0.1", "\(primary.port)"])
         defer { replica.stop() }
-        let (ended, lines) = try await restoreManyRows(into: replica.url(), clock: replica)
+        try replica.client().checked("ACL", "SETUSER", "blind", "on", ">pw", "~*", "+@all", "-role", "-info")
+        let url = replica.url(username: "blind", password: "pw")
+        let (ended, lines) = try await restoreManyRows(into: url, clock: replica)
         expectStopped(ended, lines, error: "READONLY")
         #expect(try primary.client().checked("DBSIZE").integer == 0)
     }
