@@ -111,6 +111,7 @@ extension Mirror {
         guard case .waitingForReads(let through) = state.drain, connection.batchesCompleted >= through else { return }
         dirty.state.withLock { $0.clearBarrier() }
         connection.sync = nil
+        if bridge != nil { bridgeSyncRead(on: connection) }
         let finished = state
         let attempt = connection.attempt
         let evidence = LossEvidence(

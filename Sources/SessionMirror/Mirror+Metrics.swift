@@ -11,7 +11,7 @@ extension Mirror {
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
         }
-        let fields: [(String, String)] = [
+        var fields: [(String, String)] = [
             ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
@@ -36,6 +36,15 @@ extension Mirror {
             ("connected", "\(connected != nil)"),
             ("redis.run_id", "\(connection?.runID ?? "")"),
         ]
+        if let counts = bridge?.counts {
+            fields += [
+                ("bridge_copied", "\(counts.copied)"), ("bridge_copied_to_new", "\(counts.copiedToNew)"),
+                ("bridge_deleted", "\(counts.deleted)"),
+                ("bridge_conflicts", "\(counts.conflicts)"), ("bridge_sessions", "\(counts.sessions)"),
+                ("bridge_in_step", "\(counts.inStep)"),
+            ]
+            recordBridgeStatus()
+        }
         var metadata: Logger.Metadata = ["event": "metrics"]
         for (key, value) in fields { metadata[key] = "\(value)" }
         logger.info("metrics", metadata: metadata)
@@ -115,6 +124,25 @@ extension Mirror {
         metric("errors_total", "counter", "Errors (Redis and snapshot).", [("", values["errors"])])
         metric(
             "connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
+        if values["bridge_copied"] != nil {
+            metric(
+                "bridge_writes_total", "counter", "Writes of the live bridge between two prefixes, by outcome.",
+                [
+                    ("{outcome=\"copied\",direction=\"to_new\"}", values["bridge_copied_to_new"]),
+                    (
+                        "{outcome=\"copied\",direction=\"to_old\"}",
+                        values["bridge_copied"].flatMap(UInt64.init).map { copied in
+                            String(copied - (values["bridge_copied_to_new"].flatMap(UInt64.init) ?? 0))
+                        }
+                    ),
+                    ("{outcome=\"deleted\"}", values["bridge_deleted"]),
+                    ("{outcome=\"conflict\"}", values["bridge_conflicts"]),
+                ])
+            metric("bridge_sessions", "gauge", "Sessions the bridge keeps memory of.", [("", values["bridge_sessions"])])
+            metric(
+                "bridge_in_step", "gauge", "1 when both bridged prefixes were in step after the last full sync.",
+                [("", values["bridge_in_step"] == "true" ? "1" : "0")])
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 

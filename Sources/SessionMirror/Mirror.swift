@@ -72,6 +72,10 @@ public final class Mirror: @unchecked Sendable {
     var restoreRetryTimer: LoopTimer?
     /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
     var oversizedKeys = Set<[UInt8]>()
+    /// The live bridge between two prefixes (`run --bridge`); nil without one.
+    var bridge: BridgeLedger?
+    /// Kinds of refused bridge writes already logged (once each).
+    var bridgeErrorsLogged = Set<String>()
     var reconnectAttempt = 0
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
@@ -98,6 +102,11 @@ public final class Mirror: @unchecked Sendable {
         // What restore, verify and purge may touch, and the key that signs every row from here on.
         try store.recordScope(MirrorScope(prefixes: configuration.prefixes, database: configuration.endpoint.database))
         try store.enableIntegrity(configuration.integrityKey)
+        if configuration.bridges.isEmpty {
+            try store.setMetadata(BridgeStatus.metadataName, nil)  // `status` shows no bridge that ended
+        } else {
+            bridge = BridgeLedger(bridges: configuration.bridges)
+        }
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
             pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds

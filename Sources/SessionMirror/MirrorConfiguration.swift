@@ -49,6 +49,8 @@ public struct MirrorConfiguration: Sendable {
     public var maxValueBytes = MirrorConfiguration.defaultMaxValueBytes
     /// Signs every row the daemon writes (HMAC-SHA256); nil: rows are not signed.
     public var integrityKey: IntegrityKey?
+    /// Prefixes kept in step in Redis during an application's switch from one to the other.
+    public var bridges: [PrefixBridge] = []
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
@@ -73,7 +75,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath
+        case snapshotPath, bridges
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -120,5 +122,8 @@ public struct MirrorConfiguration: Sendable {
                 reason: "must be between 1024 and \(MirrorConfiguration.maxValueBytesLimit) bytes")
         }
         if snapshotPath.isEmpty { throw Invalid(setting: .snapshotPath, reason: "must not be empty") }
+        if let problem = PrefixBridge.problem(with: bridges, mirrored: prefixes) {
+            throw Invalid(setting: .bridges, reason: problem)
+        }
     }
 }

@@ -19,6 +19,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     public var fileBytes: Int64
     /// SQLite's `quick_check`: "ok" or what is wrong.
     public var quickCheck: String
+    /// The live bridge as the daemon last recorded it; nil when the daemon runs without one.
+    public var bridge: BridgeStatus?
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -33,6 +35,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case redisRunID = "redis_run_id"
         case fileBytes = "file_bytes"
         case quickCheck = "quick_check"
+        case bridge
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -59,6 +62,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             lastCommitAt: lastCommit, lastFullSyncAt: try store.metadata("last_full_sync_at").flatMap { Int64($0) },
             redisRunID: try store.metadata("redis_run_id"), fileBytes: store.fileBytes(),
             // Opening ran quick_check and refuses a file it finds damaged (`isDamage`).
-            quickCheck: "ok")
+            quickCheck: "ok",
+            bridge: try store.metadata(BridgeStatus.metadataName).flatMap {
+                try? JSONDecoder().decode(BridgeStatus.self, from: Data($0.utf8))
+            })
     }
 }

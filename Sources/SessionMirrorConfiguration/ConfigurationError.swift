@@ -29,6 +29,7 @@ extension MirrorConfiguration.Setting {
         case .maxDirtyKeys: return "maxDirtyKeys"
         case .maxValueBytes: return "--max-value-bytes"
         case .snapshotPath: return "--snapshot"
+        case .bridges: return "--bridge"
         }
     }
 }

@@ -19,6 +19,10 @@ struct RunOptions: ParsableArguments {
     var djangoVersion: Int?
     @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
     var djangoEngine: DjangoPreset.Engine?
+    @Option(
+        name: .customLong("bridge"),
+        help: "OLD=NEW: keep the two prefixes' sessions in step in Redis during an engine switch (repeatable).")
+    var bridge: [String] = []
     @Option(help: "The SQLite snapshot file, created 0600 (default \(Defaults.snapshotPath)).") var snapshot: String?
     // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
     // missing; taken as a value, the range check can say what is wrong with it.
@@ -77,6 +81,14 @@ struct RunOptions: ParsableArguments {
             if let djangoEngine { preset.engine = djangoEngine }
             flags.django = preset
             if flags.prefixes == nil && file.prefixes != nil { flags.prefixes = preset.prefixes }
+        }
+        if !bridge.isEmpty {
+            flags.bridges = try bridge.map {
+                guard let setting = BridgeSetting(argument: $0), !setting.from.isEmpty, !setting.to.isEmpty else {
+                    throw ConfigurationError.invalid(option: "--bridge", reason: "expected OLD=NEW, got '\($0)'")
+                }
+                return setting
+            }
         }
         flags.snapshot = snapshot
         flags.commitIntervalMilliseconds = commitInterval
@@ -142,6 +154,7 @@ struct RunOptions: ParsableArguments {
             }
         #endif
         if let bytes = settings.maxValueBytes { configuration.maxValueBytes = bytes }
+        configuration.bridges = settings.effectiveBridges
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {

@@ -41,6 +41,8 @@ if [ "$#" -eq 0 ]; then
             || { echo "probe_daemon_down.py $mode 5 failed: logged-out sessions came back" >&2; exit 1; }
     done
     echo "probe_daemon_down: logged-out sessions stay gone (restore and alert modes)"
+    # The live bridge during a cached_db -> cache switch (its own `N passed, M failed` line).
+    "$VENV/bin/python" "$HERE/bridge_e2e.py" || { echo "bridge_e2e.py failed" >&2; exit 1; }
 fi
 
 exec "$VENV/bin/python" "$HERE/run_e2e.py" "$@"
