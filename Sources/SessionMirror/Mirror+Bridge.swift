@@ -77,7 +77,9 @@ extension Mirror {
                 case .unexplained: observation = .vanished
                 }
             }
-            if let action = bridge!.observe(key, observation, fromSync: fromSync) { sendBridgeWrite(action, on: connection) }
+            if let action = bridge!.observe(key, observation, fromSync: fromSync) {
+                sendBridgeWrite(action, on: connection)
+            }
         }
         reportBridgeInStep()
     }

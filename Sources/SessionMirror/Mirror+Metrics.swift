@@ -138,7 +138,8 @@ extension Mirror {
                     ("{outcome=\"deleted\"}", values["bridge_deleted"]),
                     ("{outcome=\"conflict\"}", values["bridge_conflicts"]),
                 ])
-            metric("bridge_sessions", "gauge", "Sessions the bridge keeps memory of.", [("", values["bridge_sessions"])])
+            metric(
+                "bridge_sessions", "gauge", "Sessions the bridge keeps memory of.", [("", values["bridge_sessions"])])
             metric(
                 "bridge_in_step", "gauge", "1 when both bridged prefixes were in step after the last full sync.",
                 [("", values["bridge_in_step"] == "true" ? "1" : "0")])

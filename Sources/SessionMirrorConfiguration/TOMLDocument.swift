@@ -44,7 +44,8 @@ public struct TOMLDocument: Sendable {
             if line.hasPrefix("[[") {
                 let name = String(line.dropFirst(2).dropLast(2)).trimmingWhitespace()
                 guard line.hasSuffix("]]"), TOMLDocument.isBareKey(name) else {
-                    throw ConfigurationError.file(source, line: lineNumber, "expected an array of tables like [[bridge]]")
+                    throw ConfigurationError.file(
+                        source, line: lineNumber, "expected an array of tables like [[bridge]]")
                 }
                 let index = tablesInArray[name, default: 0]
                 tablesInArray[name] = index + 1

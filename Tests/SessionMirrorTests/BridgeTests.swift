@@ -61,7 +61,8 @@ struct BridgeTests {
             #expect(counted, "\(String(describing: env.mirror.mirror.statistics().bridge))")
             try await env.waitUntilSnapshotMatchesRedis()
             let counts = env.mirror.mirror.statistics().bridge
-            #expect(counts?.copiedToNew == 2 && counts?.conflicts == 0 && counts?.sessions == 3 && counts?.inStep == true)
+            #expect(
+                counts?.copiedToNew == 2 && counts?.conflicts == 0 && counts?.sessions == 3 && counts?.inStep == true)
         }
     }
 
@@ -89,7 +90,8 @@ struct BridgeTests {
             let evicted = try [oldPrefix + "a", newPrefix + "a"].filter { try state(client, $0) == nil }
             try #require(evicted.count == 1, "one copy evicted")
             // The mirror has read the eviction once the snapshot marks the row evicted.
-            #expect(try await eventually { try env.rows()[bytes(evicted[0])]?.state == .evicted }, "\(env.mirror.log.text)")
+            #expect(
+                try await eventually { try env.rows()[bytes(evicted[0])]?.state == .evicted }, "\(env.mirror.log.text)")
             let survivor = evicted[0] == oldPrefix + "a" ? newPrefix + "a" : oldPrefix + "a"
             #expect(try state(client, survivor) != nil, "the other copy stays")
             #expect(env.mirror.mirror.statistics().bridge?.deleted == 0)

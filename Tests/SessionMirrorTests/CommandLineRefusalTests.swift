@@ -43,7 +43,8 @@ struct CommandLineRefusalTests {
             testDescription: "a bridge with the same prefix on both sides",
             arguments: ["--prefix", "s:", "--bridge", "s:a=s:a"], mentions: "--bridge"),
         BadArguments(
-            testDescription: "a bridge whose prefixes are not mirrored", arguments: ["--prefix", "s:", "--bridge", "t:a=s:b"],
+            testDescription: "a bridge whose prefixes are not mirrored",
+            arguments: ["--prefix", "s:", "--bridge", "t:a=s:b"],
             mentions: "--bridge"),
         BadArguments(
             testDescription: "overlapping bridges",

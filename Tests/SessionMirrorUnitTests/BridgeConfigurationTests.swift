@@ -6,7 +6,8 @@ import Testing
 @Suite("The bridge's configuration, and the rename's choice of rows")
 struct BridgeConfigurationTests {
     private func load(_ text: String) throws -> RunSettings {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bridge-\(UUID().uuidString).toml").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bridge-\(UUID().uuidString).toml")
+            .path
         defer { try? FileManager.default.removeItem(atPath: path) }
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return try RunSettings.load(path: path)
@@ -24,7 +25,10 @@ struct BridgeConfigurationTests {
             from = "b:old:"
             to = "b:new:"
             """)
-        #expect(settings.bridges == [BridgeSetting(from: "a:old:", to: "a:new:"), BridgeSetting(from: "b:old:", to: "b:new:")])
+        #expect(
+            settings.bridges == [
+                BridgeSetting(from: "a:old:", to: "a:new:"), BridgeSetting(from: "b:old:", to: "b:new:"),
+            ])
         #expect(throws: ConfigurationError.self) { try load("[[bridge]]\nfrom = \"a:\"\n") }
         #expect(throws: ConfigurationError.self) { try load("[[bridge]]\nfrom = \"a:\"\nto = \"b:\"\nwith = 1\n") }
     }
@@ -56,7 +60,8 @@ struct BridgeConfigurationTests {
         #expect(rename.renamed(Array(":1:django.contrib.sessions.cached_dbabc".utf8), keeping: kept) == nil)
         #expect(rename.renamed(Array(":1:django.contrib.sessions.cacheabc".utf8), keeping: kept) == Array("x:abc".utf8))
         let back = PrefixRename(
-            old: Array(":1:django.contrib.sessions.cached_db".utf8), new: Array(":1:django.contrib.sessions.cache".utf8))
+            old: Array(":1:django.contrib.sessions.cached_db".utf8), new: Array(":1:django.contrib.sessions.cache".utf8)
+        )
         let none = try back.keptPrefixes(known: [Array(":1:django.contrib.sessions.cache".utf8)])
         #expect(
             back.renamed(Array(":1:django.contrib.sessions.cached_dbabc".utf8), keeping: none)

@@ -49,7 +49,9 @@ struct BridgeLedgerTests {
         let action = ledger.observe(bytes(new + "s"), present("v2", 2000), fromSync: false)
         #expect(
             action
-                == .copy(target: bytes(old + "s"), value: bytes("v2"), expiresAt: 2000, expected: .holding(fingerprint("v1"))))
+                == .copy(
+                    target: bytes(old + "s"), value: bytes("v2"), expiresAt: 2000, expected: .holding(fingerprint("v1"))
+                ))
         ledger.finished(action!, .refused)
         #expect(ledger.counts.conflicts == 1, "a newer change there, not yet read, wins")
     }
@@ -101,7 +103,8 @@ struct BridgeLedgerTests {
                 == .copy(target: bytes(new + "only"), value: bytes("v"), expiresAt: 1000, expected: .absent))
         ledger.finished(actions[0], .done)
         #expect(!ledger.counts.inStep, "the copy is still in flight")
-        ledger.finished(.copy(target: bytes(new + "only"), value: bytes("v"), expiresAt: 1000, expected: .absent), .done)
+        ledger.finished(
+            .copy(target: bytes(new + "only"), value: bytes("v"), expiresAt: 1000, expected: .absent), .done)
         let news = ledger.takeInStepNews()
         #expect(ledger.counts.inStep && news)
         let again = ledger.takeInStepNews()
@@ -114,7 +117,8 @@ struct BridgeLedgerTests {
         ledger.finished(ledger.observe(bytes(old + "s"), present("v1"), fromSync: false)!, .done)
         // The copy of a change was lost with the connection.
         _ = ledger.observe(bytes(new + "s"), present("v2"), fromSync: false)
-        ledger.finished(.copy(target: bytes(old + "s"), value: bytes("v2"), expiresAt: 1000, expected: .absent), .failed)
+        ledger.finished(
+            .copy(target: bytes(old + "s"), value: bytes("v2"), expiresAt: 1000, expected: .absent), .failed)
         let (rereads, actions) = ledger.reconcile()
         #expect(rereads == [bytes(new + "s")] && actions.isEmpty)
     }
@@ -123,7 +127,8 @@ struct BridgeLedgerTests {
     func refusals() {
         let mirrored = [bytes(new)]
         func problem(_ pairs: [(String, String)]) -> String? {
-            PrefixBridge.problem(with: pairs.map { PrefixBridge(old: bytes($0.0), new: bytes($0.1)) }, mirrored: mirrored)
+            PrefixBridge.problem(
+                with: pairs.map { PrefixBridge(old: bytes($0.0), new: bytes($0.1)) }, mirrored: mirrored)
         }
         #expect(problem([(old, new)]) == nil, "Django's pair: one is the start of the other")
         #expect(problem([(new, new)])?.contains("same prefix") == true)
