@@ -17,6 +17,8 @@ For each cache backend (Django's RedisCache and django-redis):
 One line per check, then `N passed, M failed`; exit 1 if anything failed.
 
 Usage: python bridge_e2e.py [--backend django|django_redis] [--keep]   (the venv's python)
+       python bridge_e2e.py --selftest nobridge: the daemon without the bridge; the checks from
+       the initial copy on must fail (the harness can tell)
 Env:   SESSIONMIRROR_BIN, E2E_REDIS_SERVER as for run_e2e.py
 
 A cached_db worker cannot save a change to a session that a cache worker created (Django
@@ -121,6 +123,8 @@ class ConfigDaemon(E.Daemon):
     def __init__(self, binary, config, work):
         super().__init__([binary], None, None, None, work)
         self.config = config
+        self.err_path = os.path.join(work, "bridge-daemon.stderr.log")
+        self.out_path = os.path.join(work, "bridge-daemon.stdout.log")
 
     @property
     def argv(self):
@@ -137,7 +141,7 @@ def both_prefixes(r):
     return {k: key_state(r, k) for k in r.scan_iter(match=NEW + "*", count=1000)}
 
 
-def run_backend(backend, binary, work, template_db):
+def run_backend(backend, binary, work, template_db, selftest=None):
     results = []
 
     def check(name, ok, message=""):
@@ -168,7 +172,7 @@ def run_backend(backend, binary, work, template_db):
 
         def store(b, worker):
             b.note = "note-%d" % rnd.randrange(1 << 30)
-            b.cookie = worker.call("store", b.cookie, {"note": b.note, "seed": str(rnd.randrange(60))})["cookie"]
+            b.cookie = worker.call("store", b.cookie, {"note": b.note, "json_only": "1"})["cookie"]
 
         def in_step(b):
             if b.cookie is None:
@@ -180,7 +184,7 @@ def run_backend(backend, binary, work, template_db):
             return [k for b in browsers for k in b.dead if r.exists(OLD + k) or r.exists(NEW + k)]
 
         def wait_in_step():
-            deadline = time.time() + STEP_TIMEOUT
+            deadline = time.time() + (1 if selftest else STEP_TIMEOUT)
             while time.time() < deadline:
                 if all(in_step(b) for b in browsers) and not dead_gone():
                     return True
@@ -196,12 +200,13 @@ def run_backend(backend, binary, work, template_db):
         # 2. The bridge, from the Django preset's shorthand.
         config = os.path.join(work, "sessionmirror.toml")
         with open(config, "w") as f:
-            f.write('redis = "%s"\nsnapshot = "%s"\nmetrics_interval_s = 1\n\n[django]\nswitch = "cached_db->cache"\n'
-                    % (server.url, os.path.join(work, "snapshot.sqlite3")))
+            f.write('redis = "%s"\nsnapshot = "%s"\nmetrics_interval_s = 1\n\n[django]\n%s\n'
+                    % (server.url, os.path.join(work, "snapshot.sqlite3"),
+                       'engine = "both"' if selftest == "nobridge" else 'switch = "cached_db->cache"'))
         daemon = ConfigDaemon(binary, config, work)
         daemons.append(daemon)
         daemon.start()
-        line = daemon.wait_event(["bridge_in_step"], 30)
+        line = daemon.wait_event(["bridge_in_step"], 5 if selftest else 30)
         check("bridge_in_step_logged", line is not None, "no event=bridge_in_step:\n" + E.tail(daemon.err_path))
         wrong = [b.user for b in browsers
                  if new.call("whoami", b.cookie)["body"]["data"].get("note") != repr(b.note)]
@@ -258,6 +263,7 @@ def run_backend(backend, binary, work, template_db):
             if status.get("in_step") and status.get("copied", 0) > 0 and status.get("deleted", 0) > 0:
                 break
             time.sleep(0.2)
+        print("status: bridge %s" % status, flush=True)
         check("status_shows_bridge_counts", bool(status.get("in_step")) and status.get("deleted", 0) > 0
               and status.get("bridges") == ["%s=%s" % (OLD, NEW)], "status bridge: %s" % status)
 
@@ -289,6 +295,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=E.BACKENDS)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--selftest", choices=["nobridge"],
+                    help="check the harness: the daemon runs without the bridge, and most checks must fail")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -303,7 +311,7 @@ def main():
         for backend in [args.backend] if args.backend else E.BACKENDS:
             directory = os.path.join(work, backend)
             os.makedirs(directory)
-            results += run_backend(backend, tested, directory, template_db)
+            results += run_backend(backend, tested, directory, template_db, args.selftest)
     finally:
         if args.keep:
             print("kept work files in %s" % work)
