@@ -210,6 +210,7 @@ struct RunCommand: ParsableCommand {
         if checkConfig {
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+                    + configuration.bridges.map { "; bridging \($0.description)" }.joined()
             )
             return
         }
@@ -254,6 +255,7 @@ struct CheckCommand: ParsableCommand {
             let configuration = try options.configuration(try options.settings())
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.endpoint) into \(configuration.snapshotPath)"
+                    + configuration.bridges.map { "; bridging \($0.description)" }.joined()
             )
         } catch let error as ConfigurationError {
             throw fail("\(error)")
