@@ -66,6 +66,45 @@ struct BridgeTests {
         }
     }
 
+    @Test("both copies changed at once: one value wins on both sides; a logout leaves a newer copy alone; counted")
+    func conflicts() async throws {
+        try await withMirroredRedis(
+            prefix: bytes("s:"),
+            seed: { client in
+                for session in ["a", "b"] {
+                    for prefix in [oldPrefix, newPrefix] {
+                        _ = try client.checked("SET", prefix + session, "v0", "PXAT", "4102444800000")
+                    }
+                }
+            },
+            configure: { $0.bridges = [PrefixBridge(old: bytes(oldPrefix), new: bytes(newPrefix))] }
+        ) { env in
+            let client = env.client
+            #expect(await eventually { env.mirror.log.records(event: "bridge_in_step").count == 1 })
+            // One transaction: the mirror sees both changes of a session in the same pass.
+            _ = try client.checked("MULTI")
+            _ = try client.checked("SET", oldPrefix + "a", "x", "PXAT", "4102444800000")
+            _ = try client.checked("SET", newPrefix + "a", "y", "PXAT", "4102444800000")
+            _ = try client.checked("SET", newPrefix + "b", "newer", "PXAT", "4102444800000")
+            _ = try client.checked("DEL", oldPrefix + "b")
+            _ = try client.checked("EXEC")
+            let settled = await env.mirror.waitForStatistics(timeout: .seconds(10)) { ($0.bridge?.conflicts ?? 0) >= 2 }
+            #expect(settled, "\(String(describing: env.mirror.mirror.statistics().bridge))\n\(env.mirror.log.text)")
+            let a = try [oldPrefix + "a", newPrefix + "a"].map { try state(client, $0)?.value }
+            #expect(
+                try await eventually {
+                    let now = try [oldPrefix + "a", newPrefix + "a"].map { try state(client, $0)?.value }
+                    return now[0] == now[1] && (now[0] == bytes("x") || now[0] == bytes("y"))
+                }, "a: \(a)")
+            #expect(try state(client, newPrefix + "b")?.value == bytes("newer"), "a newer value is left alone")
+            // Read after the logout, the newer value is the last change seen, and is copied back;
+            // read before it, the logout comes last and leaves the copy as it is.
+            let oldB = try state(client, oldPrefix + "b")?.value
+            #expect(oldB == nil || oldB == bytes("newer"))
+            try await env.waitUntilSnapshotMatchesRedis()
+        }
+    }
+
     @Test("an eviction is never turned into a deletion of the other copy")
     func evictionKeepsTheOtherCopy() async throws {
         try await withMirroredRedis(
