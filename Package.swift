@@ -48,6 +48,8 @@ let package = Package(
             name: "SessionMirror",
             dependencies: [
                 "NamedThread", "RedisClient", "SnapshotStore", .product(name: "Logging", package: "swift-log"),
+                // SHA-1 of session values for the bridge's compare-and-set (Redis's scripts have `redis.sha1hex`).
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // The configuration file, its defaults and its errors: what the command line reads before it

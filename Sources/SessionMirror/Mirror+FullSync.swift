@@ -126,6 +126,7 @@ extension Mirror {
     private func reconcile(_ state: SyncState, on connection: NodeConnection) {
         dirty.state.withLock { $0.clearBarrier() }
         connection.sync = nil
+        if bridge != nil { bridgeSyncRead(on: connection) }
         let finished = state
         let attempt = connection.attempt
         // For `status --json`: with Sentinel, where the master was at this sync.

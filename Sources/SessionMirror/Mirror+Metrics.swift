@@ -47,6 +47,15 @@ extension Mirror {
             fields.append(("backup_last_success_unix_s", "\(last / 1000)"))
             fields.append(("backup_failures", "\(periodicBackup.failures.load(ordering: .relaxed))"))
         }
+        if let counts = bridge?.counts {
+            fields += [
+                ("bridge_copied", "\(counts.copied)"), ("bridge_copied_to_new", "\(counts.copiedToNew)"),
+                ("bridge_deleted", "\(counts.deleted)"),
+                ("bridge_conflicts", "\(counts.conflicts)"), ("bridge_sessions", "\(counts.sessions)"),
+                ("bridge_in_step", "\(counts.inStep)"),
+            ]
+            recordBridgeStatus()
+        }
         var metadata: Logger.Metadata = ["event": "metrics"]
         for (key, value) in fields { metadata[key] = "\(value)" }
         logger.info("metrics", metadata: metadata)
@@ -151,6 +160,26 @@ extension Mirror {
         }
         metric(
             "connected", "gauge", "1 when connected and subscribed.", [("", values["connected"] == "true" ? "1" : "0")])
+        if values["bridge_copied"] != nil {
+            metric(
+                "bridge_writes_total", "counter", "Writes of the live bridge between two prefixes, by outcome.",
+                [
+                    ("{outcome=\"copied\",direction=\"to_new\"}", values["bridge_copied_to_new"]),
+                    (
+                        "{outcome=\"copied\",direction=\"to_old\"}",
+                        values["bridge_copied"].flatMap(UInt64.init).map { copied in
+                            String(copied - (values["bridge_copied_to_new"].flatMap(UInt64.init) ?? 0))
+                        }
+                    ),
+                    ("{outcome=\"deleted\"}", values["bridge_deleted"]),
+                    ("{outcome=\"conflict\"}", values["bridge_conflicts"]),
+                ])
+            metric(
+                "bridge_sessions", "gauge", "Sessions the bridge keeps memory of.", [("", values["bridge_sessions"])])
+            metric(
+                "bridge_in_step", "gauge", "1 when both bridged prefixes were in step after the last full sync.",
+                [("", values["bridge_in_step"] == "true" ? "1" : "0")])
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -142,6 +142,7 @@ extension Mirror {
         }
         stats.keysRead += UInt64(results.count)
         writer.enqueue(changes, lane: batch.lane == .live ? .live : .bulk)
+        if bridge != nil { bridgeRead(batch.keys, results, fromSync: batch.lane == .sync) }
         connection.batchesCompleted = max(connection.batchesCompleted, batch.number)
         checkSyncBarrier()
         if isStopping { finishShutdownIfDrained() }

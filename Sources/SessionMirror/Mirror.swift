@@ -76,6 +76,10 @@ public final class Mirror: @unchecked Sendable {
     var restoreRetryTimer: LoopTimer?
     /// Keys whose value was over `max_value_bytes` when last read, logged once each (bounded).
     var oversizedKeys = Set<[UInt8]>()
+    /// The live bridge between two prefixes (`run --bridge`); nil without one.
+    var bridge: BridgeLedger?
+    /// Kinds of refused bridge writes already logged (once each).
+    var bridgeErrorsLogged = Set<String>()
     var reconnectAttempt = 0
     /// When the last connection that was up was lost (local Unix ms): the failover reconciliation
     /// looks for lost writes in the tombstone window before it. Nil until one was lost.
@@ -119,6 +123,11 @@ public final class Mirror: @unchecked Sendable {
         try store.enableIntegrity(configuration.integrityKey)
         periodicBackup = configuration.backup.map {
             PeriodicBackup(schedule: $0, snapshotPath: configuration.snapshotPath, logger: logger)
+        }
+        if configuration.bridges.isEmpty {
+            try store.setMetadata(BridgeStatus.metadataName, nil)  // `status` shows no bridge that ended
+        } else {
+            bridge = BridgeLedger(bridges: configuration.bridges)
         }
         writer = SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,

@@ -56,6 +56,8 @@ public struct MirrorConfiguration: Sendable {
     /// How long deletions are remembered (tombstones), and how many: what the failover
     /// reconciliation can undo, and how far back it looks for lost writes.
     public var tombstoneLimits = TombstoneLimits()
+    /// Prefixes kept in step in Redis during an application's switch from one to the other.
+    public var bridges: [PrefixBridge] = []
     /// Reconnect backoff bounds.
     public var reconnectMinimumMilliseconds = 100
     public var reconnectMaximumMilliseconds = 10_000
@@ -94,7 +96,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath, backup, tombstones, sentinel
+        case snapshotPath, backup, tombstones, sentinel, bridges
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -153,6 +155,9 @@ public struct MirrorConfiguration: Sendable {
         }
         if let sentinel, sentinel.sentinels.isEmpty || sentinel.masterName.isEmpty {
             throw Invalid(setting: .sentinel, reason: "needs at least one Sentinel and the master's name")
+        }
+        if let problem = PrefixBridge.problem(with: bridges, mirrored: prefixes) {
+            throw Invalid(setting: .bridges, reason: problem)
         }
     }
 }

@@ -27,4 +27,6 @@ public struct MirrorStatistics: Sendable {
     public var keysInFlight = 0
     public var connected = false
     public var redisRunID: String?
+    /// The live bridge's counts; nil without a bridge.
+    public var bridge: BridgeCounts?
 }

@@ -47,6 +47,11 @@ public struct RestoreOptions: Sendable {
 }
 
 /// Keys under `old` go back under `new` (a Django session engine switch).
+///
+/// A row is renamed only if it lies under `old` and under no longer known prefix that `old` is the
+/// start of: `…sessions.cache` is the start of `…sessions.cached_db`, and a `cached_db` row must
+/// never become `<new>d_db<id>`. The known prefixes are the snapshot's recorded and given ones,
+/// `new`, and, for a Django session prefix, both engines' (`…sessions.cache` and `…cached_db`).
 public struct PrefixRename: Sendable, Equatable {
     public var old: [UInt8]
     public var new: [UInt8]
@@ -54,6 +59,47 @@ public struct PrefixRename: Sendable, Equatable {
     public init(old: [UInt8], new: [UInt8]) {
         self.old = old
         self.new = new
+    }
+
+    /// The prefixes whose rows stay as they are although they start with `old`; throws when the
+    /// rename is ambiguous (`old` equals `new`, or is the start of two known prefixes, whose rows
+    /// would all be renamed into one).
+    public func keptPrefixes(known: [[UInt8]]) throws(OneShotCommandError) -> [[UInt8]] {
+        func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+        if old == new {
+            throw OneShotCommandError(description: "--rename-prefix: OLD and NEW are the same prefix (\(text(old)))")
+        }
+        var all = known + [new, old]
+        // Django's two cache engines: their prefixes differ only in the last word.
+        let django = Array("django.contrib.sessions.".utf8)
+        for prefix in all {
+            for engine in ["cache", "cached_db"] where Self.hasSuffix(prefix, django + Array(engine.utf8)) {
+                let base = Array(prefix.dropLast(engine.utf8.count))
+                all += [base + Array("cache".utf8), base + Array("cached_db".utf8)]
+            }
+        }
+        var kept: [[UInt8]] = []
+        for prefix in all where prefix.count > old.count && prefix.starts(with: old) && !kept.contains(prefix) {
+            kept.append(prefix)
+        }
+        let others = kept.filter { $0 != new }
+        if others.count > 1 {
+            throw OneShotCommandError(
+                description: "--rename-prefix: OLD (\(text(old))) is the start of several prefixes ("
+                    + others.map(text).sorted().joined(separator: ", ")
+                    + "): renaming would mix their keys; give the whole prefix of the one to rename")
+        }
+        return kept
+    }
+
+    /// `key` under `new`, or nil when it is not to be renamed.
+    public func renamed(_ key: [UInt8], keeping kept: [[UInt8]]) -> [UInt8]? {
+        guard key.starts(with: old), !kept.contains(where: { key.starts(with: $0) }) else { return nil }
+        return new + key.dropFirst(old.count)
+    }
+
+    private static func hasSuffix(_ bytes: [UInt8], _ suffix: [UInt8]) -> Bool {
+        bytes.count >= suffix.count && Array(bytes.suffix(suffix.count)) == suffix
     }
 }
 
@@ -142,6 +188,9 @@ public struct Restorer: Sendable {
         // A replica answers every write with READONLY: say which node to use instead, before any row is read.
         try redis.refuseReplica()
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
+        let keptFromRename =
+            try options.renamePrefix?.keptPrefixes(
+                known: (prefixes ?? []) + ((try? store.recordedScope())?.prefixes ?? [])) ?? []
         do {
             try store.checkIntegrityKey(options.integrityKey)
         } catch {
@@ -220,7 +269,7 @@ public struct Restorer: Sendable {
                     outcome.summary.notAttempted += 1
                     return true
                 }
-                let key = renamed(row.key)
+                let key = options.renamePrefix?.renamed(row.key, keeping: keptFromRename) ?? row.key
                 // Redis closes the connection on an argument over proto-max-bulk-len: the restore
                 // would stop at this row on every attempt.
                 if row.value.count > maximumValueBytes || key.count > maximumValueBytes {
@@ -257,17 +306,6 @@ public struct Restorer: Sendable {
         summary.elapsedSeconds = Double(SystemTime.monotonicNanoseconds() - started) / 1e9
         summary.keysPerSecond = summary.elapsedSeconds > 0 ? Double(summary.restored) / summary.elapsedSeconds : 0
         return summary
-    }
-
-    private func renamed(_ key: [UInt8]) -> [UInt8] {
-        // A key already under the new prefix stays as it is: `…cache` is a prefix of `…cached_db`,
-        // so renaming cache=cached_db would otherwise turn `…cached_db<id>` into `…cached_dbd_db<id>`.
-        guard let rename = options.renamePrefix, key.starts(with: rename.old),
-            !(rename.new.starts(with: rename.old) && key.starts(with: rename.new))
-        else {
-            return key
-        }
-        return rename.new + key.dropFirst(rename.old.count)
     }
 
     private static let set = Array("SET".utf8)

@@ -22,6 +22,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     public var fileBytes: Int64
     /// SQLite's `quick_check`: "ok" or what is wrong.
     public var quickCheck: String
+    /// The live bridge as the daemon last recorded it; nil when the daemon runs without one.
+    public var bridge: BridgeStatus?
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -37,6 +39,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case redisMaster = "redis_master"
         case fileBytes = "file_bytes"
         case quickCheck = "quick_check"
+        case bridge
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -64,6 +67,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             redisRunID: try store.metadata("redis_run_id"), redisMaster: try store.metadata("redis_master"),
             fileBytes: store.fileBytes(),
             // Opening ran quick_check and refuses a file it finds damaged (`isDamage`).
-            quickCheck: "ok")
+            quickCheck: "ok",
+            bridge: try store.metadata(BridgeStatus.metadataName).flatMap {
+                try? JSONDecoder().decode(BridgeStatus.self, from: Data($0.utf8))
+            })
     }
 }

@@ -32,6 +32,7 @@ extension MirrorConfiguration.Setting {
         case .backup: return "[backup]"
         case .tombstones: return "--tombstone-window"
         case .sentinel: return "--sentinel"
+        case .bridges: return "--bridge"
         }
     }
 }

@@ -27,6 +27,8 @@ public struct RunSettings: Sendable, Equatable {
     public var logLevel: String?
     public var logFile: String?
     public var django: DjangoPreset?
+    /// `[[bridge]]` tables and `--bridge OLD=NEW` flags (the flags replace the file's).
+    public var bridges: [BridgeSetting]?
     /// The file holding the key that signs the snapshot's rows.
     public var integrityKeyFile: String?
     /// The `[backup]` section: copies of the snapshot on a schedule (only in the file).
@@ -61,6 +63,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.logLevel = other.logLevel ?? logLevel
         merged.logFile = other.logFile ?? logFile
         merged.django = other.django ?? django
+        merged.bridges = other.bridges ?? bridges
         merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
         merged.backup = other.backup ?? backup
         merged.tombstoneWindowSeconds = other.tombstoneWindowSeconds ?? tombstoneWindowSeconds
@@ -74,6 +77,13 @@ public struct RunSettings: Sendable, Equatable {
         if let prefixes, !prefixes.isEmpty { return prefixes }
         if let django { return django.prefixes }
         return DjangoPreset().prefixes
+    }
+
+    /// The bridges: the explicit ones, then the one the Django preset's `switch` derives.
+    public var effectiveBridges: [PrefixBridge] {
+        var result = (bridges ?? []).map { PrefixBridge(old: Array($0.from.utf8), new: Array($0.to.utf8)) }
+        if let bridge = django?.bridge { result.append(bridge) }
+        return result
     }
 
     /// `0.1` or `10%` as a fraction.
@@ -98,6 +108,7 @@ public struct RunSettings: Sendable, Equatable {
         var sawDjango = false
         var backup = BackupSchedule(directory: "", intervalSeconds: 60 * 60, keep: 24)
         var sawBackup = false
+        var bridgeSides: [Int: (from: String?, to: String?, line: Int)] = [:]
         for key in document.values.keys.sorted() {
             let (value, line) = document.values[key]!
             func fail(_ reason: String) -> ConfigurationError { .key(file: path, key: key, line: line, reason) }
@@ -212,6 +223,24 @@ public struct RunSettings: Sendable, Equatable {
             case "backup.keep":
                 backup.keep = try integer(1...10_000)
                 sawBackup = true
+            case "django.switch":
+                let text = try string()
+                guard let engineSwitch = DjangoPreset.EngineSwitch(text) else {
+                    throw fail("expected \"cached_db->cache\" or \"cache->cached_db\", got \"\(text)\"")
+                }
+                django.engineSwitch = engineSwitch
+                sawDjango = true
+            case _ where key.hasPrefix("bridge."):
+                let parts = key.split(separator: ".")
+                guard parts.count == 3, let index = Int(parts[1]), parts[2] == "from" || parts[2] == "to" else {
+                    throw fail("unknown key: a [[bridge]] table has from and to")
+                }
+                let side = try string()
+                guard !side.isEmpty else { throw fail("expected a non-empty prefix") }
+                var entry = bridgeSides[index] ?? (nil, nil, line)
+                if parts[2] == "from" { entry.from = side } else { entry.to = side }
+                entry.line = min(entry.line, line)
+                bridgeSides[index] = entry
             default:
                 throw fail("unknown key (see deploy/sessionmirror.toml for every key)")
             }
@@ -222,6 +251,14 @@ public struct RunSettings: Sendable, Equatable {
                 throw ConfigurationError.file(path, line: nil, "[backup] needs a directory")
             }
             settings.backup = backup
+        if !bridgeSides.isEmpty {
+            settings.bridges = try bridgeSides.keys.sorted().map { index in
+                let entry = bridgeSides[index]!
+                guard let from = entry.from, let to = entry.to else {
+                    throw ConfigurationError.file(path, line: entry.line, "a [[bridge]] table needs both from and to")
+                }
+                return BridgeSetting(from: from, to: to)
+            }
         }
         return settings
     }
@@ -241,6 +278,25 @@ public struct DjangoPreset: Sendable, Equatable {
     /// The cache's `VERSION` (default 1). A restore must use the same version.
     public var version = 1
     public var engine = Engine.cache
+    /// `switch = "cached_db->cache"`: the application is moving between the two engines; both are
+    /// mirrored and bridged.
+    public var engineSwitch: EngineSwitch?
+
+    /// A move from one session engine to the other.
+    public struct EngineSwitch: Sendable, Equatable {
+        public var from: Engine
+        public var to: Engine
+
+        /// `cached_db->cache` or `cache->cached_db` (going back); nil for anything else.
+        public init?(_ text: String) {
+            let parts = text.components(separatedBy: "->").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, let from = Engine(rawValue: parts[0]), let to = Engine(rawValue: parts[1]),
+                from != .both, to != .both, from != to
+            else { return nil }
+            self.from = from
+            self.to = to
+        }
+    }
 
     public init(keyPrefix: String = "", version: Int = 1, engine: Engine = .cache) {
         self.keyPrefix = keyPrefix
@@ -256,9 +312,38 @@ public struct DjangoPreset: Sendable, Equatable {
     /// `both` needs only that one pattern.
     public var prefixes: [String] {
         let base = "\(keyPrefix):\(version):django.contrib.sessions."
+        if engineSwitch != nil { return [base + "cache"] }  // both engines
         switch engine {
         case .cache, .both: return [base + "cache"]
         case .cachedDB: return [base + "cached_db"]
         }
+    }
+}
+
+extension DjangoPreset {
+    /// The bridge `switch` asks for: from the old engine's key prefix to the new one's.
+    public var bridge: PrefixBridge? {
+        guard let engineSwitch else { return nil }
+        let base = "\(keyPrefix):\(version):django.contrib.sessions."
+        return PrefixBridge(
+            old: Array((base + engineSwitch.from.rawValue).utf8), new: Array((base + engineSwitch.to.rawValue).utf8))
+    }
+}
+
+/// One `[[bridge]]` table, or one `--bridge OLD=NEW`.
+public struct BridgeSetting: Sendable, Equatable {
+    public var from: String
+    public var to: String
+
+    public init(from: String, to: String) {
+        self.from = from
+        self.to = to
+    }
+
+    /// `OLD=NEW`; nil when there is no `=`.
+    public init?(argument: String) {
+        guard let equals = argument.firstIndex(of: "=") else { return nil }
+        from = String(argument[..<equals])
+        to = String(argument[argument.index(after: equals)...])
     }
 }

@@ -1,8 +1,9 @@
 import SessionMirror
 
 /// The subset of TOML a configuration file needs: `key = value` lines, `[table]` headers,
-/// comments, strings (basic with escapes, and literal), integers, floats, booleans, and arrays of
-/// those (on one line or several).
+/// comments, strings (basic with escapes, and literal), integers, floats, booleans, arrays of
+/// those (on one line or several), and arrays of tables (`[[bridge]]`: the keys of the n-th are
+/// `bridge.<n>.<key>`, from 0).
 ///
 /// Written here rather than taken from a package: this is all SessionMirror reads, and a TOML
 /// library would add minutes to every build on two cores.
@@ -32,6 +33,7 @@ public struct TOMLDocument: Sendable {
     /// Parses `text`; `source` names the file in error messages.
     public init(parsing text: String, source: String) throws {
         var table = ""
+        var tablesInArray: [String: Int] = [:]
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)[...]
         var number = 0
         while let raw = lines.popFirst() {
@@ -39,6 +41,17 @@ public struct TOMLDocument: Sendable {
             let lineNumber = number
             var line = TOMLDocument.stripComment(raw).trimmingWhitespace()
             if line.isEmpty { continue }
+            if line.hasPrefix("[[") {
+                let name = String(line.dropFirst(2).dropLast(2)).trimmingWhitespace()
+                guard line.hasSuffix("]]"), TOMLDocument.isBareKey(name) else {
+                    throw ConfigurationError.file(
+                        source, line: lineNumber, "expected an array of tables like [[bridge]]")
+                }
+                let index = tablesInArray[name, default: 0]
+                tablesInArray[name] = index + 1
+                table = "\(name).\(index)"
+                continue
+            }
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]"), !line.hasPrefix("[[") else {
                     throw ConfigurationError.file(source, line: lineNumber, "expected a table header like [django]")

@@ -19,6 +19,10 @@ struct RunOptions: ParsableArguments {
     var djangoVersion: Int?
     @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
     var djangoEngine: DjangoPreset.Engine?
+    @Option(
+        name: .customLong("bridge"),
+        help: "OLD=NEW: keep the two prefixes' sessions in step in Redis during an engine switch (repeatable).")
+    var bridge: [String] = []
     @Option(help: "The SQLite snapshot file, created 0600 (default \(Defaults.snapshotPath)).") var snapshot: String?
     // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
     // missing; taken as a value, the range check can say what is wrong with it.
@@ -89,6 +93,14 @@ struct RunOptions: ParsableArguments {
             flags.django = preset
             if flags.prefixes == nil && file.prefixes != nil { flags.prefixes = preset.prefixes }
         }
+        if !bridge.isEmpty {
+            flags.bridges = try bridge.map {
+                guard let setting = BridgeSetting(argument: $0), !setting.from.isEmpty, !setting.to.isEmpty else {
+                    throw ConfigurationError.invalid(option: "--bridge", reason: "expected OLD=NEW, got '\($0)'")
+                }
+                return setting
+            }
+        }
         flags.snapshot = snapshot
         flags.commitIntervalMilliseconds = commitInterval
         flags.maxResyncDelete = maxResyncDelete
@@ -155,6 +167,7 @@ struct RunOptions: ParsableArguments {
         }
         if let rows = settings.tombstoneMaxRows { configuration.tombstoneLimits.maxRows = rows }
         if let bytes = settings.tombstoneMaxBytes { configuration.tombstoneLimits.maxBytes = bytes }
+        configuration.bridges = settings.effectiveBridges
         do {
             configuration.integrityKey = try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
         } catch {
@@ -210,6 +223,7 @@ struct RunCommand: ParsableCommand {
         if checkConfig {
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
+                    + configuration.bridges.map { "; bridging \($0.description)" }.joined()
             )
             return
         }
@@ -254,6 +268,7 @@ struct CheckCommand: ParsableCommand {
             let configuration = try options.configuration(try options.settings())
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
+                    + configuration.bridges.map { "; bridging \($0.description)" }.joined()
             )
         } catch let error as ConfigurationError {
             throw fail("\(error)")

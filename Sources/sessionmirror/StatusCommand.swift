@@ -40,6 +40,13 @@ struct StatusCommand: ParsableCommand {
                 redis master    \(status.redisMaster ?? "none yet")
                 quick_check     \(status.quickCheck)
                 """)
+            if let bridge = status.bridge {
+                print(
+                    "bridge          \(bridge.bridges.joined(separator: ", ")): "
+                        + (bridge.inStep ? "in step" : "not in step yet")
+                        + ", \(bridge.sessions) sessions, \(bridge.copied) copied (\(bridge.copiedToNew) from old to new), \(bridge.deleted) deleted, "
+                        + "\(bridge.conflicts) conflicts (recorded \(time(bridge.updatedAt)))")
+            }
         }
         if status.quickCheck != "ok" { throw ExitCode(1) }
     }

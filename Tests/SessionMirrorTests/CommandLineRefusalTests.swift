@@ -42,6 +42,17 @@ struct CommandLineRefusalTests {
         BadArguments(
             testDescription: "--sentinel-master without --sentinel", arguments: ["--sentinel-master", "m"],
             mentions: "--sentinel-master"),
+        BadArguments(testDescription: "a bridge without =", arguments: ["--bridge", "s:old:"], mentions: "--bridge"),
+        BadArguments(
+            testDescription: "a bridge with the same prefix on both sides",
+            arguments: ["--prefix", "s:", "--bridge", "s:a=s:a"], mentions: "--bridge"),
+        BadArguments(
+            testDescription: "a bridge whose prefixes are not mirrored",
+            arguments: ["--prefix", "s:", "--bridge", "t:a=s:b"],
+            mentions: "--bridge"),
+        BadArguments(
+            testDescription: "overlapping bridges",
+            arguments: ["--prefix", "s:", "--bridge", "s:a=s:b", "--bridge", "s:a=s:c"], mentions: "--bridge"),
     ]
 
     @Test("--version names the release, the snapshot format and the C libraries, and exits 0")

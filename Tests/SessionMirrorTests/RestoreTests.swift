@@ -173,6 +173,38 @@ struct RestoreTests {
         #expect(try client.checked("EXISTS", ":1:other").integer == 0)
     }
 
+    @Test("--rename-prefix with OLD = …sessions.cache never renames a cached_db row into a junk key")
+    func renameLeavesCachedDBRows() async throws {
+        let fixture = try await RestoreFixture.start()
+        defer { fixture.redis.stop() }
+        let (redis, path) = (fixture.redis, fixture.path)
+        let expiry = fixture.now + 60_000
+        let cache = ":1:django.contrib.sessions.cache"
+        try makeSnapshot(
+            path,
+            [
+                SnapshotRecord(key: bytes(cache + "abc"), type: "string", value: bytes("c"), expiresAt: expiry),
+                SnapshotRecord(key: bytes(cache + "d_dbxyz"), type: "string", value: bytes("d"), expiresAt: expiry),
+            ])
+        let summary = try restore(path, redis) {
+            $0.renamePrefix = PrefixRename(old: bytes(cache), new: bytes("v2:"))
+            $0.scope = .prefixes([bytes(cache)])
+        }
+        #expect(summary.restored == 2)
+        let client = try redis.client()
+        #expect(try client.checked("GET", "v2:abc").text == "c")
+        #expect(try client.checked("EXISTS", "v2:d_dbxyz").integer == 0, "a junk key from the cached_db row")
+        #expect(try client.checked("GET", cache + "d_dbxyz").text == "d", "the cached_db row keeps its key")
+        // OLD starting two Django engines' prefixes: refused before anything is written.
+        #expect(throws: OneShotCommandError.self) {
+            try restore(path, redis) {
+                $0.renamePrefix = PrefixRename(old: bytes(":1:django.contrib.sessions."), new: bytes("v3:"))
+                $0.scope = .prefixes([bytes(cache)])
+            }
+        }
+        #expect(try client.checked("DBSIZE").integer == 2)
+    }
+
     @Test("--dry-run counts what would happen and writes nothing")
     func dryRunWritesNothing() async throws {
         let fixture = try await RestoreFixture.start()

@@ -19,6 +19,22 @@ struct PrometheusTextTests {
         return text.split(separator: "\n").map(String.init)
     }
 
+    @Test("with a bridge its writes are counted by outcome and direction; without one it is not mentioned")
+    func bridge() {
+        #expect(!text().contains { $0.contains("bridge") })
+        let withBridge =
+            fields + [
+                ("bridge_copied", "10"), ("bridge_copied_to_new", "7"), ("bridge_deleted", "2"),
+                ("bridge_conflicts", "1"),
+                ("bridge_sessions", "5"), ("bridge_in_step", "true"),
+            ]
+        let lines = Mirror.prometheusText(withBridge, latencySinceStart: LatencyHistogram()).split(separator: "\n")
+        #expect(lines.contains(#"sessionmirror_bridge_writes_total{outcome="copied",direction="to_new"} 7"#))
+        #expect(lines.contains(#"sessionmirror_bridge_writes_total{outcome="copied",direction="to_old"} 3"#))
+        #expect(lines.contains(#"sessionmirror_bridge_writes_total{outcome="conflict"} 1"#))
+        #expect(lines.contains("sessionmirror_bridge_in_step 1"))
+    }
+
     @Test("each metric has its HELP and TYPE, and its samples carry the values or 0")
     func samples() {
         let lines = text()

@@ -43,6 +43,8 @@ if [ "$#" -eq 0 ]; then
     echo "probe_daemon_down: logged-out sessions stay gone (restore and alert modes)"
     # Sessions through django-redis's Sentinel support, across SENTINEL FAILOVER and a killed master.
     "$VENV/bin/python" "$HERE/sentinel_e2e.py" || { echo "sentinel_e2e.py failed" >&2; exit 1; }
+    # The live bridge during a cached_db -> cache switch (its own `N passed, M failed` line).
+    "$VENV/bin/python" "$HERE/bridge_e2e.py" || { echo "bridge_e2e.py failed" >&2; exit 1; }
 fi
 
 exec "$VENV/bin/python" "$HERE/run_e2e.py" "$@"

@@ -4,7 +4,8 @@ Everything that varies comes from the environment (set by run_e2e.py):
   E2E_REDIS_URL      redis://127.0.0.1:PORT/0
   E2E_CACHE_BACKEND  "django" -> django.core.cache.backends.redis.RedisCache
                      "django_redis" -> django_redis.cache.RedisCache
-  E2E_DB_PATH        sqlite file for django.contrib.auth users
+  E2E_DB_PATH        sqlite file for django.contrib.auth users (and cached_db's sessions)
+  E2E_SESSION_ENGINE SESSION_ENGINE (default the cache engine)
 """
 
 import os
@@ -19,6 +20,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    # The cached_db engine's table (bridge_e2e.py's old workers).
+    "django.contrib.sessions",
 ]
 
 MIDDLEWARE = [
@@ -80,8 +83,9 @@ else:
         f"E2E_CACHE_BACKEND must be 'django', 'django_redis' or 'django_redis_sentinel', not {CACHE_BACKEND!r}"
     )
 
-# Sessions live only in the cache: exactly what SessionMirror protects.
-SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+# Sessions live only in the cache: exactly what SessionMirror protects. bridge_e2e.py runs its
+# old workers with E2E_SESSION_ENGINE=django.contrib.sessions.backends.cached_db.
+SESSION_ENGINE = os.environ.get("E2E_SESSION_ENGINE", "django.contrib.sessions.backends.cache")
 SESSION_CACHE_ALIAS = "default"
 # Keys are then ":1:django.contrib.sessions.cache<32 chars>" (empty KEY_PREFIX, VERSION 1).
 SESSION_KEY_PREFIX_IN_REDIS = ":1:django.contrib.sessions.cache"

@@ -44,6 +44,9 @@ def store_view(request):
     """Store the POSTed fields plus a few non-JSON, binary-heavy values."""
     for name, value in request.POST.items():
         request.session[name] = value
+    if request.POST.get("json_only"):
+        # cached_db also writes the session to its table with SESSION_SERIALIZER (JSON).
+        return JsonResponse({"ok": True, "session_key": request.session.session_key})
     seed = int(request.POST.get("seed", "0"))
     size = int(request.POST.get("blob_size", "256"))
     request.session["blob"] = bytes((seed + i) % 256 for i in range(size))
