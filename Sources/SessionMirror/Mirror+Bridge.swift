@@ -72,7 +72,7 @@ extension Mirror {
                 observation = .present(type: type, value: value, expiresAt: expiresAt)
             case .missing:
                 switch entry.gone {
-                case .deleted: observation = .loggedOut
+                case .deleted, .loggedOut: observation = .loggedOut  // expired or del: the "logout"
                 case .evicted: observation = .evicted
                 case .unexplained: observation = .vanished
                 }

@@ -251,6 +251,7 @@ public struct RunSettings: Sendable, Equatable {
                 throw ConfigurationError.file(path, line: nil, "[backup] needs a directory")
             }
             settings.backup = backup
+        }
         if !bridgeSides.isEmpty {
             settings.bridges = try bridgeSides.keys.sorted().map { index in
                 let entry = bridgeSides[index]!
