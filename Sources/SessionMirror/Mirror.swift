@@ -75,6 +75,8 @@ public final class Mirror: @unchecked Sendable {
     var reconnectAttempt = 0
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
+    /// Live changes' time before the writer, since the last metrics line.
+    var liveStages = LiveStageLatency()
     var timers: [LoopTimer] = []
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []
