@@ -7,6 +7,9 @@ extension Mirror {
     func logMetrics() {
         let writerStats = writer.statistics(resetLatency: true)
         let gauges = snapshotGauges.withLock { $0 }
+        let stages = liveStages
+        liveStages = LiveStageLatency()
+        func p99(_ histogram: LatencyHistogram) -> String { "\(Double(histogram.quantile(0.99)) / 1000)" }
         // The counts for the next line are taken beside the writer, not in its transaction.
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
@@ -25,6 +28,11 @@ extension Mirror {
             ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
             ("commit_latency_max_ms", "\(Double(writerStats.latency.maxMicroseconds) / 1000)"),
             ("late_commits", "\(writerStats.lateCommits)"),
+            ("live_dirty_set_p99_ms", p99(stages.dirtySet)),
+            ("live_read_p99_ms", p99(stages.read)),
+            ("live_writer_queue_p99_ms", p99(writerStats.liveQueueWait)),
+            ("live_transaction_p99_ms", p99(writerStats.liveTransaction)),
+            ("bulk_transaction_max_ms", "\(Double(writerStats.longestBulkTransactionMicroseconds) / 1000)"),
             ("snapshot_rows_live", "\(gauges.live)"),
             ("snapshot_rows_evicted", "\(gauges.evicted)"),
             ("snapshot_bytes", "\(gauges.bytes)"),

@@ -18,6 +18,17 @@ extension Mirror {
         let generation: Int64
         /// The connection it was sent on: its reply is stale once another one is current.
         let attempt: Int
+        /// Monotonic ns when it was taken from the dirty set and sent.
+        let sentAt: UInt64
+    }
+
+    /// Where a live change spends its time before the writer has it, over one metrics interval,
+    /// per change: in the dirty set (from its event to its read being sent), and in its read
+    /// (behind the reads ahead of it on the connection, in Redis, and until the loop handles the
+    /// reply). The writer measures the rest (`WriterStatistics`).
+    struct LiveStageLatency {
+        var dirtySet = LatencyHistogram()
+        var read = LatencyHistogram()
     }
 
     // MARK: - Events (loop thread)
@@ -62,7 +73,7 @@ extension Mirror {
                 connection.batchesIssued += 1
                 let batch = ReadBatch(
                     keys: keys, lane: lane, number: connection.batchesIssued, generation: generation,
-                    attempt: connection.attempt)
+                    attempt: connection.attempt, sentAt: SystemTime.monotonicNanoseconds())
                 connection.keysInFlight += keys.count
                 if lane == .sync { connection.syncKeysInFlight += keys.count }
                 // The read's reply is used only once a role check behind it says the node is still
@@ -103,6 +114,13 @@ extension Mirror {
                 "reading keys failed; reconnecting to resync", metadata: ["event": "read_failed", "error": "\(why)"])
             connectionLost("read failed: \(why)")
             return
+        }
+        if batch.lane == .live {
+            let now = SystemTime.monotonicNanoseconds()
+            for (_, entry) in batch.keys where entry.dirtiedAt > 0 && entry.dirtiedAt <= batch.sentAt {
+                liveStages.dirtySet.record(microseconds: (batch.sentAt - entry.dirtiedAt) / 1000)
+            }
+            liveStages.read.record(microseconds: (now - batch.sentAt) / 1000, times: UInt64(batch.keys.count))
         }
         var changes: [SnapshotChange] = []
         changes.reserveCapacity(results.count)

@@ -86,6 +86,8 @@ public final class Mirror: @unchecked Sendable {
     var connectedUntil: Int64?
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
+    /// Live changes' time before the writer, since the last metrics line.
+    var liveStages = LiveStageLatency()
     var timers: [LoopTimer] = []
     var checkHook: LoopCheck?
     var signals: [LoopSignal] = []

@@ -8,11 +8,12 @@ public struct LatencyHistogram: Sendable {
 
     public init() {}
 
-    /// Records one latency.
-    public mutating func record(microseconds value: UInt64) {
-        buckets[LatencyHistogram.bucket(for: value)] += 1
-        count += 1
-        sumMicroseconds &+= value
+    /// Records one latency, or `times` equal ones (the changes of one transaction).
+    public mutating func record(microseconds value: UInt64, times: UInt64 = 1) {
+        guard times > 0 else { return }
+        buckets[LatencyHistogram.bucket(for: value)] += times
+        count += times
+        sumMicroseconds &+= value &* times
         if value > maxMicroseconds { maxMicroseconds = value }
     }
 

@@ -81,6 +81,14 @@ public struct WriterStatistics: Sendable {
     public var latency = LatencyHistogram()
     /// Write-to-commit latency of every change committed since the writer started.
     public var latencySinceStart = LatencyHistogram()
+    /// Live changes over the last interval (reset with `latency`): from their `enqueue` to the
+    /// start of their transaction (behind a bulk transaction, or the previous live one).
+    public var liveQueueWait = LatencyHistogram()
+    /// Live changes over the last interval: the length of the transaction that committed them.
+    public var liveTransaction = LatencyHistogram()
+    /// The longest bulk transaction of the last interval, microseconds: what a live change that
+    /// arrives as it begins waits for.
+    public var longestBulkTransactionMicroseconds: UInt64 = 0
     /// Wall-clock Unix ms of the last commit.
     public var lastCommitAt: Int64 = 0
     /// Changes queued and not yet committed, including those held for a retry (disk full).
@@ -130,6 +138,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     private struct Entry {
         let sequence: UInt64
         var work: Work
+        /// Monotonic ns when it was queued.
+        var queuedAt: UInt64 = 0
     }
 
     private struct Queue {
@@ -229,7 +239,7 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     private func append(_ work: Work, lane: WriterLane) {
         condition.lock()
-        let entry = Entry(sequence: queue.nextSequence, work: work)
+        let entry = Entry(sequence: queue.nextSequence, work: work, queuedAt: SystemTime.monotonicNanoseconds())
         queue.nextSequence += 1
         if lane == .live { queue.live.append(entry) } else { queue.bulk.append(entry) }
         condition.signal()
@@ -309,7 +319,12 @@ public final class SnapshotWriter: @unchecked Sendable {
             var copy = current
             copy.queuedChanges = uncommittedChanges.load(ordering: .relaxed)
             copy.queuedBytes = uncommittedBytes.load(ordering: .relaxed)
-            if resetLatency { current.latency = LatencyHistogram() }
+            if resetLatency {
+                current.latency = LatencyHistogram()
+                current.liveQueueWait = LatencyHistogram()
+                current.liveTransaction = LatencyHistogram()
+                current.longestBulkTransactionMicroseconds = 0
+            }
             return copy
         }
     }
@@ -453,8 +468,18 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
         let changedAt = SystemTime.unixMilliseconds()
         var counts = RowCounts()
+        let began = SystemTime.monotonicNanoseconds()
         try transaction {
             try apply(SnapshotWriter.inKeyOrder(changes), changedAt: changedAt, counts: &counts)
+        }
+        let ended = SystemTime.monotonicNanoseconds()
+        stats.withLock { stats in
+            for entry in pendingLive[..<count] {
+                guard case .changes(let batch, _) = entry.work else { continue }
+                let waited = began > entry.queuedAt ? began - entry.queuedAt : 0
+                stats.liveQueueWait.record(microseconds: waited / 1000, times: UInt64(batch.count))
+            }
+            stats.liveTransaction.record(microseconds: (ended - began) / 1000, times: UInt64(changes.count))
         }
         // Bulk changes queued before these are older: remember the keys, so they are skipped.
         if pendingBulk.contains(where: { if case .changes = $0.work { return true } else { return false } }) {
@@ -519,6 +544,8 @@ public final class SnapshotWriter: @unchecked Sendable {
             try apply(SnapshotWriter.inKeyOrder(run), changedAt: changedAt, counts: &counts)
             applied += run
         }
+        let length = (SystemTime.monotonicNanoseconds() - started) / 1000
+        stats.withLock { $0.longestBulkTransactionMicroseconds = max($0.longestBulkTransactionMicroseconds, length) }
         var skipped = 0
         for entry in pendingBulk[..<consumed] {
             if case .changes(let batch, _) = entry.work { skipped += batch.count }

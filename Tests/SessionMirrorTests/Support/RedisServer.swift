@@ -114,7 +114,9 @@ final class RedisServer: Sendable {
     func restart() async throws {
         stop()
         // The port was just released; a client's ephemeral port could take it in the meantime, so
-        // retry for a moment rather than fail at once.
+        // a server that could not bind it (it ends at once) is tried again for a moment. Only that
+        // one: a server that ran may already have been found by the daemon under test, and
+        // replacing it would be a second restart the test does not know about.
         var lastError: Error?
         for _ in 0..<50 {
             do {
@@ -122,7 +124,7 @@ final class RedisServer: Sendable {
                     binary: binary, port: port, directory: directory, arguments: extraArguments)
                 process.withLock { $0 = child }
                 return
-            } catch {
+            } catch let error as RedisServerError where error.endedAtStart {
                 lastError = error
                 try await Task.sleep(for: .milliseconds(100))
             }
@@ -137,6 +139,10 @@ final class RedisServer: Sendable {
 
     // MARK: - Starting
 
+    /// Starts `binary` on `port` and waits until it answers with its own pid.
+    ///
+    /// - Throws: `RedisServerError` with `endedAtStart` when the server exited at once (its port was
+    ///   taken), or when it ran but did not answer in time (it is killed then).
     private static func launch(binary: String, port: Int, directory: TemporaryDirectory, arguments: [String])
         async throws -> ChildProcess
     {
@@ -146,11 +152,17 @@ final class RedisServer: Sendable {
         ]
         let child = try ChildProcess(
             executable: binary, arguments: baseArguments + arguments, outputPath: directory.file("redis.stdout"))
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
+        // The deadline is checked after each look at the server, never instead of one: the tests
+        // share the process's few cooperative threads with blocking calls, and a short sleep here
+        // can end seconds late. A poller that wakes past the deadline must still see the server
+        // that came up meanwhile; before, it killed that server (which a daemon under test could
+        // already be using) and `restart` started another one.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
             if let ended = child.poll() {
                 throw RedisServerError(
-                    message: "redis-server on port \(port) ended at start (\(ended)): \(child.output())")
+                    message: "redis-server on port \(port) ended at start (\(ended)): \(child.output())",
+                    endedAtStart: true)
             }
             // Another test's server could own this port if ours failed to bind: check the pid.
             if let client = try? RedisConnection(
@@ -165,10 +177,11 @@ final class RedisServer: Sendable {
                     if child.poll() == nil { return child }
                 }
             }
+            if ContinuousClock.now >= deadline { break }
             try await Task.sleep(for: .milliseconds(10))
         }
         child.kill()
-        throw RedisServerError(message: "redis-server on port \(port) did not answer within 10 s: \(child.output())")
+        throw RedisServerError(message: "redis-server on port \(port) did not answer within 30 s: \(child.output())")
     }
 
     /// A TCP port that nothing listens on right now (the kernel's choice for port 0).
@@ -199,5 +212,7 @@ final class RedisServer: Sendable {
 /// redis-server could not be started or stopped.
 struct RedisServerError: Error, CustomStringConvertible {
     let message: String
+    /// The server exited as soon as it started (its port was taken): another attempt may succeed.
+    var endedAtStart = false
     var description: String { message }
 }
