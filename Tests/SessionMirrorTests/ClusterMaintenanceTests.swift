@@ -78,6 +78,55 @@ struct ClusterMaintenanceTests {
         #expect(again.restored == 0 && again.skippedExisting == rows.valid.count)
     }
 
+    @Test("a slot migrating during the restore: ASK sends the key to the importing master, and verify finds it there")
+    func restoreFollowsRedirections() async throws {
+        let cluster = try #require(RedisClusterDeployment.current)
+        try cluster.flushAllMasters()
+        let directory = try TemporaryDirectory(label: "cluster-migrating")
+        let rows = try Self.rows(cluster, valid: 100, expired: 0)
+        let asked = bytes("s:ask")
+        let moved = bytes("s:moved")
+        let now = try cluster.nodes[0].client().serverTimeMilliseconds()
+        let extra = [asked, moved].map {
+            SnapshotRecord(key: $0, type: "string", value: bytes("redirected"), expiresAt: now + 600_000)
+        }
+        try makeSnapshot(directory.file("s.db"), rows.all + extra)
+        try cluster.flushAllMasters()
+
+        // Slot of s:ask: migrating from its master to another, with no key moved yet, so its
+        // master answers ASK for it. Slot of s:moved: given to that other master outright.
+        let source = try cluster.masterServer(for: asked)
+        let target = try #require(try cluster.masterServers().first { $0.port != source.port })
+        let sourceID = try #require(try source.client().command("CLUSTER", "MYID").text)
+        let targetID = try #require(try target.client().command("CLUSTER", "MYID").text)
+        let askSlot = String(ClusterSlot.of(asked))
+        try target.client().checked("CLUSTER", "SETSLOT", askSlot, "IMPORTING", sourceID)
+        try source.client().checked("CLUSTER", "SETSLOT", askSlot, "MIGRATING", targetID)
+        let movedSlot = String(ClusterSlot.of(moved))
+        let movedOwner = try cluster.masterServer(for: moved)
+        if movedOwner.port != target.port {
+            try target.client().checked("CLUSTER", "SETSLOT", movedSlot, "NODE", targetID)
+            try movedOwner.client().checked("CLUSTER", "SETSLOT", movedSlot, "NODE", targetID)
+        }
+
+        let summary = try Self.restore(directory.file("s.db"), cluster.url)
+        #expect(summary.restored == rows.valid.count + 2 && summary.failed == 0, "\(summary.errors)")
+        let onTarget = try target.client().pipeline([[bytes("ASKING")], [bytes("GET"), asked]])
+        #expect(onTarget[1].text == "redirected", "s:ask is on the importing master")
+        #expect(try source.client().command([bytes("EXISTS"), asked]).errorMessage?.hasPrefix("ASK") == true)
+        #expect(try target.client().command([bytes("GET"), moved]).text == "redirected")
+        let report = try Verifier(
+            snapshotPath: directory.file("s.db"), endpoint: try RedisEndpoint(url: cluster.url), scope: .recorded
+        ).run()
+        #expect(report.inSync && report.equal == rows.valid.count + 2, "\(report)")
+
+        // The migration ends: the slot is the target's on every master.
+        for master in try cluster.masterServers() {
+            try master.client().checked("CLUSTER", "SETSLOT", askSlot, "NODE", targetID)
+        }
+        try await cluster.waitUntilReady()
+    }
+
     @Test("verify is in sync on a matching cluster, and counts the share a master lost")
     func verifyFindsALostShare() async throws {
         let cluster = try #require(RedisClusterDeployment.current)
