@@ -130,9 +130,15 @@ public struct Restorer: Sendable {
     /// On a cluster each row goes to the master of its key's slot, pipelined per master; a `MOVED`
     /// or `ASK` reply sends the row again where the cluster says (`RestoreRouting`).
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
-        let started = SystemTime.monotonicNanoseconds()
         let (store, target) = try openSnapshotAndTarget(
             snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint, clusterSeeds: clusterSeeds)
+        return try run(store: store, target: target, progress: progress)
+    }
+
+    /// The restore from an open snapshot into Redis as found by `run(progress:)`; a test gives it a
+    /// cluster whose slot map is stale, to see every row follow its `MOVED`.
+    func run(store: SnapshotStore, target: OneShotRedis, progress: ((Int) -> Void)?) throws -> RestoreSummary {
+        let started = SystemTime.monotonicNanoseconds()
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
         do {
             try store.checkIntegrityKey(options.integrityKey)

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import RedisClient
-import SessionMirror
+@testable import SessionMirror
 import SnapshotStore
 import Testing
 
@@ -125,6 +125,43 @@ struct ClusterMaintenanceTests {
             try master.client().checked("CLUSTER", "SETSLOT", askSlot, "NODE", targetID)
         }
         try await cluster.waitUntilReady()
+    }
+
+    @Test("a stale slot map: each row and each read follows its MOVED to the slot's master, and the map is corrected")
+    func staleSlotMapIsFollowed() async throws {
+        let cluster = try #require(RedisClusterDeployment.current)
+        try cluster.flushAllMasters()
+        let directory = try TemporaryDirectory(label: "cluster-stale-map")
+        let rows = try Self.rows(cluster, valid: 60, expired: 0)
+        try makeSnapshot(directory.file("s.db"), rows.all)
+        try cluster.flushAllMasters()
+        // Every row's slot is believed to be on another master than its own.
+        let current = try cluster.topology()
+        var stale = current
+        for row in rows.valid {
+            let owner = try #require(current.master(for: row.key))
+            let other = try #require(current.masters.first { $0.address != owner.address })
+            stale.assign(slot: ClusterSlot.of(row.key), to: other.address)
+        }
+        let endpoint = try RedisEndpoint(url: cluster.url)
+
+        let summary = try Restorer(
+            snapshotPath: directory.file("s.db"), endpoint: endpoint, options: RestoreOptions(),
+            logger: Logger(label: "cluster-stale-map")
+        ).run(
+            store: SnapshotStore(path: directory.file("s.db"), mode: .readOnly),
+            target: .cluster(RedisClusterConnections(topology: stale, template: endpoint)), progress: nil)
+
+        #expect(summary.restored == rows.valid.count && summary.failed == 0, "\(summary.errors)")
+        for row in rows.valid {
+            #expect(try cluster.masterServer(for: row.key).client().command([bytes("EXISTS"), row.key]).integer == 1)
+        }
+        let connections = RedisClusterConnections(topology: stale, template: endpoint)
+        let read = try connections.readKeys(rows.valid.map(\.key), mode: .pexpiretime)
+        #expect(read.allSatisfy { if case .present = $0 { true } else { false } })
+        for row in rows.valid {
+            #expect(connections.topology.master(for: row.key)?.address == current.master(for: row.key)?.address)
+        }
     }
 
     @Test("verify is in sync on a matching cluster, and counts the share a master lost")
