@@ -89,7 +89,8 @@ struct FailoverReconciliationTests {
     func outageLongerThanTheWindow() async throws {
         try await withMirroredRedis(configure: {
             $0.reconnectMinimumMilliseconds = 20
-            $0.tombstoneLimits.windowMilliseconds = 1000
+            // Long enough to hold the logout below up to the disconnect on a loaded machine.
+            $0.tombstoneLimits.windowMilliseconds = 4000
             $0.pruneIntervalSeconds = 1
         }) { env in
             try env.client.checked("SET", "session:gone", "v", "EX", "3600")
@@ -99,14 +100,17 @@ struct FailoverReconciliationTests {
             try env.client.checked("DEL", "session:gone")
             try await env.waitUntilSnapshotMatchesRedis()
 
-            // Down for three windows: the writer prunes every second meanwhile. Not a timing
-            // check: a slower machine only makes the outage longer.
+            // Down for longer than the window: the writer prunes every second meanwhile. Not a
+            // timing check: a slower machine only makes the outage longer.
             env.redis.stop()
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(6))
             try await env.redis.restart()
 
             let client = try env.redis.client()
-            #expect(await env.mirror.waitForStatistics { $0.failovers >= 1 && $0.failoverLogoutsReapplied >= 1 })
+            #expect(
+                await env.mirror.waitForStatistics(timeout: .seconds(60)) {
+                    $0.failovers >= 1 && $0.failoverLogoutsReapplied >= 1
+                })
             #expect(try client.checked("EXISTS", "session:gone").integer == 0)
             #expect(try client.checked("EXISTS", "session:kept").integer == 1)
         }
