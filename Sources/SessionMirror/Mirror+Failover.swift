@@ -35,7 +35,7 @@ extension Mirror {
     /// reconciliation"). The comparison runs on a thread of its own: it waits for Redis.
     func reconcileFailover(_ failover: FailoverReconciliation, outcome: ReconcileOutcome, evidence: LossEvidence) {
         assertOnLoop()
-        stats.failovers += 1
+        stats.failoverReconciliations += 1
         stats.failoverLostWrites += UInt64(outcome.missingRecentRows)
         let older = outcome.missingRows - outcome.missingRecentRows
         logger.error(

@@ -32,7 +32,7 @@ extension Mirror {
             ("full_syncs", "\(stats.fullSyncs)"),
             ("cache_losses", "\(stats.cacheLosses)"),
             ("restores", "\(stats.restores)"),
-            ("failovers", "\(stats.failovers)"),
+            ("failover_reconciliations", "\(stats.failoverReconciliations)"),
             ("failover_lost_writes", "\(stats.failoverLostWrites)"),
             ("failover_logouts_reapplied", "\(stats.failoverLogoutsReapplied)"),
             ("failover_logouts_superseded", "\(stats.failoverLogoutsSuperseded)"),
@@ -118,8 +118,9 @@ extension Mirror {
         metric("cache_losses_total", "counter", "Cache losses detected.", [("", values["cache_losses"])])
         metric("restores_total", "counter", "Automatic restores run.", [("", values["restores"])])
         metric(
-            "failovers_total", "counter", "Reconnects to a Redis with another run_id that still held data.",
-            [("", values["failovers"])])
+            "failover_reconciliations_total", "counter",
+            "Reconnects to a Redis with another run_id that still held data.",
+            [("", values["failover_reconciliations"])])
         metric(
             "failover_lost_writes_total", "counter", "Recent sessions a failover lost (the new server lacked them).",
             [("", values["failover_lost_writes"])])

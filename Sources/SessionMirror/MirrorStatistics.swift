@@ -12,7 +12,7 @@ public struct MirrorStatistics: Sendable {
     public var restores: UInt64 = 0
     /// Full syncs against a Redis with another `run_id` that still held data (a failover, or a
     /// restart from a persistence file): the failover reconciliation ran.
-    public var failovers: UInt64 = 0
+    public var failoverReconciliations: UInt64 = 0
     /// Rows the snapshot had, changed inside the window before the failover, that the new server lacked.
     public var failoverLostWrites: UInt64 = 0
     /// Logouts the new server had lost, deleted again (the key still held the tombstoned value).

@@ -47,7 +47,7 @@ struct FailoverReconciliationTests {
             try await LostWindow.play(env)
 
             let client = try env.redis.client()
-            #expect(await env.mirror.waitForStatistics { $0.failovers >= 1 && $0.restores >= 1 })
+            #expect(await env.mirror.waitForStatistics { $0.failoverReconciliations >= 1 && $0.restores >= 1 })
             for key in LostWindow.new {
                 #expect(try client.checked("GET", key).text == "fresh-\(key)", "\(key), written before the failover")
             }
@@ -60,9 +60,10 @@ struct FailoverReconciliationTests {
             #expect(env.mirror.log.records(event: "failover_lost_writes").first?.metadata["count"] == "5")
             #expect(env.mirror.log.records(event: "failover_logout_reapplied").first?.metadata["count"] == "3")
             #expect(env.mirror.log.records(event: "failover_logout_superseded").first?.metadata["count"] == "1")
+            // At least: a reconnect while the first reconciliation is being committed runs it again.
             let statistics = env.mirror.mirror.statistics()
-            #expect(statistics.failoverLostWrites == 5 && statistics.failoverLogoutsReapplied == 3)
-            #expect(statistics.failoverLogoutsSuperseded == 1)
+            #expect(statistics.failoverLostWrites >= 5 && statistics.failoverLogoutsReapplied == 3)
+            #expect(statistics.failoverLogoutsSuperseded >= 1)
             // The mirror follows the server again: the re-applied logouts leave the snapshot too.
             let match = try await env.waitUntilSnapshotMatchesRedis()
             #expect(LostWindow.loggedOut.allSatisfy { match.row($0) == nil })
@@ -109,7 +110,7 @@ struct FailoverReconciliationTests {
             let client = try env.redis.client()
             #expect(
                 await env.mirror.waitForStatistics(timeout: .seconds(60)) {
-                    $0.failovers >= 1 && $0.failoverLogoutsReapplied >= 1
+                    $0.failoverReconciliations >= 1 && $0.failoverLogoutsReapplied >= 1
                 })
             #expect(try client.checked("EXISTS", "session:gone").integer == 0)
             #expect(try client.checked("EXISTS", "session:kept").integer == 1)
@@ -128,7 +129,7 @@ struct FailoverReconciliationTests {
             try await env.redis.restart()
             let client = try env.redis.client()
             #expect(await eventually(timeout: .seconds(20)) { (try? redisKeys(client, prefix: env.prefix).count) == 4 })
-            #expect(env.mirror.mirror.statistics().failovers == 0)
+            #expect(env.mirror.mirror.statistics().failoverReconciliations == 0)
             #expect(try client.checked("EXISTS", "session:s0").integer == 0)
         }
     }
@@ -169,7 +170,7 @@ struct ReplicaFailoverTests {
         }
         defer { second.stop() }
         try await second.waitUntilReady()
-        #expect(await second.waitForStatistics { $0.failovers >= 1 && $0.restores >= 1 })
+        #expect(await second.waitForStatistics { $0.failoverReconciliations >= 1 && $0.restores >= 1 })
         #expect(try replicaClient.checked("GET", "session:new").text == "fresh")
         #expect(try replicaClient.checked("EXISTS", "session:old0").integer == 0)
         #expect(try replicaClient.checked("EXISTS", "session:old1").integer == 1)

@@ -204,7 +204,7 @@ private let metricsLineSeries: [(String, String)] = [
     ("sessionmirror_full_syncs_total", "full_syncs"),
     ("sessionmirror_cache_losses_total", "cache_losses"),
     ("sessionmirror_restores_total", "restores"),
-    ("sessionmirror_failovers_total", "failovers"),
+    ("sessionmirror_failover_reconciliations_total", "failover_reconciliations"),
     ("sessionmirror_failover_lost_writes_total", "failover_lost_writes"),
     ("sessionmirror_failover_logouts_total{outcome=\"reapplied\"}", "failover_logouts_reapplied"),
     ("sessionmirror_failover_logouts_total{outcome=\"superseded\"}", "failover_logouts_superseded"),
