@@ -188,6 +188,8 @@ extension Mirror {
         reconnectAttempt = 0
         storedRunID = evidence.runID
         storedEvictedKeys = evidence.evictedKeys
+        // The reconciliation read the tombstones it needs: the window runs from now again.
+        writer.holdTombstones(at: nil)
         if outcome.refusedReason == nil, let connection, connection.attempt == attempt { writeCanary(on: connection) }
         let seconds = Double(SystemTime.monotonicNanoseconds() - state.startedAt) / 1e9
         logger.info(

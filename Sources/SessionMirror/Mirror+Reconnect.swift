@@ -95,6 +95,8 @@ extension Mirror {
         }
         if wasConnected {
             connectedUntil = SystemTime.unixMilliseconds()
+            // Until the next full sync has reconciled: a failover takes as long as it takes.
+            writer.holdTombstones(at: connectedUntil)
             stats.reconnects += 1
             lastReportedFailure = reason
             onStatus?("disconnected from Redis, reconnecting: \(reason)")

@@ -161,6 +161,9 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let uncommittedChanges = Atomic<Int>(0)
     private let uncommittedBytes = Atomic<Int>(0)
     private let uncommittedLiveBytes = Atomic<Int>(0)
+    /// While not 0: the tombstone window is measured back from this time (local Unix ms), not
+    /// from now (`holdTombstones(at:)`).
+    private let tombstoneClockHeldAt = Atomic<Int64>(0)
     private let abandonedChanges = Atomic<Int>(0)
     private let done = DispatchSemaphore(value: 0)
     private let pruneIntervalMilliseconds: Int64
@@ -209,6 +212,13 @@ public final class SnapshotWriter: @unchecked Sendable {
     public var queuedLiveBytes: Int { uncommittedLiveBytes.load(ordering: .relaxed) }
     /// Changes that were still not committed when the writer gave up at shutdown (0 normally).
     public var changesNotWritten: Int { abandonedChanges.load(ordering: .relaxed) }
+
+    /// While the mirror cannot reach Redis, the tombstones of the window before it lost the
+    /// connection are what a failover reconciliation will need: `at` (local Unix ms) holds the
+    /// window there until `holdTombstones(at: nil)`. The bounds in rows and bytes still apply.
+    public func holdTombstones(at time: Int64?) {
+        tombstoneClockHeldAt.store(time ?? 0, ordering: .relaxed)
+    }
 
     /// Queues changes; returns at once.
     public func enqueue(_ changes: [SnapshotChange], lane: WriterLane = .live) {
@@ -389,8 +399,10 @@ public final class SnapshotWriter: @unchecked Sendable {
                         sequence: pendingBulk.last?.sequence ?? 0,
                         work: .step(
                             { [self] store in
+                                let now = SystemTime.unixMilliseconds()
+                                let held = tombstoneClockHeldAt.load(ordering: .relaxed)
                                 let prune = try store.pruneTombstones(
-                                    now: SystemTime.unixMilliseconds(), limits: limits)
+                                    now: held > 0 ? min(now, held) : now, limits: limits)
                                 return .done(after: { [self] in tombstonesPruned(prune) })
                             }, holdsLive: false)))
             }
