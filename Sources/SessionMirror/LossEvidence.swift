@@ -82,9 +82,12 @@ struct LossEvidence: Equatable, Sendable {
     }
 
     /// The reconciliation that applies this decision to the rows of the full sync `generation`.
-    func reconciliation(generation: Int64, now: Int64, maxDeleteFraction: Double) -> Reconciliation {
+    /// With `keyFilter`, only the rows it accepts (a cluster master's slots).
+    func reconciliation(
+        generation: Int64, now: Int64, maxDeleteFraction: Double, keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
+    ) -> Reconciliation {
         Reconciliation(
             generation: generation, now: now, maxDeleteFraction: maxDeleteFraction, runIDChanged: runIDChanged,
-            lossRuledOut: lossRuledOut)
+            lossRuledOut: lossRuledOut, keyFilter: keyFilter)
     }
 }

@@ -86,10 +86,31 @@ extension Mirror {
                 return
             }
             connection.runID = RedisInfo(text).runID
-            connection.reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
-                guard let self, let reply else { return }
-                self.checkNotifications(reply, on: connection)
+            self.refuseClusterNodeIfStandalone(on: connection) {
+                connection.reader.send(.command("CONFIG", "GET", "notify-keyspace-events")) { [weak self] reply in
+                    guard let self, let reply else { return }
+                    self.checkNotifications(reply, on: connection)
+                }
             }
+        }
+    }
+
+    /// A single Redis's engine refuses a cluster node: it would mirror only that node's share. `run`
+    /// asks before it starts (and then mirrors the cluster); this is for a node that could not be
+    /// asked then. A refused `INFO cluster` proves nothing either way.
+    private func refuseClusterNodeIfStandalone(on connection: NodeConnection, then next: @escaping () -> Void) {
+        guard !isClusterNode else { return next() }
+        connection.reader.send(.command("INFO", "cluster")) { [weak self] reply in
+            guard let self, let reply else { return }
+            if let text = reply.text, RedisInfo(text).fields["cluster_enabled"] == "1" {
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "\(self.configuration.endpoint) is a Redis Cluster node: restart sessionmirror "
+                            + "to mirror the whole cluster (it asks at start, and could not reach the node then)",
+                        permanent: true))
+                return
+            }
+            next()
         }
     }
 

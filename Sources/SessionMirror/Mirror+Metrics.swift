@@ -11,15 +11,36 @@ extension Mirror {
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
         }
-        let fields: [(String, String)] = [
-            ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
+        let fields = Mirror.metricFields(
+            stats, eventsReceived: dirty.eventsReceived.load(ordering: .relaxed),
+            dirtyBacklog: dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0), writer: writerStats,
+            gauges: gauges, connected: connected != nil, runID: connection?.runID ?? "")
+        var metadata: Logger.Metadata = ["event": "metrics"]
+        for (key, value) in fields { metadata[key] = "\(value)" }
+        logger.info("metrics", metadata: metadata)
+        if let metricsFile {
+            let text = Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
+            // Off the loop: a file write may wait for the disk.
+            DispatchQueue.global(qos: .utility).async { [logger] in
+                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
+            }
+        }
+    }
+
+    /// The fields of an `event=metrics` line, in order.
+    static func metricFields(
+        _ stats: MirrorStatistics, eventsReceived: UInt64, dirtyBacklog: Int, writer writerStats: WriterStatistics,
+        gauges: (live: Int, evicted: Int, bytes: Int64), connected: Bool, runID: String
+    ) -> [(String, String)] {
+        [
+            ("events_received", "\(eventsReceived)"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
             ("values_too_large", "\(stats.valuesTooLarge)"),
             ("rows_upserted", "\(writerStats.rowsUpserted)"),
             ("rows_deleted", "\(writerStats.rowsDeleted)"),
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
-            ("dirty_backlog", "\(dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0))"),
+            ("dirty_backlog", "\(dirtyBacklog)"),
             ("writer_queue", "\(writerStats.queuedChanges)"),
             ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
             ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
@@ -33,19 +54,9 @@ extension Mirror {
             ("cache_losses", "\(stats.cacheLosses)"),
             ("restores", "\(stats.restores)"),
             ("errors", "\(stats.errors + writerStats.writeErrors)"),
-            ("connected", "\(connected != nil)"),
-            ("redis.run_id", "\(connection?.runID ?? "")"),
+            ("connected", "\(connected)"),
+            ("redis.run_id", runID),
         ]
-        var metadata: Logger.Metadata = ["event": "metrics"]
-        for (key, value) in fields { metadata[key] = "\(value)" }
-        logger.info("metrics", metadata: metadata)
-        if let metricsFile {
-            let text = Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
-            // Off the loop: a file write may wait for the disk.
-            DispatchQueue.global(qos: .utility).async { [logger] in
-                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
-            }
-        }
     }
 
     /// The metrics in Prometheus text format (https://prometheus.io/docs/instrumenting/exposition_formats/).

@@ -26,7 +26,8 @@ extension Mirror {
         lastReportedFailure = reason
         onStatus?("Redis unavailable, retrying: \(reason)")
         logger.error(
-            "cannot use Redis; retrying with backoff", metadata: ["event": "redis_unavailable", "error": "\(reason)"])
+            "cannot use Redis; retrying with backoff",
+            metadata: nodeMetadata(["event": "redis_unavailable", "error": "\(reason)"]))
     }
 
     func connectionLost(_ reason: String) {
@@ -38,13 +39,14 @@ extension Mirror {
             finishShutdownIfDrained()
             return
         }
+        if case .clusterNode(let member) = deployment { member.nodeLost() }
         if wasConnected {
             stats.reconnects += 1
             lastReportedFailure = reason
             onStatus?("disconnected from Redis, reconnecting: \(reason)")
             logger.warning(
                 "lost the connection to Redis; changes in the gap are recovered by a full sync after reconnecting",
-                metadata: ["event": "disconnected", "error": "\(reason)"])
+                metadata: nodeMetadata(["event": "disconnected", "error": "\(reason)"]))
         } else {
             reportUnavailable(reason)
         }
@@ -70,6 +72,8 @@ extension Mirror {
         old?.reader.abort()
         subscription.abort()
         dirty.state.withLock { $0.removeAll() }
+        askingKeys.removeAll()
+        releaseSyncTurn()
     }
 
     private func scheduleReconnect() {

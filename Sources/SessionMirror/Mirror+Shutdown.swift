@@ -17,6 +17,7 @@ extension Mirror {
         case .connected: break
         }
         connection?.sync = nil
+        releaseSyncTurn()
         state = .stopping(Shutdown(connection: connection, barrierReached: false))
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
         onStopping?()

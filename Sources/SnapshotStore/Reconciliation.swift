@@ -17,6 +17,9 @@ public struct Reconciliation: Sendable {
     let maxDeleteFraction: Double
     let runIDChanged: Bool
     let lossRuledOut: Bool
+    /// The rows this reconciliation is about; nil: every row. A cluster master's full sync saw only
+    /// the keys of the slots it serves, and decides only on those rows.
+    let keyFilter: (@Sendable ([UInt8]) -> Bool)?
 
     enum Phase: Sendable {
         /// Counting, key range by key range after `after`. With `deleting` (the evidence already
@@ -32,8 +35,13 @@ public struct Reconciliation: Sendable {
     /// `lossRuledOut` is the caller's proof that Redis kept its data through the gap (the canary
     /// key survived, no eviction happened): then missing rows are deletions, however many.
     /// Otherwise nothing is deleted when Redis restarted (`runIDChanged`) or more than
-    /// `maxDeleteFraction` of the unexpired rows would go.
-    public init(generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool) {
+    /// `maxDeleteFraction` of the unexpired rows would go. With `keyFilter`, the rows it refuses are
+    /// neither counted nor deleted.
+    public init(
+        generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool,
+        keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
+    ) {
+        self.keyFilter = keyFilter
         self.generation = generation
         self.now = now
         self.maxDeleteFraction = maxDeleteFraction
@@ -57,7 +65,7 @@ public struct Reconciliation: Sendable {
         switch phase {
         case .counting(let after, var unexpired, var missing, var deleted, let deleting):
             let piece = try store.reconcilePiece(
-                after: after, limit: rows, generation: generation, now: now, delete: deleting)
+                after: after, limit: rows, generation: generation, now: now, delete: deleting, keyFilter: keyFilter)
             unexpired += piece.unexpired
             missing += piece.missing
             deleted += piece.deleted
@@ -82,7 +90,7 @@ public struct Reconciliation: Sendable {
                 after: last, unexpired: unexpired, missing: missing, deleted: deleted, deleting: deleting)
         case .deleting(let after, var outcome):
             let piece = try store.reconcilePiece(
-                after: after, limit: rows, generation: generation, now: now, delete: true)
+                after: after, limit: rows, generation: generation, now: now, delete: true, keyFilter: keyFilter)
             outcome.deleted += piece.deleted
             guard let last = piece.lastKey else {
                 try store.endFullSync()
@@ -109,10 +117,11 @@ extension SnapshotStore {
 
     /// Reads up to `limit` rows in key order after `after` (an empty key: from the start), counts
     /// the unexpired ones and those the sync of `generation` did not see, and with `delete`
-    /// deletes the latter.
-    func reconcilePiece(after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool) throws
-        -> ReconcilePiece
-    {
+    /// deletes the latter. Rows `keyFilter` refuses count as read, nothing else.
+    func reconcilePiece(
+        after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool,
+        keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
+    ) throws -> ReconcilePiece {
         // Keys are never empty (every prefix is non-empty), so `key > x''` starts at the first row.
         let select = try database.prepare(
             """
@@ -129,12 +138,13 @@ extension SnapshotStore {
         var gone: [[UInt8]] = []
         while try select.step() {
             let key = select.blob(0)
+            piece.lastKey = key
+            if let keyFilter, !keyFilter(key) { continue }
             if select.int64(1) != 0 { piece.unexpired += 1 }
             if select.int64(2) != 0 {
                 piece.missing += 1
                 if delete { gone.append(key) }
             }
-            piece.lastKey = key
         }
         select.reset()
         for key in gone {
