@@ -48,11 +48,14 @@ final class RedisServer: Sendable {
     /// `arguments` are added to the command line, for example `["--notify-keyspace-events", "Elg"]`
     /// or `["--rename-command", "CONFIG", ""]`. A port taken by someone else between choosing and
     /// binding is retried with another port. `binary` runs another server (Redis 6.2, Valkey).
-    static func start(binary: String = executable, arguments: [String] = []) async throws -> RedisServer {
+    /// `choosingPort` picks the port instead of the kernel (a cluster node also needs port + 10000).
+    static func start(
+        binary: String = executable, arguments: [String] = [], choosingPort: (() throws -> Int)? = nil
+    ) async throws -> RedisServer {
         let directory = try TemporaryDirectory(label: "redis")
         var lastError: Error?
         for _ in 0..<5 {
-            let port = try freePort()
+            let port = try choosingPort?() ?? freePort()
             do {
                 let child = try await launch(binary: binary, port: port, directory: directory, arguments: arguments)
                 return RedisServer(
@@ -171,18 +174,19 @@ final class RedisServer: Sendable {
         throw RedisServerError(message: "redis-server on port \(port) did not answer within 10 s: \(child.output())")
     }
 
-    /// A TCP port that nothing listens on right now (the kernel's choice for port 0).
+    /// A TCP port that nothing listens on right now: `requested`, or the kernel's choice for 0.
+    /// Throws when `requested` is taken.
     ///
     /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
     /// Another process may take the port before redis-server binds it; `start` then retries.
-    private static func freePort() throws -> Int {
+    static func freePort(requesting requested: Int = 0) throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
+        address.sin_port = UInt16(requested).bigEndian
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
