@@ -89,11 +89,14 @@ struct StoredEvidence: Sendable, Equatable {
     struct Names: Sendable {
         let runID: String
         let evictedKeys: String
+        /// `node.<id>.address`, for `status`; nil for a single Redis.
+        let address: String?
 
         init(node: String?) {
             let prefix = node.map { "\(StoredEvidence.nodePrefix)\($0)." } ?? ""
             runID = prefix + "redis_run_id"
             evictedKeys = prefix + "redis_evicted_keys"
+            address = node.map { _ in prefix + "address" }
         }
     }
 

@@ -229,10 +229,12 @@ extension Mirror {
             turnRelease = nil
         }
         let names = evidenceNames
+        let address = nodeLabel
         writer.enqueue(
             steps: reconcileStep(reconciliation) { [self] store, outcome in
                 try store.setMetadata(names.runID, evidence.runID)
                 try store.setMetadata(names.evictedKeys, evidence.evictedKeys.map { String($0) })
+                if let name = names.address { try store.setMetadata(name, address) }
                 try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
                 return {
                     // After the commit: a transaction that failed runs this step again.

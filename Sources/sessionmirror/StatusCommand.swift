@@ -39,6 +39,9 @@ struct StatusCommand: ParsableCommand {
                 redis run_id    \(status.redisRunID ?? "none yet")
                 quick_check     \(status.quickCheck)
                 """)
+            for node in status.clusterNodes ?? [] {
+                print("cluster master  \(node.address ?? node.id): run_id \(node.redisRunID ?? "none yet")")
+            }
         }
         if status.quickCheck != "ok" { throw ExitCode(1) }
     }

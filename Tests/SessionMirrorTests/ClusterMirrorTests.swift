@@ -35,6 +35,11 @@ struct ClusterMirrorTests {
         #expect(nodes.allSatisfy { $0.statistics.connected && $0.statistics.keysRead > 0 })
         #expect(mirror.log.records(event: "cache_loss_suspected").isEmpty)
         #expect(mirror.stop() == 0)
+        // `status --json` lists each master with the evidence its last full sync recorded.
+        let status = try SnapshotStatus.read(path: directory.file("s.db"))
+        let masters = try cluster.masterServers().map { "127.0.0.1:\($0.port)" }.sorted()
+        #expect(status.clusterNodes?.compactMap(\.address) == masters)
+        #expect(status.clusterNodes?.allSatisfy { $0.redisRunID != nil } == true)
     }
 
     @Test("a master restarted empty is reported as the loss of its share alone, and only that share is restored")

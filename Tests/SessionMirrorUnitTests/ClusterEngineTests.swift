@@ -60,4 +60,15 @@ struct ClusterEngineTests {
         #expect(generations.next() == 43)
         #expect(generations.current == 43)
     }
+
+    @Test("slots without a master are found wherever they are, from slot 0 on")
+    func slotsWithoutMaster() throws {
+        let node = ClusterNode(id: "a", address: ClusterNodeAddress(host: "127.0.0.1", port: 7000))
+        let none = try ClusterTopology(shards: [ClusterShard(master: node, slots: [])])
+        #expect(ClusterMirror.slotsWithoutMaster(in: none) == [0...16383])
+        let some = try ClusterTopology(shards: [ClusterShard(master: node, slots: [100...200, 300...16383])])
+        #expect(ClusterMirror.slotsWithoutMaster(in: some) == [0...99, 201...299])
+        let all = try ClusterTopology(shards: [ClusterShard(master: node, slots: [0...16383])])
+        #expect(ClusterMirror.slotsWithoutMaster(in: all).isEmpty)
+    }
 }
