@@ -115,6 +115,35 @@ struct ClusterMirrorTests {
         #expect(mirror.stop() == 0)
     }
 
+    @Test("FLUSHALL on one master is detected as the loss of its share, and only that share is restored")
+    func oneMasterFlushed() async throws {
+        let cluster = try #require(RedisClusterDeployment.current)
+        let directory = try TemporaryDirectory(label: "cluster-flush")
+        let prefix = "flush:"
+        let keys = (0..<180).map { bytes("\(prefix)\($0)") }
+        for key in keys { try cluster.setSession(key) }
+        let mirror = try RunningClusterMirror.start(
+            cluster, prefix: prefix, snapshotPath: directory.file("s.db"), configure: { $0.onCacheLoss = .restore })
+        defer { mirror.stop() }
+        try await mirror.waitUntilReady()
+        try await waitUntilSnapshotMatchesCluster(cluster, prefix: prefix, snapshotPath: directory.file("s.db"))
+
+        let flushed = try cluster.masterServers()[2]
+        let share = try keys.filter { try cluster.masterServer(for: $0).port == flushed.port }
+        try flushed.client().checked("FLUSHALL")
+
+        let everyKeyBack = await eventually(timeout: .seconds(60)) {
+            (try? keys.allSatisfy { try cluster.command(forKey: $0, [bytes("EXISTS"), $0]).integer == 1 }) == true
+        }
+        #expect(everyKeyBack, "\(mirror.log.text)")
+        let losses = mirror.log.records(event: "cache_loss")
+        #expect(!losses.isEmpty && losses.allSatisfy { $0.metadata["node"] == "127.0.0.1:\(flushed.port)" })
+        let restores = mirror.log.records(event: "restore_finished")
+        #expect(restores.allSatisfy { $0.metadata["node"] == "127.0.0.1:\(flushed.port)" }, "\(restores)")
+        #expect(restores.map { Int($0.metadata["restored"] ?? "") ?? 0 }.reduce(0, +) == share.count)
+        #expect(mirror.stop() == 0)
+    }
+
     @Test("a replica promoted with CLUSTER FAILOVER is followed: changes on it are mirrored")
     func failoverIsFollowed() async throws {
         let cluster = try #require(RedisClusterDeployment.current)
