@@ -12,6 +12,8 @@ public struct DoctorCheck: Sendable, Codable, Equatable {
     public var detail: String
     /// What to do about it, for warn and fail.
     public var fix: String?
+    /// On a cluster, the master (`host:port`) the check ran on; nil for the server or the cluster.
+    public var node: String?
 }
 
 /// A preflight an operator runs before installing: can the mirror and restore work against this
@@ -91,8 +93,15 @@ public struct Doctor: Sendable {
     /// Runs every check; the first failing connect ends the list.
     public func run() -> [DoctorCheck] { inspect().checks }
 
-    /// Runs every check, and says which server answered (nil when it could not be told).
+    /// Runs every check, and says which server answered (nil when it could not be told). On a
+    /// cluster node, checks the cluster and then every master (`inspectCluster`).
     public func inspect() -> (checks: [DoctorCheck], server: ServerProfile?) {
+        if let topology = clusterTopology() { return inspectCluster(topology) }
+        return inspectNode(probe: "__sessionmirror__:doctor:\(UInt32.random(in: 0...UInt32.max))")
+    }
+
+    /// Runs every check on one server; `probe` is the key the write and read checks use.
+    func inspectNode(probe: String) -> (checks: [DoctorCheck], server: ServerProfile?) {
         var checks: [DoctorCheck] = []
         var server: ServerProfile?
         func add(_ name: String, _ status: DoctorCheck.Status, _ detail: String, fix: String? = nil) {
@@ -189,7 +198,6 @@ public struct Doctor: Sendable {
         }
 
         // The reads: the mirror's script on a probe key, SCAN, CLIENT TRACKING.
-        let probe = "__sessionmirror__:doctor:\(UInt32.random(in: 0...UInt32.max))"
         let setProbe = reply(["SET", probe, "probe", "PX", "10000", "NX"])
         add(
             "write", setProbe.errorMessage == nil ? .ok : .fail,

@@ -7,7 +7,10 @@ import SnapshotStore
 /// that no later restore can bring them back.
 public struct Purger {
     public let snapshotPath: String
+    /// The server, or any node of a cluster (then every master is purged).
     public let endpoint: RedisEndpoint
+    /// More nodes of the same cluster (`cluster_nodes`); any given means the target must be a cluster.
+    public var clusterSeeds: [RedisEndpoint] = []
     /// The keys deleted: the given prefixes, or those the daemon recorded in the snapshot; never
     /// every key.
     public let scope: KeyScope
@@ -38,23 +41,32 @@ public struct Purger {
         if case .prefixes(let prefixes) = scope, prefixes.isEmpty || prefixes.contains(where: \.isEmpty) {
             throw OneShotCommandError(description: "--prefix: an empty prefix would delete every key in the database")
         }
-        let (store, redis) = try openSnapshotAndRedis(
-            snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint)
+        let (store, target) = try openSnapshotAndTarget(
+            snapshotPath: snapshotPath, mode: .maintenance, endpoint: endpoint, clusterSeeds: clusterSeeds)
+        defer { target.close() }
         guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
             throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
-        // also removes evicted rows and rows of keys Redis had already lost.
-        for prefix in prefixes {
-            try redis.scanKeys(under: prefix) { names in
-                guard !names.isEmpty else { return }
-                let deleted = try redis.command([Array("UNLINK".utf8)] + names)
-                guard let count = deleted.integer else {
-                    throw OneShotCommandError(
-                        description: "UNLINK was refused: \(deleted.errorMessage ?? "unexpected reply")")
+        // also removes evicted rows and rows of keys Redis had already lost. On a cluster each
+        // master is scanned for its share, and an UNLINK names keys of one slot only.
+        let isCluster = if case .cluster = target { true } else { false }
+        for (address, redis) in try target.nodeConnections {
+            for prefix in prefixes {
+                try redis.scanKeys(under: prefix) { names in
+                    guard !names.isEmpty else { return }
+                    let groups = isCluster ? Dictionary(grouping: names, by: ClusterSlot.of).map(\.value) : [names]
+                    let replies = try redis.pipeline(groups.map { [Array("UNLINK".utf8)] + $0 })
+                    for reply in replies {
+                        guard let count = reply.integer else {
+                            throw OneShotCommandError(
+                                description:
+                                    "UNLINK was refused on \(address): \(reply.errorMessage ?? "unexpected reply")")
+                        }
+                        summary.redisKeysDeleted += Int(count)
+                    }
                 }
-                summary.redisKeysDeleted += Int(count)
             }
         }
         do {

@@ -45,3 +45,18 @@ func openSnapshotAndRedis(
         throw OneShotCommandError(description: "\(error)")
     }
 }
+
+/// Opens the snapshot and connects to Redis, a single server or every master of a cluster
+/// (`OneShotRedis`), the snapshot first so that a bad path stops the command before Redis is
+/// touched. Errors become a `OneShotCommandError` with the message to print.
+func openSnapshotAndTarget(
+    snapshotPath: String, mode: SnapshotStore.Mode, endpoint: RedisEndpoint, clusterSeeds: [RedisEndpoint]
+) throws -> (SnapshotStore, OneShotRedis) {
+    let store: SnapshotStore
+    do {
+        store = try SnapshotStore(path: snapshotPath, mode: mode)
+    } catch {
+        throw OneShotCommandError(description: "\(error)")
+    }
+    return (store, try OneShotRedis.connect(endpoint: endpoint, clusterSeeds: clusterSeeds))
+}

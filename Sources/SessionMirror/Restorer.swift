@@ -108,13 +108,20 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
 /// by Redis's own clock (`TIME`), so a session that Redis would consider expired is not restored.
 public struct Restorer: Sendable {
     public let snapshotPath: String
+    /// The server, or any node of a cluster (then every master is restored to).
     public let endpoint: RedisEndpoint
+    /// More nodes of the same cluster (`cluster_nodes`); any given means the target must be a cluster.
+    public let clusterSeeds: [RedisEndpoint]
     public let options: RestoreOptions
     public let logger: Logger
 
-    public init(snapshotPath: String, endpoint: RedisEndpoint, options: RestoreOptions, logger: Logger) {
+    public init(
+        snapshotPath: String, endpoint: RedisEndpoint, clusterSeeds: [RedisEndpoint] = [], options: RestoreOptions,
+        logger: Logger
+    ) {
         self.snapshotPath = snapshotPath
         self.endpoint = endpoint
+        self.clusterSeeds = clusterSeeds
         self.options = options
         self.logger = logger
     }
@@ -123,45 +130,41 @@ public struct Restorer: Sendable {
     ///
     /// Stops early, with `stoppedBy` set, when Redis refuses every write (`refusalLimit` identical
     /// errors in a row that are not about one key): the rows not sent are counted, not tried.
+    /// On a cluster each row goes to the master of its key's slot, pipelined per master; a `MOVED`
+    /// or `ASK` reply sends the row again where the cluster says (`RestoreRouting`).
     public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
         let started = SystemTime.monotonicNanoseconds()
-        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
+        let (store, target) = try openSnapshotAndTarget(
+            snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint, clusterSeeds: clusterSeeds)
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
         do {
             try store.checkIntegrityKey(options.integrityKey)
         } catch {
             throw OneShotCommandError(description: "\(error)")
         }
-        let now = try redis.serverTimeMilliseconds()
-        let maximumValueBytes = redis.maximumArgumentBytes()
+        var routing = try RestoreRouting(target)
+        let now = try routing.pipelines[0].connection.serverTimeMilliseconds()
+        let maximumValueBytes = routing.pipelines.map { $0.connection.maximumArgumentBytes() }.min() ?? 512 << 20
         var outcome = ReplyOutcome(options: options, prefixes: prefixes ?? [], logger: logger)
         outcome.summary.dryRun = options.dryRun
-        var pending: [(key: [UInt8], bytes: Int)] = []  // commands whose replies are pending, in order
-        var pendingHead = 0
-        var pendingBytes = 0
+        var redirected: [(redirect: ClusterRedirect, row: SnapshotRecord)] = []
 
-        func drain(keepingCount countLimit: Int, bytes byteLimit: Int) throws {
-            while pending.count - pendingHead > countLimit || (pendingBytes > byteLimit && pending.count > pendingHead)
-            {
-                let (key, bytes) = pending[pendingHead]
-                pendingHead += 1
-                pendingBytes -= bytes
-                outcome.record(try redis.readReply(), key: key)
+        /// Reads replies of pipeline `index` until at most `countLimit` commands and `byteLimit`
+        /// bytes are in flight there; a redirected row waits for `resend`.
+        func drain(_ index: Int, keepingCount countLimit: Int, bytes byteLimit: Int) throws {
+            let host = routing.pipelines[index].host
+            var moved: [ClusterRedirect] = []
+            try routing.pipelines[index].drain(keepingCount: countLimit, bytes: byteLimit) { reply, write in
+                if let row = write.row, let message = reply.errorMessage,
+                    let redirect = ClusterRedirect(errorMessage: message, answeredBy: host)
+                {
+                    redirected.append((redirect, row))
+                    moved.append(redirect)
+                } else {
+                    outcome.record(reply, key: write.key)
+                }
             }
-            if pendingHead > 65_536 {
-                pending.removeFirst(pendingHead)
-                pendingHead = 0
-            }
-        }
-
-        // Commands are encoded into one buffer and handed to hiredis a block at a time.
-        var encoded: [UInt8] = []
-        encoded.reserveCapacity(1 << 20)
-        var encodedCount = 0
-        func flushEncoded() throws {
-            try redis.appendEncoded(encoded, commandCount: encodedCount)
-            encoded.removeAll(keepingCapacity: true)
-            encodedCount = 0
+            if !moved.isEmpty { try routing.follow(moved) }
         }
 
         do {
@@ -194,31 +197,32 @@ public struct Restorer: Sendable {
                     outcome.tooLarge(key, bytes: row.value.count, limit: maximumValueBytes)
                     return true
                 }
-                let before = encoded.count
-                encode(row, key: key, into: &encoded)
-                encodedCount += 1
-                pending.append((key, encoded.count - before))
-                pendingBytes += encoded.count - before
-                if encodedCount == 1024 || encoded.count >= 1 << 20 { try flushEncoded() }
+                let index = try routing.pipelineIndex(for: key)
+                let flushed = try routing.pipelines[index].add(key: key, row: row) { encode(row, key: key, into: &$0) }
                 // Read replies in blocks: the first read of a block flushes every command appended
                 // since the last one in one write, and each read takes many replies. Draining one
                 // reply per command cost a write and a read syscall per key (half the client's
                 // time went to the kernel).
-                if encodedCount == 0
-                    && (pending.count - pendingHead >= options.pipelineDepth + 1024
-                        || pendingBytes > options.pipelineBytes)
+                if flushed
+                    && (routing.pipelines[index].inFlight >= options.pipelineDepth + 1024
+                        || routing.pipelines[index].pendingBytes > options.pipelineBytes)
                 {
-                    try drain(keepingCount: options.pipelineDepth, bytes: options.pipelineBytes / 2)
+                    try drain(index, keepingCount: options.pipelineDepth, bytes: options.pipelineBytes / 2)
                 }
                 let done = outcome.summary.total
                 if done % 100_000 == 0, done > 0 { progress?(done) }
                 return true
             }
-            try flushEncoded()
-            try drain(keepingCount: 0, bytes: 0)
+            for index in routing.pipelines.indices {
+                try routing.pipelines[index].flushEncoded()
+                try drain(index, keepingCount: 0, bytes: 0)
+            }
+            // Rows a cluster node sent elsewhere (a slot moved, or is moving, during the restore).
+            try resend(redirected, routing: &routing, outcome: &outcome)
         } catch let error as RedisError {
             throw OneShotCommandError(description: "restore stopped after \(outcome.summary.restored) keys: \(error)")
         }
+        routing.close()
         outcome.finish()
         var summary = outcome.summary
         summary.elapsedSeconds = Double(SystemTime.monotonicNanoseconds() - started) / 1e9
@@ -226,7 +230,7 @@ public struct Restorer: Sendable {
         return summary
     }
 
-    private func renamed(_ key: [UInt8]) -> [UInt8] {
+    func renamed(_ key: [UInt8]) -> [UInt8] {
         // A key already under the new prefix stays as it is: `…cache` is a prefix of `…cached_db`,
         // so renaming cache=cached_db would otherwise turn `…cached_db<id>` into `…cached_dbd_db<id>`.
         guard let rename = options.renamePrefix, key.starts(with: rename.old),
@@ -246,7 +250,7 @@ public struct Restorer: Sendable {
     private static let exists = Array("EXISTS".utf8)
 
     /// Encodes the write (or, in a dry run, the EXISTS probe) for one row.
-    private func encode(_ row: SnapshotRecord, key: [UInt8], into buffer: inout [UInt8]) {
+    func encode(_ row: SnapshotRecord, key: [UInt8], into buffer: inout [UInt8]) {
         if options.dryRun {
             RESP.beginCommand(2, into: &buffer)
             RESP.appendArgument(Restorer.exists, into: &buffer)

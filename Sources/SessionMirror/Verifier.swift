@@ -36,7 +36,10 @@ public struct VerifyReport: Sendable, Codable, Equatable {
 /// Compares the snapshot with Redis for the prefixes (read-only on both sides).
 public struct Verifier {
     public let snapshotPath: String
+    /// The server, or any node of a cluster (then every master is compared).
     public let endpoint: RedisEndpoint
+    /// More nodes of the same cluster (`cluster_nodes`); any given means the target must be a cluster.
+    public var clusterSeeds: [RedisEndpoint] = []
     /// The keys compared: by default the prefixes the daemon recorded in the snapshot.
     public let scope: KeyScope
     /// Expiries within this many ms count as equal.
@@ -63,7 +66,12 @@ public struct Verifier {
     }
 
     public func run() throws -> VerifyReport {
-        let (store, redis) = try openSnapshotAndRedis(snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint)
+        let (store, target) = try openSnapshotAndTarget(
+            snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint, clusterSeeds: clusterSeeds)
+        defer { target.close() }
+        // On a cluster: the server profile and the clock of the first master, every master scanned.
+        let nodes = try target.nodeConnections
+        let redis = nodes[0].connection
         // Verify compares keys under prefixes (it scans Redis for them): "every row" has none to scan.
         let prefixes =
             try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath)
@@ -89,10 +97,17 @@ public struct Verifier {
 
         func compare() throws {
             guard !batch.isEmpty else { return }
-            let reply = try redis.command(KeyReader.command(for: batch.map(\.key), mode: readMode))
-            guard let results = KeyReader.parse(reply, count: batch.count) else {
-                throw OneShotCommandError(
-                    description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
+            let results: [KeyReader.Result]
+            switch target {
+            case .single:
+                let reply = try redis.command(KeyReader.command(for: batch.map(\.key), mode: readMode))
+                guard let parsed = KeyReader.parse(reply, count: batch.count) else {
+                    throw OneShotCommandError(
+                        description: "reading keys failed: \(reply.errorMessage ?? "unexpected reply")")
+                }
+                results = parsed
+            case .cluster(let cluster):
+                results = try cluster.readKeys(batch.map(\.key), mode: readMode)
             }
             // A verify of a million rows takes seconds, in which sessions expire: a key read as
             // missing whose expiry had passed by the time of the read expired, it is not missing.
@@ -137,12 +152,14 @@ public struct Verifier {
         }
         try compare()
 
-        // Keys in Redis the snapshot does not have.
-        for prefix in prefixes {
-            try redis.scanKeys(under: prefix) { keys in
-                for key in keys where !snapshotKeys.contains(key) {
-                    report.onlyInRedis += 1
-                    snapshotKeys.insert(key)  // a key under two overlapping prefixes counts once
+        // Keys in Redis the snapshot does not have (on a cluster, each master has its share).
+        for (_, node) in nodes {
+            for prefix in prefixes {
+                try node.scanKeys(under: prefix) { keys in
+                    for key in keys where !snapshotKeys.contains(key) {
+                        report.onlyInRedis += 1
+                        snapshotKeys.insert(key)  // a key under two overlapping prefixes counts once
+                    }
                 }
             }
         }

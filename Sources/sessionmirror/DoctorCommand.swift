@@ -31,7 +31,13 @@ struct DoctorCommand: ParsableCommand {
             }
             printJSON(Report(checks: checks, daemonACL: daemon, restoreACL: maintenance))
         } else {
+            var shownNode: String?
             for check in checks {
+                // On a cluster: the checks of each master under a line naming it.
+                if let node = check.node, node != shownNode {
+                    print("master \(node):")
+                    shownNode = node
+                }
                 let name = check.name.padding(toLength: 17, withPad: " ", startingAt: 0)
                 print(
                     "\(check.status.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)) \(name) \(check.detail)"

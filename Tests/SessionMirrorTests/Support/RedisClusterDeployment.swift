@@ -208,7 +208,7 @@ final class RedisClusterDeployment: Sendable {
 
     /// A port below 55536 whose cluster bus port (port + 10000) is free too. Chosen below the
     /// kernel's ephemeral range where it can, so that a client's outgoing port rarely takes one.
-    @Sendable private static func clusterPort() throws -> Int {
+    @Sendable static func clusterPort() throws -> Int {
         for _ in 0..<200 {
             let port = Int.random(in: 20_000..<45_536)
             if (try? RedisServer.freePort(requesting: port)) != nil,
