@@ -40,6 +40,10 @@ struct ClusterMirrorTests {
         let masters = try cluster.masterServers().map { "127.0.0.1:\($0.port)" }.sorted()
         #expect(status.clusterNodes?.compactMap(\.address) == masters)
         #expect(status.clusterNodes?.allSatisfy { $0.redisRunID != nil } == true)
+        // And `verify` against the cluster finds the snapshot in sync.
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            ["verify", "--snapshot", directory.file("s.db"), "--redis", cluster.url, "--prefix", prefix], in: directory)
+        #expect(termination == .exited(0), "\(output)")
     }
 
     /// The Python the end-to-end tests install (Tests/django_e2e/run.sh: redis-py is in it), when it
