@@ -92,11 +92,13 @@ struct LossEvidence: Equatable, Sendable {
 
     /// The reconciliation that applies this decision to the rows of the full sync `generation`.
     /// `recentSince`: rows changed at or after it (local Unix ms) are counted apart among the missing.
-    func reconciliation(generation: Int64, now: Int64, maxDeleteFraction: Double, recentSince: Int64 = .max)
-        -> Reconciliation
-    {
+    /// With `keyFilter`, only the rows it accepts (a cluster master's slots).
+    func reconciliation(
+        generation: Int64, now: Int64, maxDeleteFraction: Double, recentSince: Int64 = .max,
+        keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
+    ) -> Reconciliation {
         Reconciliation(
             generation: generation, now: now, maxDeleteFraction: maxDeleteFraction, runIDChanged: runIDChanged,
-            lossRuledOut: lossRuledOut, recentSince: recentSince)
+            lossRuledOut: lossRuledOut, recentSince: recentSince, keyFilter: keyFilter)
     }
 }

@@ -40,6 +40,12 @@ extension Mirror {
         options.integrityKey = configuration.integrityKey
         options.changedSince = restoreRequest.changedSince
         options.excludedKeys = restoreRequest.excludedKeys
+        if isClusterNode {
+            // Only this master's share: the other masters kept theirs, and a key of another slot
+            // written here would be refused with MOVED anyway.
+            let slots = servedSlots ?? SlotSet()
+            options.keyFilter = { slots.contains(key: $0) }
+        }
         let restorer = Restorer(
             snapshotPath: configuration.snapshotPath, endpoint: master ?? configuration.endpoint, options: options,
             logger: logger
@@ -51,7 +57,9 @@ extension Mirror {
                 // `sm-restore`: the kernel keeps 15 bytes of a thread name (`sessionmirror-restore` was cut to
                 // `sessionmirror-r`), and the daemon's other threads are named `sm-…` too.
                 startNamedThread("sm-restore") { [self] in
-                    logger.notice("restoring sessions", metadata: ["event": "restore_started", "reason": "\(reason)"])
+                    logger.notice(
+                        "restoring sessions",
+                        metadata: nodeMetadata(["event": "restore_started", "reason": "\(reason)"]))
                     var succeeded = false
                     do {
                         let summary = try restorer.run()
@@ -59,12 +67,12 @@ extension Mirror {
                         succeeded = summary.stoppedBy == nil
                         logger.notice(
                             "restore finished",
-                            metadata: [
+                            metadata: nodeMetadata([
                                 "event": "restore_finished", "automatic": "true", "restored": "\(summary.restored)",
                                 "skipped_existing": "\(summary.skippedExisting)",
                                 "skipped_expired": "\(summary.skippedExpired)", "failed": "\(summary.failed)",
                                 "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
-                            ])
+                            ]))
                     } catch {
                         logger.error(
                             "automatic restore failed", metadata: ["event": "restore_failed", "error": "\(error)"])
@@ -153,10 +161,10 @@ extension Mirror {
             return {
                 self.logger.error(
                     "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",
-                    metadata: [
+                    metadata: self.nodeMetadata([
                         "event": "cache_loss", "reason": "flush", "rows_live": "\(counts.live)",
                         "rows_evicted": "\(counts.evicted)", "redis.run_id": "\(runID ?? "?")",
-                    ])
+                    ]))
             }
         }
         handleCacheLoss(reason: "flush")

@@ -102,7 +102,9 @@ extension Mirror {
                 return
             }
             connection.runID = RedisInfo(text).runID
-            self.readRole(on: connection) { [weak self] in self?.readNotificationFlags(on: connection) }
+            self.refuseClusterNodeIfStandalone(on: connection) { [weak self] in
+                self?.readRole(on: connection) { [weak self] in self?.readNotificationFlags(on: connection) }
+            }
         }
     }
 
@@ -151,6 +153,25 @@ extension Mirror {
             MirrorSetupError(
                 description: line, permanent: true, event: "redis_is_replica",
                 metadata: ["redis.master": "\(role.masterAddress ?? "\(role)")"]))
+    }
+
+    /// A single Redis's engine refuses a cluster node: it would mirror only that node's share. `run`
+    /// asks before it starts (and then mirrors the cluster); this is for a node that could not be
+    /// asked then. A refused `INFO cluster` proves nothing either way.
+    private func refuseClusterNodeIfStandalone(on connection: NodeConnection, then next: @escaping () -> Void) {
+        guard !isClusterNode else { return next() }
+        connection.reader.send(.command("INFO", "cluster")) { [weak self] reply in
+            guard let self, let reply else { return }
+            if let text = reply.text, RedisInfo(text).fields["cluster_enabled"] == "1" {
+                self.connectFailed(
+                    MirrorSetupError(
+                        description: "\(self.configuration.endpoint) is a Redis Cluster node: restart sessionmirror "
+                            + "to mirror the whole cluster (it asks at start, and could not reach the node then)",
+                        permanent: true))
+                return
+            }
+            next()
+        }
     }
 
     private func checkNotifications(_ reply: RedisReply, on connection: NodeConnection) {

@@ -14,14 +14,31 @@ extension Mirror {
         var cursor: [UInt8] = Array("0".utf8)
         var scanInFlight = false
         var keysScanned = 0
+        /// The slots the sync decides on (a cluster master's); the SCAN waits until they are known.
+        var slots: Slots
         /// Set when the SCAN is complete: what the reconciliation still waits for.
         var drain: Drain?
+    }
+
+    /// Which rows a full sync may decide on.
+    enum Slots {
+        /// Every row: a single Redis holds every key.
+        case everyRow
+        /// A cluster master: asking the node which slots it serves, before the SCAN.
+        case askingAtStart
+        /// A cluster master: the slots it served, not migrating, when the SCAN began.
+        case servedAtStart(SlotSet)
+        /// A cluster master: the slots it served, not migrating, both before and after the SCAN. A key
+        /// of any other slot may be on another node, so its row's absence here proves nothing.
+        case servedThroughout(SlotSet)
     }
 
     /// After its SCAN, a full sync waits until every key dirty at its end is read: first until
     /// each has been taken from the dirty set (`DirtyQueue.keysBeforeBarrier`), then until the
     /// reads issued by then have completed (replies come in order on the reader connection).
     enum Drain {
+        /// A cluster master: asking the node again which slots it serves.
+        case waitingForSlots
         case waitingForKeys
         case waitingForReads(throughBatch: UInt64)
         /// Every read is in: a role check behind the SCANs and reads says whether they came from a
@@ -35,7 +52,22 @@ extension Mirror {
     // MARK: - Full sync
 
     func startFullSync(reason: String, on connection: NodeConnection) {
-        generation += 1
+        if case .clusterNode(let member) = deployment, !holdsSyncTurn {
+            guard connection.syncWaitingForTurn == nil else { return }
+            let engine = ObjectIdentifier(self)
+            let granted = member.turns.acquire(engine) { [weak self] in
+                // An engine that stopped meanwhile gives the turn on at once.
+                guard let self, self.loop.execute({ self.syncTurnGranted() }) else {
+                    return member.turns.release(engine)
+                }
+            }
+            guard granted else {
+                connection.syncWaitingForTurn = reason
+                return
+            }
+            holdsSyncTurn = true
+        }
+        generation = generations.next()
         let newGeneration = generation
         // Persisted before any row carries it, so that a crash mid-sync can never make stale rows
         // look seen by the next sync; and before any live change read from now on is committed.
@@ -46,16 +78,68 @@ extension Mirror {
             return nil
         }
         connection.sync = SyncState(
-            generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds())
+            generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds(),
+            slots: isClusterNode ? .askingAtStart : .everyRow)
         stats.fullSyncs += 1
-        logger.info("full sync started", metadata: ["event": "sync_started", "reason": "\(reason)"])
+        logger.info("full sync started", metadata: nodeMetadata(["event": "sync_started", "reason": "\(reason)"]))
+        if isClusterNode {
+            askServedSlots(on: connection, generation: newGeneration) { state, served in
+                state.slots = .servedAtStart(served)
+            }
+        }
         continueScan()
+    }
+
+    /// Asks the node which slots it serves (`CLUSTER NODES`, its `myself` line) on the reader, in
+    /// order with the SCAN, and hands the answer to `apply` while the same sync still runs. An
+    /// answer that cannot be read counts as no slot: the sync then decides on no row.
+    private func askServedSlots(
+        on connection: NodeConnection, generation: Int64, apply: @escaping (inout SyncState, SlotSet) -> Void
+    ) {
+        connection.reader.send(.command("CLUSTER", "NODES")) { [weak self] reply in
+            guard let self, let reply, var state = connection.sync, state.generation == generation,
+                self.connected === connection
+            else { return }
+            let served = reply.text.flatMap { SlotSet.servedStably(clusterNodes: $0) }
+            if served == nil {
+                self.logger.warning(
+                    "cannot read the slots this node serves; its full sync deletes no row",
+                    metadata: self.nodeMetadata([
+                        "event": "cluster_slots_unknown", "error": "\(reply.errorMessage ?? "no myself line")",
+                    ]))
+            }
+            apply(&state, served ?? SlotSet())
+            connection.sync = state
+            self.checkSyncBarrier()
+            self.continueScan()
+        }
+    }
+
+    /// This engine's turn for a full sync came (`SyncTurns`): start the one waiting, or pass it on.
+    func syncTurnGranted() {
+        assertOnLoop()
+        guard case .clusterNode(let member) = deployment else { return }
+        guard let connection = connected, let reason = connection.syncWaitingForTurn, !isStopping else {
+            member.turns.release(ObjectIdentifier(self))
+            return
+        }
+        holdsSyncTurn = true
+        connection.syncWaitingForTurn = nil
+        startFullSync(reason: reason, on: connection)
+    }
+
+    /// Gives back the turn the SCAN held, when the sync ends without a reconciliation.
+    func releaseSyncTurn() {
+        guard holdsSyncTurn, case .clusterNode(let member) = deployment else { return }
+        holdsSyncTurn = false
+        member.turns.release(ObjectIdentifier(self))
     }
 
     func continueScan() {
         guard let connection = connected, var state = connection.sync, !state.scanInFlight, state.drain == nil else {
             return
         }
+        if case .askingAtStart = state.slots { return }
         // Bounded memory: scan on only while the reads keep up.
         guard
             dirty.state.withLock({ $0.syncCount })
@@ -94,8 +178,17 @@ extension Mirror {
             if cursor == Array("0".utf8) {
                 state.prefixIndex += 1
                 if state.prefixIndex == self.configuration.prefixes.count {
-                    self.dirty.state.withLock { $0.setBarrier() }
-                    state.drain = .waitingForKeys
+                    if case .servedAtStart(let before) = state.slots {
+                        state.drain = .waitingForSlots
+                        self.askServedSlots(on: connection, generation: generation) { state, after in
+                            state.slots = .servedThroughout(before.intersection(after))
+                            self.dirty.state.withLock { $0.setBarrier() }
+                            state.drain = .waitingForKeys
+                        }
+                    } else {
+                        self.dirty.state.withLock { $0.setBarrier() }
+                        state.drain = .waitingForKeys
+                    }
                 }
             }
             connection.sync = state
@@ -106,6 +199,7 @@ extension Mirror {
 
     func checkSyncBarrier() {
         guard let connection, var state = connection.sync, let drain = state.drain else { return }
+        if case .waitingForSlots = drain { return }
         if case .waitingForKeys = drain {
             guard dirty.state.withLock({ $0.keysBeforeBarrier }) == 0 else { return }
             state.drain = .waitingForReads(throughBatch: connection.batchesIssued)
@@ -135,24 +229,49 @@ extension Mirror {
             previousRunID: storedRunID, runID: connection.runID, canary: connection.canary,
             previousEvictedKeys: storedEvictedKeys, evictedKeys: connection.evictedKeys)
         // A server with an older state of the data: the window the failover reconciliation looks at.
+        // A cluster master's failover is the cluster's own (its replica took its slots): the
+        // reconciliation of tombstones across nodes is not built, so it runs for a single Redis only.
         let now = SystemTime.unixMilliseconds()
+        let isStandalone = if case .standalone = deployment { true } else { false }
         let failoverSince =
-            evidence.serverHoldsOlderState(keysFound: state.keysScanned)
+            isStandalone && evidence.serverHoldsOlderState(keysFound: state.keysScanned)
             ? (connectedUntil ?? now) - configuration.tombstoneLimits.windowMilliseconds : nil
+        var keyFilter: (@Sendable ([UInt8]) -> Bool)?
+        if case .servedThroughout(let slots) = state.slots {
+            keyFilter = { slots.contains(key: $0) }
+            servedSlots = slots
+        }
         // In bounded pieces: live changes are committed between two of them.
         let reconciliation = evidence.reconciliation(
             generation: state.generation, now: now, maxDeleteFraction: configuration.maxResyncDeleteFraction,
-            recentSince: failoverSince ?? .max)
+            recentSince: failoverSince ?? .max, keyFilter: keyFilter)
+        // The turn passes to the writer, which gives it back once the reconciliation committed.
+        let turnRelease: (@Sendable () -> Void)?
+        if case .clusterNode(let member) = deployment, holdsSyncTurn {
+            holdsSyncTurn = false
+            let engine = ObjectIdentifier(self)
+            turnRelease = { member.turns.release(engine) }
+        } else {
+            turnRelease = nil
+        }
+        let names = evidenceNames
+        let address = nodeLabel
         writer.enqueue(
             steps: reconcileStep(reconciliation) { [self] store, outcome in
-                try store.setMetadata("redis_run_id", evidence.runID)
-                try store.setMetadata("redis_master", masterAddress)
-                try store.setMetadata("redis_evicted_keys", evidence.evictedKeys.map { String($0) })
+                try store.setMetadata(names.runID, evidence.runID)
+                try store.setMetadata(names.evictedKeys, evidence.evictedKeys.map { String($0) })
+                if let name = names.address {
+                    try store.setMetadata(name, address)
+                } else {
+                    try store.setMetadata("redis_master", masterAddress)
+                }
                 try store.setMetadata("last_full_sync_at", String(SystemTime.unixMilliseconds()))
                 let failover = try failoverSince.map { since in
                     FailoverReconciliation(since: since, tombstones: try store.tombstones(since: since))
                 }
                 return {
+                    // After the commit: a transaction that failed runs this step again.
+                    turnRelease?()
                     self.loop.execute {
                         self.syncFinished(finished, outcome, evidence: evidence, attempt: attempt, failover: failover)
                     }
@@ -190,24 +309,28 @@ extension Mirror {
         storedEvictedKeys = evidence.evictedKeys
         // The reconciliation read the tombstones it needs: the window runs from now again.
         writer.holdTombstones(at: nil)
+        if case .clusterNode(let member) = deployment {
+            member.evidenceRecorded(
+                member.nodeID, StoredEvidence(runID: evidence.runID, evictedKeys: evidence.evictedKeys))
+        }
         if outcome.refusedReason == nil, let connection, connection.attempt == attempt { writeCanary(on: connection) }
         let seconds = Double(SystemTime.monotonicNanoseconds() - state.startedAt) / 1e9
         logger.info(
             "full sync finished",
-            metadata: [
+            metadata: nodeMetadata([
                 "event": "sync_finished", "reason": "\(state.reason)", "keys_scanned": "\(state.keysScanned)",
                 "rows_deleted": "\(outcome.deleted)", "rows_missing": "\(outcome.missingRows)",
                 "rows_unexpired": "\(outcome.unexpiredRows)", "duration_s": "\(String(format: "%.3f", seconds))",
-            ])
+            ]))
         if let reason = outcome.refusedReason {
             stats.cacheLosses += 1
             logger.error(
                 "sessions are missing from Redis and a loss cannot be ruled out: not deleting any row",
-                metadata: [
+                metadata: nodeMetadata([
                     "event": "cache_loss_suspected", "reason": "\(reason)", "rows_missing": "\(outcome.missingRows)",
                     "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(evidence.runID ?? "?")",
                     "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
-                ])
+                ]))
             // After a failover, the restore waits for the lost logouts to be re-applied, and puts
             // back only the rows changed in the window (`Mirror+Failover.swift`).
             if failover == nil { handleCacheLoss(reason: reason) }
@@ -219,6 +342,7 @@ extension Mirror {
         if !everSynced {
             everSynced = true
             onReady?()
+            if case .clusterNode(let member) = deployment { member.synced() }
         }
     }
 

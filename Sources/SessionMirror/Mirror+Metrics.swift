@@ -14,42 +14,10 @@ extension Mirror {
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
         }
-        var fields: [(String, String)] = [
-            ("events_received", "\(dirty.eventsReceived.load(ordering: .relaxed))"),
-            ("keys_read", "\(stats.keysRead)"),
-            ("keys_vanished", "\(stats.keysVanished)"),
-            ("values_too_large", "\(stats.valuesTooLarge)"),
-            ("rows_upserted", "\(writerStats.rowsUpserted)"),
-            ("rows_deleted", "\(writerStats.rowsDeleted)"),
-            ("rows_evicted", "\(writerStats.rowsEvicted)"),
-            ("dirty_backlog", "\(dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0))"),
-            ("writer_queue", "\(writerStats.queuedChanges)"),
-            ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
-            ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
-            ("commit_latency_max_ms", "\(Double(writerStats.latency.maxMicroseconds) / 1000)"),
-            ("late_commits", "\(writerStats.lateCommits)"),
-            ("live_dirty_set_p99_ms", p99(stages.dirtySet)),
-            ("live_read_p99_ms", p99(stages.read)),
-            ("live_writer_queue_p99_ms", p99(writerStats.liveQueueWait)),
-            ("live_transaction_p99_ms", p99(writerStats.liveTransaction)),
-            ("bulk_transaction_max_ms", "\(Double(writerStats.longestBulkTransactionMicroseconds) / 1000)"),
-            ("snapshot_rows_live", "\(gauges.live)"),
-            ("snapshot_rows_evicted", "\(gauges.evicted)"),
-            ("snapshot_bytes", "\(gauges.bytes)"),
-            ("reconnects", "\(stats.reconnects)"),
-            ("failovers", "\(stats.failovers)"),
-            ("full_syncs", "\(stats.fullSyncs)"),
-            ("cache_losses", "\(stats.cacheLosses)"),
-            ("restores", "\(stats.restores)"),
-            ("failover_reconciliations", "\(stats.failoverReconciliations)"),
-            ("failover_lost_writes", "\(stats.failoverLostWrites)"),
-            ("failover_logouts_reapplied", "\(stats.failoverLogoutsReapplied)"),
-            ("failover_logouts_superseded", "\(stats.failoverLogoutsSuperseded)"),
-            ("tombstones_dropped", "\(writerStats.tombstonesDropped)"),
-            ("errors", "\(stats.errors + writerStats.writeErrors)"),
-            ("connected", "\(connected != nil)"),
-            ("redis.run_id", "\(connection?.runID ?? "")"),
-        ]
+        var fields = Mirror.metricFields(
+            stats, eventsReceived: dirty.eventsReceived.load(ordering: .relaxed),
+            dirtyBacklog: dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0), writer: writerStats,
+            gauges: gauges, connected: connected != nil, runID: connection?.runID ?? "")
         if let periodicBackup {
             let last = periodicBackup.lastSuccessMilliseconds.load(ordering: .relaxed)
             fields.append(("backup_last_success_unix_s", "\(last / 1000)"))
@@ -74,6 +42,49 @@ extension Mirror {
                 Mirror.writeAtomically(text, to: metricsFile, logger: logger)
             }
         }
+    }
+
+    /// The fields of an `event=metrics` line, in order.
+    static func metricFields(
+        _ stats: MirrorStatistics, eventsReceived: UInt64, dirtyBacklog: Int, writer writerStats: WriterStatistics,
+        gauges: (live: Int, evicted: Int, bytes: Int64), connected: Bool, runID: String
+    ) -> [(String, String)] {
+        [
+            ("events_received", "\(eventsReceived)"),
+            ("keys_read", "\(stats.keysRead)"),
+            ("keys_vanished", "\(stats.keysVanished)"),
+            ("values_too_large", "\(stats.valuesTooLarge)"),
+            ("rows_upserted", "\(writerStats.rowsUpserted)"),
+            ("rows_deleted", "\(writerStats.rowsDeleted)"),
+            ("rows_evicted", "\(writerStats.rowsEvicted)"),
+            ("dirty_backlog", "\(dirtyBacklog)"),
+            ("writer_queue", "\(writerStats.queuedChanges)"),
+            ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
+            ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
+            ("commit_latency_max_ms", "\(Double(writerStats.latency.maxMicroseconds) / 1000)"),
+            ("late_commits", "\(writerStats.lateCommits)"),
+            ("live_dirty_set_p99_ms", p99(stages.dirtySet)),
+            ("live_read_p99_ms", p99(stages.read)),
+            ("live_writer_queue_p99_ms", p99(writerStats.liveQueueWait)),
+            ("live_transaction_p99_ms", p99(writerStats.liveTransaction)),
+            ("bulk_transaction_max_ms", "\(Double(writerStats.longestBulkTransactionMicroseconds) / 1000)"),
+            ("snapshot_rows_live", "\(gauges.live)"),
+            ("snapshot_rows_evicted", "\(gauges.evicted)"),
+            ("snapshot_bytes", "\(gauges.bytes)"),
+            ("reconnects", "\(stats.reconnects)"),
+            ("failovers", "\(stats.failovers)"),
+            ("full_syncs", "\(stats.fullSyncs)"),
+            ("cache_losses", "\(stats.cacheLosses)"),
+            ("restores", "\(stats.restores)"),
+            ("failover_reconciliations", "\(stats.failoverReconciliations)"),
+            ("failover_lost_writes", "\(stats.failoverLostWrites)"),
+            ("failover_logouts_reapplied", "\(stats.failoverLogoutsReapplied)"),
+            ("failover_logouts_superseded", "\(stats.failoverLogoutsSuperseded)"),
+            ("tombstones_dropped", "\(writerStats.tombstonesDropped)"),
+            ("errors", "\(stats.errors + writerStats.writeErrors)"),
+            ("connected", "\(connected)"),
+            ("redis.run_id", runID),
+        ]
     }
 
     /// The metrics in Prometheus text format (https://prometheus.io/docs/instrumenting/exposition_formats/).

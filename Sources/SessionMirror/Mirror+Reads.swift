@@ -79,6 +79,11 @@ extension Mirror {
                 // The read's reply is used only once a role check behind it says the node is still
                 // a master: a replica's missing keys are its master's expiries and evictions.
                 let read = ReplyBox()
+                if !askingKeys.isEmpty, keys.contains(where: { askingKeys.remove($0.key) != nil }) {
+                    // The slot is migrating here and the key arrived already: this node serves the
+                    // next command for it only after `ASKING` (its reply says nothing we need).
+                    connection.reader.send(.command("ASKING")) { _ in }
+                }
                 connection.reader.send(
                     KeyReader.command(for: keys.map(\.key), mode: connection.serverProfile?.readMode ?? .pexpiretime)
                 ) { reply in
@@ -95,6 +100,19 @@ extension Mirror {
         guard let reply, let connection, connection.attempt == batch.attempt else { return }
         connection.keysInFlight -= batch.keys.count
         if batch.lane == .sync { connection.syncKeysInFlight -= batch.keys.count }
+        if case .clusterNode(let member) = deployment, let message = reply.errorMessage,
+            let redirect = ClusterRedirect(errorMessage: message, answeredBy: member.address.host)
+        {
+            // The keys' slot is another node's now (MOVED), or is migrating and they are already
+            // there (ASK): that node's engine reads them. Whatever event brought them here says
+            // nothing of a logout: a migrated key's `del` on this node is the migration's.
+            stats.keysRedirected += UInt64(batch.keys.count)
+            for (key, _) in batch.keys { member.redirected(key, redirect) }
+            connection.batchesCompleted = max(connection.batchesCompleted, batch.number)
+            checkSyncBarrier()
+            if isStopping { finishShutdownIfDrained() }
+            return
+        }
         guard let results = KeyReader.parse(reply, count: batch.keys.count) else {
             stats.errors += 1
             let why = reply.errorMessage ?? "unexpected reply shape"

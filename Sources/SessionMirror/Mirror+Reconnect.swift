@@ -30,7 +30,7 @@ extension Mirror {
         onStatus?("Redis unavailable, retrying: \(reason)")
         logger.error(
             "cannot use Redis; retrying with backoff",
-            metadata: metadata.merging(["event": "\(event)", "error": "\(reason)"]) { $1 })
+            metadata: nodeMetadata(metadata.merging(["event": "\(event)", "error": "\(reason)"]) { $1 }))
     }
 
     /// The node the mirror reads from turned into a replica (`REPLICAOF`, a failover without
@@ -93,6 +93,7 @@ extension Mirror {
             finishShutdownIfDrained()
             return
         }
+        if case .clusterNode(let member) = deployment { member.nodeLost() }
         if wasConnected {
             connectedUntil = SystemTime.unixMilliseconds()
             // Until the next full sync has reconciled: a failover takes as long as it takes.
@@ -102,7 +103,7 @@ extension Mirror {
             onStatus?("disconnected from Redis, reconnecting: \(reason)")
             logger.warning(
                 "lost the connection to Redis; changes in the gap are recovered by a full sync after reconnecting",
-                metadata: ["event": "disconnected", "error": "\(reason)"])
+                metadata: nodeMetadata(["event": "disconnected", "error": "\(reason)"]))
         } else {
             reportUnavailable(reason)
         }
@@ -129,6 +130,8 @@ extension Mirror {
         old?.reader.abort()
         subscription.abort()
         dirty.state.withLock { $0.removeAll() }
+        askingKeys.removeAll()
+        releaseSyncTurn()
     }
 
     func scheduleReconnect() {

@@ -19,6 +19,7 @@ extension Mirror {
         }
         connection?.sync = nil
         sentinelWatch?.stop()
+        releaseSyncTurn()
         state = .stopping(Shutdown(connection: connection, barrierReached: false))
         logger.info("stopping", metadata: ["event": "stopping", "reason": "\(reason)"])
         onStopping?()

@@ -86,7 +86,7 @@ extension Mirror {
 
 /// One connection to one Redis node, from the connect to its drop: the reader (the subscriber is
 /// `ChangeFeedSubscription`'s), what the handshake learned of the server, and the work in flight on
-/// it. Redis Cluster will hold one per primary.
+/// it. In a cluster, each master's engine holds its own.
 ///
 /// - Important: the mirror's loop thread only. A reference, so that the state's cases share it
 ///   while the handshake and the reads change it.
@@ -114,6 +114,8 @@ final class NodeConnection {
     var batchesIssued: UInt64 = 0
     var batchesCompleted: UInt64 = 0
     var sync: Mirror.SyncState?
+    /// A full sync due on this connection, waiting for the cluster's turn (`SyncTurns`): its reason.
+    var syncWaitingForTurn: String?
     /// Canary writes sent (compared with the canary invalidations seen before a flush message).
     var canaryWritesSent = 0
     /// Flush messages whose attribution (our database or another one) is still being asked.

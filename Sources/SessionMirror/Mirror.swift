@@ -17,7 +17,7 @@ public final class Mirror: @unchecked Sendable {
     let loop = EventLoop()
     let writer: SnapshotWriter
     private let statisticsBox = Mutex(MirrorStatistics())
-    private let exitCode = Mutex<Int32>(0)
+    let exitCode = Mutex<Int32>(0)
 
     /// Called on the loop thread once, after the first full sync (systemd READY=1).
     public var onReady: (@Sendable () -> Void)?
@@ -52,11 +52,17 @@ public final class Mirror: @unchecked Sendable {
     var state = State.idle(reconnectTimer: nil)
     let dirty = SharedDirtyQueue()
     var subscription: ChangeFeedSubscription!
+    /// Alone, or one master's engine in a cluster (`Mirror+Cluster.swift`).
+    let deployment: Deployment
+    /// Where full sync generations come from: one counter for every engine that shares the writer,
+    /// so that a row's stamp never looks newer than a later sync of another node.
+    let generations: SyncGenerations
     /// The number of the latest connection attempt: each `NodeConnection` keeps its own, and news
     /// tagged with another one is stale.
     var lastAttempt = 0
     var generation: Int64
-    /// `run_id` and `evicted_keys` recorded at the last full sync (the snapshot's metadata).
+    /// `run_id` and `evicted_keys` recorded at the last full sync (the snapshot's metadata; in a
+    /// cluster, this node's).
     var storedRunID: String?
     var storedEvictedKeys: Int64?
     /// `__sessionmirror__:canary:<token>`: a key without TTL that the mirror writes when the snapshot
@@ -64,6 +70,12 @@ public final class Mirror: @unchecked Sendable {
     let canaryKey: [UInt8]
     /// A refused canary write is logged once per process.
     var canaryWriteRefused = false
+    /// True while this engine holds the cluster's full sync turn for a SCAN (`SyncTurns`).
+    var holdsSyncTurn = false
+    /// A cluster master's slots at its last full sync: the share a restore after a loss puts back.
+    var servedSlots: SlotSet?
+    /// Keys handed over by an `ASK` (a slot migrating here): read once behind `ASKING`.
+    var askingKeys = Set<[UInt8]>()
     var everConnected = false
     var everSynced = false
     var restoreRunning = false
@@ -103,39 +115,43 @@ public final class Mirror: @unchecked Sendable {
     var master: RedisEndpoint?
 
     /// Opens the snapshot (refusing foreign, damaged or newer files) and starts the writer thread.
-    public init(configuration: MirrorConfiguration, logger: Logger) throws {
+    public convenience init(configuration: MirrorConfiguration, logger: Logger) throws {
         try configuration.validate()
+        let opened = try OpenedSnapshot(configuration: configuration)
+        let writer = opened.startWriter(configuration: configuration, logger: logger)
+        self.init(
+            configuration: configuration, logger: logger, writer: writer, deployment: .standalone,
+            generations: SyncGenerations(opened.generation), canaryKey: opened.canaryKey(),
+            storedEvidence: opened.standaloneEvidence)
+    }
+
+    /// An engine over an open snapshot: the whole daemon for one Redis (`.standalone`), or the part
+    /// of a `ClusterMirror` that mirrors one master (`.clusterNode`), beside the other masters'
+    /// engines and sharing their writer.
+    init(
+        configuration: MirrorConfiguration, logger: Logger, writer: SnapshotWriter, deployment: Deployment,
+        generations: SyncGenerations, canaryKey: [UInt8], storedEvidence: StoredEvidence
+    ) {
         self.configuration = configuration
         self.logger = logger
         sentinelResolver = configuration.sentinel.map { SentinelResolver(settings: $0) }
         master = configuration.sentinel == nil ? configuration.endpoint : nil
-        let store = try SnapshotStore(path: configuration.snapshotPath, mode: .readWrite)
-        generation = Int64(try store.metadata("sync_generation") ?? "0") ?? 0
-        storedRunID = try store.metadata("redis_run_id")
-        storedEvictedKeys = try store.metadata("redis_evicted_keys").flatMap { Int64($0) }
-        var token = try store.metadata("canary_token")
-        if token == nil {
-            let fresh = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-            try store.setMetadata("canary_token", fresh)
-            token = fresh
-        }
-        canaryKey = Array("__sessionmirror__:canary:\(token!)".utf8)
-        // What restore, verify and purge may touch, and the key that signs every row from here on.
-        try store.recordScope(MirrorScope(prefixes: configuration.prefixes, database: configuration.endpoint.database))
-        try store.enableIntegrity(configuration.integrityKey)
-        periodicBackup = configuration.backup.map {
-            PeriodicBackup(schedule: $0, snapshotPath: configuration.snapshotPath, logger: logger)
-        }
-        if configuration.bridges.isEmpty {
-            try store.setMetadata(BridgeStatus.metadataName, nil)  // `status` shows no bridge that ended
-        } else {
-            bridge = BridgeLedger(bridges: configuration.bridges)
-        }
-        writer = SnapshotWriter(
-            store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds,
-            pruneGraceSeconds: configuration.pruneGraceSeconds,
-            tombstoneLimits: configuration.tombstoneLimits)
+        // The backup schedule and the bridge belong to the daemon of a single Redis; a cluster's
+        // engines share one snapshot and run neither (docs/configuration.md).
+        let isStandalone = if case .standalone = deployment { true } else { false }
+        periodicBackup =
+            isStandalone
+            ? configuration.backup.map {
+                PeriodicBackup(schedule: $0, snapshotPath: configuration.snapshotPath, logger: logger)
+            } : nil
+        if isStandalone && !configuration.bridges.isEmpty { bridge = BridgeLedger(bridges: configuration.bridges) }
+        self.writer = writer
+        self.deployment = deployment
+        self.generations = generations
+        generation = generations.current
+        storedRunID = storedEvidence.runID
+        storedEvictedKeys = storedEvidence.evictedKeys
+        self.canaryKey = canaryKey
         subscription = ChangeFeedSubscription(
             database: configuration.endpoint.database, prefixes: configuration.prefixes, canaryKey: canaryKey,
             dirty: dirty,
@@ -163,9 +179,7 @@ public final class Mirror: @unchecked Sendable {
     /// - Important: blocks the calling thread.
     public func run() -> Int32 {
         periodicBackup?.start()
-        loop.start { [self] in start() }
-        loop.join()
-        subscription.stop()
+        runLoops()
         periodicBackup?.stop()
         if !writer.stop(timeoutSeconds: 4) {
             logger.error("snapshot writer did not finish in time", metadata: ["event": "shutdown_incomplete"])
@@ -177,6 +191,15 @@ public final class Mirror: @unchecked Sendable {
         }
         logger.info("stopped", metadata: ["event": "stopped"])
         return exitCode.withLock { $0 }
+    }
+
+    /// Runs the engine's loops until it stops; the writer is the caller's (`run()`, or the cluster's).
+    ///
+    /// - Important: blocks the calling thread.
+    func runLoops() {
+        loop.start { [self] in start() }
+        loop.join()
+        subscription.stop()
     }
 
     /// A copy of the counters, for metrics.
@@ -191,6 +214,17 @@ public final class Mirror: @unchecked Sendable {
 
     private func start() {
         assertOnLoop()
+        checkHook = LoopCheck(loop: loop) { [weak self] in self?.afterIO() }
+        // Resumes reads paused by writer back-pressure when no I/O wakes the loop.
+        let tick = LoopTimer(loop: loop) { [weak self] in self?.afterIO() }
+        tick.start(afterMilliseconds: 20, repeatMilliseconds: 20)
+        timers.append(tick)
+        if case .clusterNode(let member) = deployment {
+            // Signals, the watchdog and the metrics are the cluster's: they concern every node.
+            onStatus?("connecting to \(member.address)")
+            connect()
+            return
+        }
         for signal in [SIGTERM, SIGINT] {
             signals.append(
                 LoopSignal(loop: loop, signal: signal) { [weak self] number in
@@ -198,11 +232,6 @@ public final class Mirror: @unchecked Sendable {
                 })
         }
         signals.append(LoopSignal(loop: loop, signal: SIGHUP) { [weak self] _ in self?.onHangup?() })
-        checkHook = LoopCheck(loop: loop) { [weak self] in self?.afterIO() }
-        // Resumes reads paused by writer back-pressure when no I/O wakes the loop.
-        let tick = LoopTimer(loop: loop) { [weak self] in self?.afterIO() }
-        tick.start(afterMilliseconds: 20, repeatMilliseconds: 20)
-        timers.append(tick)
         if let watchdog {
             let timer = LoopTimer(loop: loop) { [weak self] in self?.watchdogTick() }
             timer.start(

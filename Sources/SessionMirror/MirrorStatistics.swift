@@ -23,6 +23,8 @@ public struct MirrorStatistics: Sendable {
     public var failoverLogoutsSuperseded: UInt64 = 0
     public var errors: UInt64 = 0
     public var dirtyOverflows: UInt64 = 0
+    /// Reads a cluster node answered `MOVED` or `ASK`: handed to the engine of the node named.
+    public var keysRedirected: UInt64 = 0
     public var dirtyBacklog = 0
     public var keysInFlight = 0
     public var connected = false

@@ -42,6 +42,9 @@ public struct RestoreOptions: Sendable {
     /// Stop once this many identical errors in a row say that Redis refuses every write (OOM,
     /// READONLY, NOPERM, LOADING, ...).
     public var refusalLimit = 5
+    /// Only the rows it accepts are restored; the others are left alone, uncounted: the share of one
+    /// cluster master that lost its data (`Mirror`, after `cache_loss_suspected node=...`).
+    public var keyFilter: (@Sendable ([UInt8]) -> Bool)?
 
     public init() {}
 }
@@ -240,6 +243,7 @@ public struct Restorer: Sendable {
 
         do {
             try store.forEachRecord(verifying: options.integrityKey) { row, authenticity in
+                if let keyFilter = options.keyFilter, !keyFilter(row.key) { return true }
                 if let prefixes, !SessionKey.matches(row.key, prefixes: prefixes) {
                     outcome.summary.otherPrefix += 1
                     return true

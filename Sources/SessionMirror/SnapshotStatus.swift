@@ -24,6 +24,23 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     public var quickCheck: String
     /// The live bridge as the daemon last recorded it; nil when the daemon runs without one.
     public var bridge: BridgeStatus?
+    /// A cluster's masters as their last full syncs recorded them; nil for a single Redis.
+    public var clusterNodes: [ClusterNodeStatus]?
+
+    /// One master of a cluster, from the snapshot's `node.<id>.*` metadata. Whether its engine is
+    /// connected now is the daemon's to say (`event=node_metrics`, `sessionmirror_node_connected`).
+    public struct ClusterNodeStatus: Sendable, Codable, Equatable {
+        public var id: String
+        public var address: String?
+        public var redisRunID: String?
+        public var redisEvictedKeys: Int64?
+
+        enum CodingKeys: String, CodingKey {
+            case id, address
+            case redisRunID = "redis_run_id"
+            case redisEvictedKeys = "redis_evicted_keys"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -40,6 +57,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case fileBytes = "file_bytes"
         case quickCheck = "quick_check"
         case bridge
+        case clusterNodes = "cluster_nodes"
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -60,7 +78,21 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
                 lastCommit = max(lastCommit ?? 0, Int64(date.timeIntervalSince1970 * 1000))
             }
         }
-        return SnapshotStatus(
+        var nodes: [String: ClusterNodeStatus] = [:]
+        for (name, value) in try store.metadata(namesStartingWith: StoredEvidence.nodePrefix) {
+            let parts = name.dropFirst(StoredEvidence.nodePrefix.count).split(separator: ".", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let id = String(parts[0])
+            var node = nodes[id] ?? ClusterNodeStatus(id: id)
+            switch parts[1] {
+            case "address": node.address = value
+            case "redis_run_id": node.redisRunID = value
+            case "redis_evicted_keys": node.redisEvictedKeys = Int64(value)
+            default: break
+            }
+            nodes[id] = node
+        }
+        var status = SnapshotStatus(
             path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
             rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
             lastCommitAt: lastCommit, lastFullSyncAt: try store.metadata("last_full_sync_at").flatMap { Int64($0) },
@@ -71,5 +103,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             bridge: try store.metadata(BridgeStatus.metadataName).flatMap {
                 try? JSONDecoder().decode(BridgeStatus.self, from: Data($0.utf8))
             })
+        if !nodes.isEmpty {
+            status.clusterNodes = nodes.values.sorted { ($0.address ?? $0.id) < ($1.address ?? $1.id) }
+        }
+        return status
     }
 }

@@ -19,6 +19,9 @@ public struct Reconciliation: Sendable {
     let lossRuledOut: Bool
     /// Missing rows changed at or after this (local Unix ms) are also counted in `missingRecentRows`.
     let recentSince: Int64
+    /// The rows this reconciliation is about; nil: every row. A cluster master's full sync saw only
+    /// the keys of the slots it serves, and decides only on those rows.
+    let keyFilter: (@Sendable ([UInt8]) -> Bool)?
 
     enum Phase: Sendable {
         /// Counting, key range by key range after `after`. With `deleting` (the evidence already
@@ -34,13 +37,15 @@ public struct Reconciliation: Sendable {
     /// `lossRuledOut` is the caller's proof that Redis kept its data through the gap (the canary
     /// key survived, no eviction happened): then missing rows are deletions, however many.
     /// Otherwise nothing is deleted when Redis restarted (`runIDChanged`) or more than
-    /// `maxDeleteFraction` of the unexpired rows would go.
+    /// `maxDeleteFraction` of the unexpired rows would go. With `keyFilter`, the rows it refuses are
+    /// neither counted nor deleted.
     /// `recentSince` splits the missing rows by when they last changed (the failover
     /// reconciliation's lost writes); the default counts none apart.
     public init(
         generation: Int64, now: Int64, maxDeleteFraction: Double, runIDChanged: Bool, lossRuledOut: Bool,
-        recentSince: Int64 = .max
+        recentSince: Int64 = .max, keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
     ) {
+        self.keyFilter = keyFilter
         self.generation = generation
         self.now = now
         self.maxDeleteFraction = maxDeleteFraction
@@ -67,7 +72,7 @@ public struct Reconciliation: Sendable {
         case .counting(let after, var unexpired, var missing, var recent, var deleted, let deleting):
             let piece = try store.reconcilePiece(
                 after: after, limit: rows, generation: generation, now: now, delete: deleting,
-                recentSince: recentSince)
+                recentSince: recentSince, keyFilter: keyFilter)
             unexpired += piece.unexpired
             missing += piece.missing
             recent += piece.missingRecent
@@ -95,7 +100,8 @@ public struct Reconciliation: Sendable {
                 deleting: deleting)
         case .deleting(let after, var outcome):
             let piece = try store.reconcilePiece(
-                after: after, limit: rows, generation: generation, now: now, delete: true, recentSince: recentSince)
+                after: after, limit: rows, generation: generation, now: now, delete: true, recentSince: recentSince,
+                keyFilter: keyFilter)
             outcome.deleted += piece.deleted
             guard let last = piece.lastKey else {
                 try store.endFullSync()
@@ -124,9 +130,10 @@ extension SnapshotStore {
 
     /// Reads up to `limit` rows in key order after `after` (an empty key: from the start), counts
     /// the unexpired ones and those the sync of `generation` did not see, and with `delete`
-    /// deletes the latter.
+    /// deletes the latter. Rows `keyFilter` refuses count as read, nothing else.
     func reconcilePiece(
-        after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool, recentSince: Int64 = .max
+        after: [UInt8], limit: Int, generation: Int64, now: Int64, delete: Bool, recentSince: Int64 = .max,
+        keyFilter: (@Sendable ([UInt8]) -> Bool)? = nil
     ) throws -> ReconcilePiece {
         // Keys are never empty (every prefix is non-empty), so `key > x''` starts at the first row.
         let select = try database.prepare(
@@ -146,13 +153,14 @@ extension SnapshotStore {
         var gone: [[UInt8]] = []
         while try select.step() {
             let key = select.blob(0)
+            piece.lastKey = key
+            if let keyFilter, !keyFilter(key) { continue }
             if select.int64(1) != 0 { piece.unexpired += 1 }
             if select.int64(2) != 0 {
                 piece.missing += 1
                 if select.int64(3) != 0 { piece.missingRecent += 1 }
                 if delete { gone.append(key) }
             }
-            piece.lastKey = key
         }
         select.reset()
         for key in gone {

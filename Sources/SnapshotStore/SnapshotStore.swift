@@ -449,6 +449,16 @@ public final class SnapshotStore {
         return try statement.step() ? statement.text(0) : nil
     }
 
+    /// Every metadata value whose name starts with `prefix` (a cluster's per-node evidence).
+    public func metadata(namesStartingWith prefix: String) throws -> [String: String] {
+        let statement = try database.prepare(
+            "SELECT name, value FROM metadata WHERE substr(name, 1, length(?1)) = ?1")
+        try statement.bind(1, prefix)
+        var values: [String: String] = [:]
+        while try statement.step() { values[statement.text(0)] = statement.text(1) }
+        return values
+    }
+
     /// Writes a metadata value (inside or outside a transaction).
     public func setMetadata(_ name: String, _ value: String?) throws {
         guard let value else {

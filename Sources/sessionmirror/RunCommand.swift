@@ -231,9 +231,13 @@ struct RunCommand: ParsableCommand {
             format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? Defaults.logFormat,
             level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? Defaults.logLevel, file: settings.logFile)
         let logger = Logger(label: "sessionmirror")
-        let mirror: Mirror
+        let mirror: any MirrorDaemon
         do {
-            mirror = try Mirror(configuration: configuration, logger: logger)
+            if let seed = try ClusterProbe.seed(of: configuration.endpoint) {
+                mirror = try ClusterMirror(configuration: configuration, seeds: [seed], logger: logger)
+            } else {
+                mirror = try Mirror(configuration: configuration, logger: logger)
+            }
         } catch {
             throw fail("\(error)")
         }
@@ -255,6 +259,48 @@ struct RunCommand: ParsableCommand {
         let code = mirror.run()
         if code != 0 { throw ExitCode(code) }
     }
+}
+
+/// What `run` drives: the engine of a single Redis, or the coordinator of a cluster's masters.
+protocol MirrorDaemon: AnyObject {
+    var onReady: (@Sendable () -> Void)? { get set }
+    var onHangup: (@Sendable () -> Void)? { get set }
+    var onStatus: (@Sendable (String) -> Void)? { get set }
+    var onStopping: (@Sendable () -> Void)? { get set }
+    var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)? { get set }
+    var metricsFile: String? { get set }
+    func run() -> Int32
+}
+
+extension Mirror: MirrorDaemon {}
+extension ClusterMirror: MirrorDaemon {}
+
+/// Whether `run` was given a node of a Redis Cluster, asked once before the engine starts.
+enum ClusterProbe {
+    /// The node's address when it runs in cluster mode; nil for a single Redis, and when the node
+    /// cannot be reached now (the single-node engine then retries it with backoff, and refuses it at
+    /// its handshake if it turns out to be a cluster node).
+    static func seed(of endpoint: RedisEndpoint) throws -> ClusterNodeAddress? {
+        // Database 0 for the question: a cluster node refuses SELECT of any other.
+        var probe = endpoint
+        probe.database = 0
+        guard case .tcp(let host, let port) = endpoint.address,
+            let connection = try? RedisConnection(endpoint: probe, timeoutSeconds: 5),
+            let reply = try? connection.command("INFO", "cluster"), let text = reply.text,
+            ClusterInfo.isClusterEnabled(info: text)
+        else { return nil }
+        guard endpoint.database == 0 else {
+            throw ClusterProbeError(
+                message: "\(host):\(port) is a Redis Cluster node, and a cluster has only database 0: "
+                    + "remove /\(endpoint.database) from --redis")
+        }
+        return ClusterNodeAddress(host: host, port: port)
+    }
+}
+
+struct ClusterProbeError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }
 
 struct CheckCommand: ParsableCommand {

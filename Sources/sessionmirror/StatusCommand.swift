@@ -47,6 +47,9 @@ struct StatusCommand: ParsableCommand {
                         + ", \(bridge.sessions) sessions, \(bridge.copied) copied (\(bridge.copiedToNew) from old to new), \(bridge.deleted) deleted, "
                         + "\(bridge.conflicts) conflicts (recorded \(time(bridge.updatedAt)))")
             }
+            for node in status.clusterNodes ?? [] {
+                print("cluster master  \(node.address ?? node.id): run_id \(node.redisRunID ?? "none yet")")
+            }
         }
         if status.quickCheck != "ok" { throw ExitCode(1) }
     }

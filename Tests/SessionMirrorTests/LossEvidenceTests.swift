@@ -123,4 +123,34 @@ struct LossEvidenceTests {
         }
         withExtendedLifetime(directory) {}
     }
+
+    /// A cluster master's sync saw only its slots: rows of other slots are another master's, and
+    /// its reconciliation neither counts nor deletes them, however many its SCAN did not find.
+    @Test("a reconciliation with a key filter decides only on the rows it accepts")
+    func keyFilterLimitsTheReconciliation() throws {
+        let directory = try TemporaryDirectory(label: "loss-filter")
+        let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
+        defer { store.close() }
+        let record = { (index: Int) in
+            SnapshotRecord(key: bytes("s:\(index)"), type: "string", value: bytes("v"), expiresAt: 4_000_000_000_000)
+        }
+        try store.begin()
+        for index in 0..<100 { try store.upsert(record(index), changedAt: 1, generation: 1) }
+        try store.commit()
+        try store.begin()
+        try store.beginFullSync(generation: 2)
+        // This node holds the even keys; it found all of them but the first five.
+        for index in stride(from: 10, to: 100, by: 2) { try store.upsert(record(index), changedAt: 1, generation: 2) }
+        let evidence = LossEvidence(
+            previousRunID: "a", runID: "a", canary: .present, previousEvictedKeys: 0, evictedKeys: 0)
+        var reconciliation = evidence.reconciliation(
+            generation: 2, now: 10, maxDeleteFraction: 0.1,
+            keyFilter: { key in (Int(String(decoding: key.dropFirst(2), as: UTF8.self)) ?? 1) % 2 == 0 })
+        while reconciliation.outcome == nil { reconciliation = try reconciliation.step(in: store, rows: 16) }
+        try store.commit()
+        let outcome = try #require(reconciliation.outcome)
+        #expect(outcome.unexpiredRows == 50 && outcome.missingRows == 5 && outcome.deleted == 5)
+        #expect(try store.counts(now: 10).live == 95)
+        withExtendedLifetime(directory) {}
+    }
 }

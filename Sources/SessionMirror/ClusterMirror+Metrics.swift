@@ -1,0 +1,94 @@
+import Foundation
+import Logging
+import SnapshotStore
+
+extension ClusterMirror {
+    /// One `event=metrics` line with the totals over every master (the single-node fields, plus
+    /// `nodes` and `nodes_connected`), one `event=node_metrics node=host:port` line per master, and
+    /// with a metrics file the same numbers for Prometheus, per master labelled `node="host:port"`.
+    func logMetrics() {
+        let writerStats = writer.statistics(resetLatency: true)
+        let gauges = snapshotGauges.withLock { $0 }
+        writer.requestCounts { [self] live, evicted, bytes in
+            snapshotGauges.withLock { $0 = (live, evicted, bytes) }
+        }
+        let nodes = engines.map { (node: "\($0.key)", stats: $0.value.mirror.statistics()) }.sorted {
+            $0.node < $1.node
+        }
+        var total = MirrorStatistics()
+        for (_, stats) in nodes {
+            total.eventsReceived += stats.eventsReceived
+            total.keysRead += stats.keysRead
+            total.keysVanished += stats.keysVanished
+            total.valuesTooLarge += stats.valuesTooLarge
+            total.reconnects += stats.reconnects
+            total.fullSyncs += stats.fullSyncs
+            total.cacheLosses += stats.cacheLosses
+            total.restores += stats.restores
+            total.errors += stats.errors
+            total.keysRedirected += stats.keysRedirected
+            total.dirtyBacklog += stats.dirtyBacklog + stats.keysInFlight
+        }
+        let connectedCount = nodes.filter { $0.stats.connected }.count
+        var fields = Mirror.metricFields(
+            total, eventsReceived: total.eventsReceived, dirtyBacklog: total.dirtyBacklog, writer: writerStats,
+            gauges: gauges, connected: !nodes.isEmpty && connectedCount == nodes.count, runID: "")
+        fields.removeAll { $0.0 == "redis.run_id" }
+        fields += [
+            ("nodes", "\(nodes.count)"), ("nodes_connected", "\(connectedCount)"),
+            ("keys_redirected", "\(total.keysRedirected)"),
+        ]
+        var metadata: Logger.Metadata = ["event": "metrics"]
+        for (key, value) in fields { metadata[key] = "\(value)" }
+        logger.info("metrics", metadata: metadata)
+        for (node, stats) in nodes {
+            logger.info(
+                "node metrics",
+                metadata: [
+                    "event": "node_metrics", "node": "\(node)", "connected": "\(stats.connected)",
+                    "redis.run_id": "\(stats.redisRunID ?? "")", "events_received": "\(stats.eventsReceived)",
+                    "keys_read": "\(stats.keysRead)", "keys_redirected": "\(stats.keysRedirected)",
+                    "dirty_backlog": "\(stats.dirtyBacklog + stats.keysInFlight)", "reconnects": "\(stats.reconnects)",
+                    "full_syncs": "\(stats.fullSyncs)", "cache_losses": "\(stats.cacheLosses)",
+                    "restores": "\(stats.restores)", "errors": "\(stats.errors)",
+                ])
+        }
+        if let metricsFile {
+            let text =
+                Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
+                + ClusterMirror.prometheusNodeText(nodes)
+            DispatchQueue.global(qos: .utility).async { [logger] in
+                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
+            }
+        }
+    }
+
+    /// The per-master metrics, `sessionmirror_node_*{node="host:port"}`.
+    static func prometheusNodeText(_ nodes: [(node: String, stats: MirrorStatistics)]) -> String {
+        var lines: [String] = []
+        func metric(_ name: String, _ type: String, _ help: String, _ value: (MirrorStatistics) -> String) {
+            lines.append("# HELP sessionmirror_node_\(name) \(help)")
+            lines.append("# TYPE sessionmirror_node_\(name) \(type)")
+            for (node, stats) in nodes {
+                let label = node.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "\"", with: "\\\"")
+                lines.append("sessionmirror_node_\(name){node=\"\(label)\"} \(value(stats))")
+            }
+        }
+        metric("connected", "gauge", "1 when the master's engine is connected and subscribed.") {
+            $0.connected ? "1" : "0"
+        }
+        metric("events_received_total", "counter", "Changed keys notified by the master.") { "\($0.eventsReceived)" }
+        metric("keys_read_total", "counter", "Keys read back from the master.") { "\($0.keysRead)" }
+        metric("keys_redirected_total", "counter", "Reads the master answered with MOVED or ASK.") {
+            "\($0.keysRedirected)"
+        }
+        metric("dirty_backlog", "gauge", "Keys of the master waiting to be read or being read.") {
+            "\($0.dirtyBacklog + $0.keysInFlight)"
+        }
+        metric("reconnects_total", "counter", "Connections to the master lost and made again.") { "\($0.reconnects)" }
+        metric("full_syncs_total", "counter", "Full syncs (SCAN) of the master started.") { "\($0.fullSyncs)" }
+        metric("cache_losses_total", "counter", "Losses of the master's share detected.") { "\($0.cacheLosses)" }
+        return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
+    }
+}
