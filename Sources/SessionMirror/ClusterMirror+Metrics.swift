@@ -32,7 +32,9 @@ extension ClusterMirror {
         let connectedCount = nodes.filter { $0.stats.connected }.count
         var fields = Mirror.metricFields(
             total, eventsReceived: total.eventsReceived, dirtyBacklog: total.dirtyBacklog, writer: writerStats,
-            gauges: gauges, connected: !nodes.isEmpty && connectedCount == nodes.count, runID: "")
+            gauges: gauges, connected: !nodes.isEmpty && connectedCount == nodes.count, runID: "",
+            // The read stages are each engine's own; the writer's stages are the shared writer's.
+            stages: Mirror.LiveStageLatency())
         fields.removeAll { $0.0 == "redis.run_id" }
         fields += [
             ("nodes", "\(nodes.count)"), ("nodes_connected", "\(connectedCount)"),

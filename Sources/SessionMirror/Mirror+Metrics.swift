@@ -9,7 +9,6 @@ extension Mirror {
         let gauges = snapshotGauges.withLock { $0 }
         let stages = liveStages
         liveStages = LiveStageLatency()
-        func p99(_ histogram: LatencyHistogram) -> String { "\(Double(histogram.quantile(0.99)) / 1000)" }
         // The counts for the next line are taken beside the writer, not in its transaction.
         writer.requestCounts { [self] live, evicted, bytes in
             snapshotGauges.withLock { $0 = (live, evicted, bytes) }
@@ -17,7 +16,7 @@ extension Mirror {
         var fields = Mirror.metricFields(
             stats, eventsReceived: dirty.eventsReceived.load(ordering: .relaxed),
             dirtyBacklog: dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0), writer: writerStats,
-            gauges: gauges, connected: connected != nil, runID: connection?.runID ?? "")
+            gauges: gauges, connected: connected != nil, runID: connection?.runID ?? "", stages: stages)
         if let periodicBackup {
             let last = periodicBackup.lastSuccessMilliseconds.load(ordering: .relaxed)
             fields.append(("backup_last_success_unix_s", "\(last / 1000)"))
@@ -47,9 +46,10 @@ extension Mirror {
     /// The fields of an `event=metrics` line, in order.
     static func metricFields(
         _ stats: MirrorStatistics, eventsReceived: UInt64, dirtyBacklog: Int, writer writerStats: WriterStatistics,
-        gauges: (live: Int, evicted: Int, bytes: Int64), connected: Bool, runID: String
+        gauges: (live: Int, evicted: Int, bytes: Int64), connected: Bool, runID: String, stages: LiveStageLatency
     ) -> [(String, String)] {
-        [
+        func p99(_ histogram: LatencyHistogram) -> String { "\(Double(histogram.quantile(0.99)) / 1000)" }
+        return [
             ("events_received", "\(eventsReceived)"),
             ("keys_read", "\(stats.keysRead)"),
             ("keys_vanished", "\(stats.keysVanished)"),
