@@ -62,7 +62,8 @@ struct OpenedSnapshot {
     func startWriter(configuration: MirrorConfiguration, logger: Logger) -> SnapshotWriter {
         SnapshotWriter(
             store: store, logger: logger, commitIntervalMilliseconds: configuration.commitIntervalMilliseconds,
-            pruneIntervalSeconds: configuration.pruneIntervalSeconds, pruneGraceSeconds: configuration.pruneGraceSeconds,
+            pruneIntervalSeconds: configuration.pruneIntervalSeconds,
+            pruneGraceSeconds: configuration.pruneGraceSeconds,
             tombstoneLimits: configuration.tombstoneLimits)
     }
 }
