@@ -130,7 +130,7 @@ public struct ClusterTopology: Sendable, Equatable {
     /// The slot ranges no master serves; empty when the cluster covers every slot.
     public var uncoveredSlots: [ClosedRange<Int>] {
         var ranges: [ClosedRange<Int>] = []
-        var start: Int?
+        var start: Int? = 0  // a gap may start at slot 0
         for slot in 0...ClusterSlot.count where slot == ClusterSlot.count || owners[slot] >= 0 {
             if let first = start, slot > first { ranges.append(first...(slot - 1)) }
             start = slot + 1

@@ -166,7 +166,7 @@ extension ClusterMirror {
                 metadata: ["event": "cluster_mismatch", "node": "\(address)"])
             return
         }
-        let uncovered = ClusterMirror.slotsWithoutMaster(in: new)
+        let uncovered = new.uncoveredSlots
         if !uncovered.isEmpty {
             let ranges = uncovered.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",")
             if case .discovering = phase {
@@ -220,26 +220,6 @@ extension ClusterMirror {
             // Not at once: a burst of MOVED replies asks for one more map, not one per reply.
             refreshLater(afterMilliseconds: 200, reason: "again")
         }
-    }
-}
-
-extension ClusterMirror {
-    /// The ranges of slots no master serves, asked slot by slot of the map.
-    ///
-    /// Why not `ClusterTopology.uncoveredSlots`: as merged, it leaves out a range that starts at
-    /// slot 0 (a node that never joined a cluster, which serves none, came out as fully covered).
-    static func slotsWithoutMaster(in topology: ClusterTopology) -> [ClosedRange<Int>] {
-        var ranges: [ClosedRange<Int>] = []
-        var start: Int?
-        for slot in 0...ClusterSlot.count {
-            let served = slot < ClusterSlot.count && topology.master(forSlot: slot) != nil
-            if !served, start == nil, slot < ClusterSlot.count { start = slot }
-            if served || slot == ClusterSlot.count, let first = start {
-                ranges.append(first...(slot - 1))
-                start = nil
-            }
-        }
-        return ranges
     }
 }
 

@@ -65,10 +65,10 @@ struct ClusterEngineTests {
     func slotsWithoutMaster() throws {
         let node = ClusterNode(id: "a", address: ClusterNodeAddress(host: "127.0.0.1", port: 7000))
         let none = try ClusterTopology(shards: [ClusterShard(master: node, slots: [])])
-        #expect(ClusterMirror.slotsWithoutMaster(in: none) == [0...16383])
+        #expect(none.uncoveredSlots == [0...16383])
         let some = try ClusterTopology(shards: [ClusterShard(master: node, slots: [100...200, 300...16383])])
-        #expect(ClusterMirror.slotsWithoutMaster(in: some) == [0...99, 201...299])
+        #expect(some.uncoveredSlots == [0...99, 201...299])
         let all = try ClusterTopology(shards: [ClusterShard(master: node, slots: [0...16383])])
-        #expect(ClusterMirror.slotsWithoutMaster(in: all).isEmpty)
+        #expect(all.uncoveredSlots.isEmpty)
     }
 }
