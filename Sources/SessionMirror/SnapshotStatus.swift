@@ -22,6 +22,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     public var fileBytes: Int64
     /// SQLite's `quick_check`: "ok" or what is wrong.
     public var quickCheck: String
+    /// The prefixes and database the daemon recorded (`recordScope`); nil before a daemon ran on it.
+    public var mirrorPrefixes: [String]? = nil
+    public var mirrorDatabase: Int? = nil
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -37,6 +40,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case redisMaster = "redis_master"
         case fileBytes = "file_bytes"
         case quickCheck = "quick_check"
+        case mirrorPrefixes = "mirror_prefixes"
+        case mirrorDatabase = "mirror_database"
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -57,6 +62,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
                 lastCommit = max(lastCommit ?? 0, Int64(date.timeIntervalSince1970 * 1000))
             }
         }
+        let scope = try? store.recordedScope()
         return SnapshotStatus(
             path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
             rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
@@ -64,6 +70,15 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             redisRunID: try store.metadata("redis_run_id"), redisMaster: try store.metadata("redis_master"),
             fileBytes: store.fileBytes(),
             // Opening ran quick_check and refuses a file it finds damaged (`isDamage`).
-            quickCheck: "ok")
+            quickCheck: "ok", mirrorPrefixes: scope?.prefixes.map { String(decoding: $0, as: UTF8.self) },
+            mirrorDatabase: scope?.database)
+    }
+
+    /// The prefixes and database the daemon recorded in the snapshot at `path`; nil when it records
+    /// none or cannot be read.
+    public static func recordedScope(path: String) throws -> MirrorScope? {
+        let store = try SnapshotStore(path: path, mode: .readOnly)
+        defer { store.close() }
+        return try store.recordedScope()
     }
 }
