@@ -57,7 +57,7 @@ struct RestoreCommand: ParsableCommand {
         let logger = Logger(label: "sessionmirror.restore")
         var options = RestoreOptions()
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
-        options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger)
+        options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger, announce: snapshots.count <= 1)
         options.integrityKey = try shared.integrityKey()
         options.dryRun = dryRun
         options.overwrite = overwrite

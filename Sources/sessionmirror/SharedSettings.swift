@@ -188,9 +188,11 @@ extension SharedSettings {
 extension SharedSettings {
     /// The keys restore, verify and purge keep to: the prefixes given, else those the daemon
     /// recorded in the snapshot, which the log says (an operator should know which were used).
-    func keyScope(logger: Logger) -> KeyScope {
+    ///
+    /// - Parameter announce: false where the snapshots are checked against each other first.
+    func keyScope(logger: Logger, announce: Bool = true) -> KeyScope {
         if let prefixes = explicitPrefixes { return .prefixes(prefixes.map { Array($0.utf8) }) }
-        if let recorded = try? SnapshotStatus.recordedScope(path: snapshotPath) {
+        if announce, let recorded = try? SnapshotStatus.recordedScope(path: snapshotPath) {
             logger.notice(
                 "no --prefix given: using the prefixes the snapshot records",
                 metadata: [
