@@ -33,10 +33,10 @@ struct PurgeCommand: ParsableCommand {
             throw ValidationError(
                 "purge deletes every session under \(what) from Redis and the snapshot; add --yes to confirm")
         }
-        // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
-        let scope = shared.keyScope(logger: logger)
         // Outside the `do`: its refusal is already the one line to print.
         let endpoint = try shared.endpoint()
+        // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
+        let scope = shared.keyScope(logger: logger)
         let summary: Purger.Summary
         do {
             summary = try Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope).run()

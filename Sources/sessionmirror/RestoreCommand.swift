@@ -55,6 +55,8 @@ struct RestoreCommand: ParsableCommand {
         )
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.restore")
+        // First: a Redis that cannot be reached is the one line to print.
+        let endpoint = try shared.endpoint()
         var options = RestoreOptions()
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
         options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger, announce: snapshots.count <= 1)
@@ -70,7 +72,6 @@ struct RestoreCommand: ParsableCommand {
             options.renamePrefix = PrefixRename(old: Array(parts[0].utf8), new: Array(parts[1].utf8))
             if options.scope == .recorded { options.scope = .prefixes([Array(parts[0].utf8)]) }
         }
-        let endpoint = try shared.endpoint()
         let paths = snapshots.isEmpty ? [shared.snapshotPath] : snapshots
         let snapshot = paths.joined(separator: ", ")
         // Several snapshots are checked against each other before anything else is said.
