@@ -22,10 +22,13 @@ public struct DoctorCheck: Sendable, Codable, Equatable {
 public struct Doctor: Sendable {
     public let endpoint: RedisEndpoint
     public let prefixes: [[UInt8]]
+    /// As `run`'s `config_set`: false when the daemon may not add the notification flags itself.
+    public let configureNotifications: Bool
 
-    public init(endpoint: RedisEndpoint, prefixes: [[UInt8]]) {
+    public init(endpoint: RedisEndpoint, prefixes: [[UInt8]], configureNotifications: Bool = true) {
         self.endpoint = endpoint
         self.prefixes = prefixes
+        self.configureNotifications = configureNotifications
     }
 
     /// Stands for the password's SHA-256 in the printed ACL lines: Redis stores only the hash
@@ -164,15 +167,22 @@ public struct Doctor: Sendable {
                 fix: "grant +role or +info")
         }
 
-        // Keyspace notifications and CONFIG.
+        // Keyspace notifications and CONFIG: a fail wherever `run` with the same settings refuses to start.
         let current = reply(["CONFIG", "GET", "notify-keyspace-events"])
+        var daemonAddsFlags = false
         if let value = current.elements?.last?.text {
             let missing = ChangeFeed.missingFlags(in: value)
             let setReply = reply(["CONFIG", "SET", "notify-keyspace-events", value])  // the same value: no change
             let mayConfigure = setReply.errorMessage == nil
             if missing.isEmpty {
                 add("notifications", .ok, "notify-keyspace-events is '\(value)'")
+            } else if !configureNotifications {
+                add(
+                    "notifications", .fail,
+                    "notify-keyspace-events '\(value)' lacks '\(missing)' and config_set is off: run refuses to start",
+                    fix: ChangeFeed.operatorHint(current: value))
             } else if mayConfigure {
+                daemonAddsFlags = true
                 add(
                     "notifications", .warn,
                     "notify-keyspace-events '\(value)' lacks '\(missing)'; the daemon will add it at each connect",
@@ -190,13 +200,19 @@ public struct Doctor: Sendable {
                     : "CONFIG SET refused",
                 fix: mayConfigure
                     ? nil : "set notify-keyspace-events in redis.conf and run the daemon with --no-config-set")
+        } else if configureNotifications {
+            add(
+                "notifications", .fail,
+                "CONFIG GET refused (\(current.errorMessage ?? "?")): run refuses to start while config_set is on",
+                fix: ChangeFeed.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
         } else {
             add(
-                "notifications", .warn, "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot check",
-                fix: ChangeFeed.operatorHint(current: nil) + ", then run with --no-config-set (config_set = false)")
+                "notifications", .warn,
+                "CONFIG GET refused (\(current.errorMessage ?? "?")): cannot read the setting; the canary tests it")
         }
 
-        // Subscriptions, on a second connection (a subscribed connection takes no other commands).
+        // Subscriptions, on a second connection (a subscribed connection takes no other commands),
+        // then a canary: the only true answer when CONFIG is refused is a keyevent actually heard.
         if let subscriber = try? RedisConnection(endpoint: endpoint, timeoutSeconds: 5) {
             defer { subscriber.close() }
             let channels = ChangeFeed.channelNames(database: endpoint.database)
@@ -205,6 +221,7 @@ public struct Doctor: Sendable {
                 ?? .error("connection lost")
             if answer.elements?.first?.text == "subscribe" {
                 add("subscribe", .ok, "SUBSCRIBE \(channels.joined(separator: " "))")
+                checkCanary(redis: redis, subscriber: subscriber, daemonAddsFlags: daemonAddsFlags, add: add)
             } else {
                 add(
                     "subscribe", .fail,
@@ -214,6 +231,8 @@ public struct Doctor: Sendable {
                 )
             }
         }
+
+        checkKeyCounts(redis: redis, add: add)
 
         // The reads: the mirror's script on a probe key, SCAN, CLIENT TRACKING.
         let setProbe = reply(["SET", probe, "probe", "PX", "10000", "NX"])

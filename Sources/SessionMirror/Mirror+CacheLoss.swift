@@ -25,7 +25,7 @@ extension Mirror {
         }
         guard configuration.onCacheLoss == .restore else {
             logger.notice(
-                "restore with: sessionmirror restore --snapshot \(configuration.snapshotPath) \(restoreTarget)",
+                "restore with: \(configuration.restoreCommand ?? "sessionmirror restore --snapshot \(configuration.snapshotPath) \(restoreTarget)")",
                 metadata: ["event": "restore_hint"])
             return
         }

@@ -322,6 +322,7 @@ extension Mirror {
                 "rows_deleted": "\(outcome.deleted)", "rows_missing": "\(outcome.missingRows)",
                 "rows_unexpired": "\(outcome.unexpiredRows)", "duration_s": "\(String(format: "%.3f", seconds))",
             ]))
+        if state.keysScanned == 0, let connection { warnIfOnlyOtherKeys(on: connection) }
         if let reason = outcome.refusedReason {
             stats.cacheLosses += 1
             logger.error(
@@ -343,6 +344,30 @@ extension Mirror {
             everSynced = true
             onReady?()
             if case .clusterNode(let member) = deployment { member.synced() }
+        }
+    }
+
+    /// A sync found no key under the prefixes: when the database holds other keys (a sample of
+    /// SCAN, the mirror's own `__sessionmirror__:` keys left out), the prefixes are most likely
+    /// wrong, and a mirror of nothing would look healthy.
+    private func warnIfOnlyOtherKeys(on connection: NodeConnection) {
+        connection.reader.send(.command("SCAN", "0", "COUNT", "1000")) { [weak self] reply in
+            guard let self, let items = reply?.elements, items.count == 2, let keys = items[1].elements else { return }
+            let own = Array("__sessionmirror__:".utf8)
+            guard let other = keys.compactMap(\.bytes).first(where: { !$0.starts(with: own) }) else { return }
+            connection.reader.send(.command("DBSIZE")) { [weak self] reply in
+                guard let self else { return }
+                self.logger.warning(
+                    "the full sync found no key under the prefixes, but the database has other keys: check the prefixes",
+                    metadata: [
+                        "event": "sync_no_keys_under_prefixes",
+                        "prefixes": "\(self.configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
+                        "database_keys": "\(reply?.integer.map { "\($0)" } ?? "?")",
+                        // Up to the last `:`, the part that names the application, never a whole id.
+                        "other_key_prefix":
+                            "\(SessionKey.redacted(other, prefixes: other.lastIndex(of: UInt8(ascii: ":")).map { [Array(other[...$0])] } ?? []))",
+                    ])
+            }
         }
     }
 

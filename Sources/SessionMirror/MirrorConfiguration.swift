@@ -66,6 +66,10 @@ public struct MirrorConfiguration: Sendable {
     public var replicaCheckIntervalMilliseconds = 1000
     /// Backups of the snapshot on a schedule (`[backup]`); nil: none.
     public var backup: BackupSchedule?
+    /// The complete `sessionmirror restore …` command for the `restore_hint` line (the command line
+    /// knows the configuration file and the options it came from); nil: one built from this
+    /// configuration's snapshot and Redis.
+    public var restoreCommand: String?
     /// Test-only: while it returns true, the full sync's reads wait (its keys stay in the dirty
     /// set), so that a test can observe that live changes are committed ahead of a sync however
     /// long it takes. Nil in production; `sessionmirror run` sets it only in debug builds

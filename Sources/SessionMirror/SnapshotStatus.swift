@@ -41,6 +41,9 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             case redisEvictedKeys = "redis_evicted_keys"
         }
     }
+    /// The prefixes and database the daemon recorded (`recordScope`); nil before a daemon ran on it.
+    public var mirrorPrefixes: [String]? = nil
+    public var mirrorDatabase: Int? = nil
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -58,6 +61,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case quickCheck = "quick_check"
         case bridge
         case clusterNodes = "cluster_nodes"
+        case mirrorPrefixes = "mirror_prefixes"
+        case mirrorDatabase = "mirror_database"
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -92,6 +97,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             }
             nodes[id] = node
         }
+        let scope = try? store.recordedScope()
         var status = SnapshotStatus(
             path: path, formatVersion: try store.formatVersion(), rowsLive: counts.live, rowsEvicted: counts.evicted,
             rowsExpired: counts.expired, oldestChangeAt: range.oldest, newestChangeAt: range.newest,
@@ -102,10 +108,19 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             quickCheck: "ok",
             bridge: try store.metadata(BridgeStatus.metadataName).flatMap {
                 try? JSONDecoder().decode(BridgeStatus.self, from: Data($0.utf8))
-            })
+            }, mirrorPrefixes: scope?.prefixes.map { String(decoding: $0, as: UTF8.self) },
+            mirrorDatabase: scope?.database)
         if !nodes.isEmpty {
             status.clusterNodes = nodes.values.sorted { ($0.address ?? $0.id) < ($1.address ?? $1.id) }
         }
         return status
+    }
+
+    /// The prefixes and database the daemon recorded in the snapshot at `path`; nil when it records
+    /// none or cannot be read.
+    public static func recordedScope(path: String) throws -> MirrorScope? {
+        let store = try SnapshotStore(path: path, mode: .readOnly)
+        defer { store.close() }
+        return try store.recordedScope()
     }
 }

@@ -18,6 +18,12 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     /// `host:port` of the master when the node compared is a replica: allowed (verify writes
     /// nothing), but a replica lags its master, so a difference may be only that lag.
     public var replicaOf: String?
+    /// Rows of the snapshot under none of the prefixes: not compared.
+    public var rowsOutsidePrefixes = 0
+    /// Keys in Redis under none of the prefixes (the mirror's own `__sessionmirror__:` keys left out).
+    public var redisKeysOutsidePrefixes = 0
+    /// The prefixes compared.
+    public var prefixes: [String] = []
 
     enum CodingKeys: String, CodingKey {
         case equal
@@ -29,11 +35,59 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         case expired
         case tampered
         case replicaOf = "replica_of"
+        case rowsOutsidePrefixes = "rows_outside_prefixes"
+        case redisKeysOutsidePrefixes = "redis_keys_outside_prefixes"
+        case prefixes
+        case nothingCompared = "nothing_compared"
     }
 
-    /// True when every unexpired key is equal on both sides.
+    /// No key under the prefixes on either side while either side has other keys: almost always
+    /// a wrong prefix, and never a reason to say "in sync".
+    public var nothingCompared: Bool {
+        let compared =
+            equal + differentValue + differentExpiry + onlyInSnapshot + onlyInRedis + evicted + expired + tampered
+        return compared == 0 && (rowsOutsidePrefixes > 0 || redisKeysOutsidePrefixes > 0)
+    }
+
+    /// True when every unexpired key is equal on both sides, and something was compared.
     public var inSync: Bool {
         differentValue == 0 && differentExpiry == 0 && onlyInSnapshot == 0 && onlyInRedis == 0 && tampered == 0
+            && !nothingCompared
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(equal, forKey: .equal)
+        try container.encode(differentValue, forKey: .differentValue)
+        try container.encode(differentExpiry, forKey: .differentExpiry)
+        try container.encode(onlyInSnapshot, forKey: .onlyInSnapshot)
+        try container.encode(onlyInRedis, forKey: .onlyInRedis)
+        try container.encode(evicted, forKey: .evicted)
+        try container.encode(expired, forKey: .expired)
+        try container.encode(tampered, forKey: .tampered)
+        try container.encodeIfPresent(replicaOf, forKey: .replicaOf)
+        try container.encode(rowsOutsidePrefixes, forKey: .rowsOutsidePrefixes)
+        try container.encode(redisKeysOutsidePrefixes, forKey: .redisKeysOutsidePrefixes)
+        try container.encode(prefixes, forKey: .prefixes)
+        try container.encode(nothingCompared, forKey: .nothingCompared)
+    }
+
+    public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        equal = try container.decode(Int.self, forKey: .equal)
+        differentValue = try container.decode(Int.self, forKey: .differentValue)
+        differentExpiry = try container.decode(Int.self, forKey: .differentExpiry)
+        onlyInSnapshot = try container.decode(Int.self, forKey: .onlyInSnapshot)
+        onlyInRedis = try container.decode(Int.self, forKey: .onlyInRedis)
+        evicted = try container.decode(Int.self, forKey: .evicted)
+        expired = try container.decode(Int.self, forKey: .expired)
+        tampered = try container.decode(Int.self, forKey: .tampered)
+        replicaOf = try container.decodeIfPresent(String.self, forKey: .replicaOf)
+        rowsOutsidePrefixes = try container.decodeIfPresent(Int.self, forKey: .rowsOutsidePrefixes) ?? 0
+        redisKeysOutsidePrefixes = try container.decodeIfPresent(Int.self, forKey: .redisKeysOutsidePrefixes) ?? 0
+        prefixes = try container.decodeIfPresent([String].self, forKey: .prefixes) ?? []
     }
 }
 
@@ -89,6 +143,7 @@ public struct Verifier {
             throw OneShotCommandError(description: "\(error)")
         }
         var report = VerifyReport()
+        report.prefixes = prefixes.map { String(decoding: $0, as: UTF8.self) }
         report.replicaOf = try redis.replicationRole()?.masterAddress
         let readMode: KeyReader.Mode
         do {
@@ -141,7 +196,10 @@ public struct Verifier {
         }
 
         try store.forEachRecord(verifying: integrityKey) { row, authenticity in
-            guard SessionKey.matches(row.key, prefixes: prefixes) else { return true }
+            guard SessionKey.matches(row.key, prefixes: prefixes) else {
+                report.rowsOutsidePrefixes += 1
+                return true
+            }
             snapshotKeys.insert(row.key)
             if authenticity == .tampered {
                 report.tampered += 1
@@ -157,17 +215,30 @@ public struct Verifier {
         }
         try compare()
 
-        // Keys in Redis the snapshot does not have (on a cluster, each master has its share).
+        // Keys in Redis the snapshot does not have, and how many Redis holds under the prefixes (on a
+        // cluster, each master has its share).
+        var redisKeysUnderPrefixes = 0
         for (_, node) in nodes {
-            for prefix in prefixes {
+            for (index, prefix) in prefixes.enumerated() {
                 try node.scanKeys(under: prefix) { keys in
+                    // A key under two overlapping prefixes counts once: under the first.
+                    redisKeysUnderPrefixes +=
+                        keys.filter { key in !prefixes[..<index].contains { key.starts(with: $0) } }
+                        .count
                     for key in keys where !snapshotKeys.contains(key) {
                         report.onlyInRedis += 1
-                        snapshotKeys.insert(key)  // a key under two overlapping prefixes counts once
+                        snapshotKeys.insert(key)
                     }
                 }
             }
         }
+        var databaseKeys = 0
+        var ownKeys = 0
+        for (_, node) in nodes {
+            databaseKeys += Int(try node.command("DBSIZE").integer ?? 0)
+            try node.scanKeys(under: Array("__sessionmirror__:".utf8)) { ownKeys += $0.count }
+        }
+        report.redisKeysOutsidePrefixes = max(databaseKeys - redisKeysUnderPrefixes - ownKeys, 0)
         return report
     }
 

@@ -14,7 +14,8 @@ struct BackupCommand: ParsableCommand {
             2 nothing written (a missing snapshot, an unwritable destination, a full disk).
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
+    @OptionGroup var config: ConfigFileOption
+    @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
     @Option(
         help: "The backup file, or a directory (existing, or ending in /) where it gets a dated name.")
     var to: String
@@ -22,11 +23,13 @@ struct BackupCommand: ParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() throws {
-        _ = try log.bootstrap()
+        let shared = try SharedSettings(
+            config: config, commandLine: SharedSettings.commandLine(snapshot: snapshot, log: log))
+        try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.backup")
         let summary: SnapshotBackupSummary
         do {
-            summary = try SnapshotBackup.write(snapshotPath: snapshot, to: to)
+            summary = try SnapshotBackup.write(snapshotPath: shared.snapshotPath, to: to)
         } catch {
             throw fail(error.description)
         }

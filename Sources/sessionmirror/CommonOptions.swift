@@ -40,26 +40,6 @@ struct RedisOptions: ParsableArguments {
 
     @Option(name: .customLong("db"), help: "With --sentinel: the database number (default 0).")
     var database: Int?
-
-    /// The endpoint with the password from, in order: the file, $SESSIONMIRROR_REDIS_PASSWORD, the URL.
-    /// With `--sentinel`, the master Sentinel names now (checked with ROLE). Every refusal is one
-    /// line and exit 2.
-    func endpoint() throws -> RedisEndpoint {
-        let target: RedisTarget
-        do {
-            target = try RedisTarget(
-                url: url, passwordFile: passwordFile, sentinels: sentinels, sentinelMaster: sentinelMaster,
-                sentinelPasswordFile: sentinelPasswordFile, database: database, option: { flag, _ in flag })
-        } catch {
-            throw fail("\(error)")
-        }
-        guard let sentinel = target.sentinel else { return target.endpoint }
-        do {
-            return try SentinelResolver(settings: sentinel).resolve(dataNode: target.endpoint)
-        } catch {
-            throw fail("\(error)")
-        }
-    }
 }
 
 /// Where Redis is, from the flags or the file: the endpoint (with Sentinel: the data nodes'
@@ -155,10 +135,6 @@ struct PrefixOptions: ParsableArguments {
         name: .customLong("prefix"),
         help: "Key prefix to mirror (repeatable; default Django's \(DjangoPreset.defaultPrefix)).")
     var prefixes: [String] = []
-
-    var bytes: [[UInt8]] {
-        (prefixes.isEmpty ? [DjangoPreset.defaultPrefix] : prefixes).map { Array($0.utf8) }
-    }
 }
 
 /// Logging options shared by every subcommand.
@@ -173,11 +149,6 @@ struct LogOptions: ParsableArguments {
 
     @Option(name: .customLong("log-file"), help: "Append log lines to this file instead of stderr (SIGHUP reopens it).")
     var file: String?
-
-    /// Bootstraps swift-log (once per process) and returns the sink, for SIGHUP.
-    func bootstrap() throws -> LogfmtLogHandler.Sink {
-        try LogOptions.bootstrap(format: format ?? Defaults.logFormat, level: level ?? Defaults.logLevel, file: file)
-    }
 
     static func bootstrap(format: LogfmtLogHandler.Format, level: Logger.Level, file: String?) throws
         -> LogfmtLogHandler.Sink

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SessionMirror
+import SessionMirrorConfiguration
 
 struct DoctorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -8,16 +9,27 @@ struct DoctorCommand: ParsableCommand {
         abstract:
             "Preflight: can the mirror and restore work against this Redis? Exit 1 when something would stop them.")
 
+    @OptionGroup var config: ConfigFileOption
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
+    @Flag(
+        name: .customLong("no-config-set"),
+        help: "As run's: the daemon will not change notify-keyspace-events (config_set = false in the file).")
+    var noConfigSet = false
     @Flag(help: "Print the checks as one JSON object.") var json = false
 
     func run() throws {
         try refuseEmptyPrefixes(prefix.prefixes)
-        let endpoint = try redis.endpoint()
-        let (checks, server) = Doctor(endpoint: endpoint, prefixes: prefix.bytes).inspect()
-        let daemon = Doctor.daemonACL(prefixes: prefix.bytes, database: endpoint.database, server: server)
-        let maintenance = Doctor.maintenanceACL(prefixes: prefix.bytes, database: endpoint.database, server: server)
+        var flags = SharedSettings.commandLine(redis: redis, prefixes: prefix.prefixes)
+        flags.configSet = noConfigSet ? false : nil
+        let shared = try SharedSettings(config: config, commandLine: flags)
+        let endpoint = try shared.endpoint()
+        let prefixes = shared.settings.effectivePrefixes.map { Array($0.utf8) }
+        let doctor = Doctor(
+            endpoint: endpoint, prefixes: prefixes, configureNotifications: shared.settings.configSet ?? true)
+        let (checks, server) = doctor.inspect()
+        let daemon = Doctor.daemonACL(prefixes: prefixes, database: endpoint.database, server: server)
+        let maintenance = Doctor.maintenanceACL(prefixes: prefixes, database: endpoint.database, server: server)
         if json {
             struct Report: Encodable {
                 let checks: [DoctorCheck]

@@ -9,15 +9,6 @@ struct IntegrityKeyOptions: ParsableArguments {
         help: "The key that signs the snapshot's rows (default: the systemd credential sessionmirror-integrity-key).")
     var file: String?
 
-    /// The key from `file`, else from systemd's credential, else nil (rows are not checked).
-    func key() throws -> IntegrityKey? {
-        do {
-            return try IntegrityKeyOptions.load(file: file)
-        } catch {
-            throw fail("--integrity-key-file: \(error)")
-        }
-    }
-
     /// The credential that `LoadCredential=sessionmirror-integrity-key:...` in the unit provides.
     static let credentialName = "sessionmirror-integrity-key"
 

@@ -12,7 +12,8 @@ struct PurgeCommand: ParsableCommand {
             restore can bring the sessions back. Use purge for a deliberate mass logout.
             """)
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
+    @OptionGroup var config: ConfigFileOption
+    @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @Flag(help: "Confirm: without it, nothing is deleted.") var yes = false
@@ -20,21 +21,25 @@ struct PurgeCommand: ParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() throws {
-        _ = try log.bootstrap()
-        let logger = Logger(label: "sessionmirror.purge")
         try refuseEmptyPrefixes(prefix.prefixes)
-        // Without --prefix: the prefixes the daemon recorded in the snapshot.
-        let scope: KeyScope = prefix.prefixes.isEmpty ? .recorded : .prefixes(prefix.bytes)
+        let shared = try SharedSettings(
+            config: config,
+            commandLine: SharedSettings.commandLine(
+                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, log: log))
+        try shared.bootstrapLog()
+        let logger = Logger(label: "sessionmirror.purge")
         guard yes else {
-            let what = prefix.prefixes.isEmpty ? "the snapshot's recorded prefixes" : "\(prefix.prefixes)"
+            let what = shared.explicitPrefixes.map { "\($0)" } ?? "the snapshot's recorded prefixes"
             throw ValidationError(
                 "purge deletes every session under \(what) from Redis and the snapshot; add --yes to confirm")
         }
         // Outside the `do`: its refusal is already the one line to print.
-        let endpoint = try redis.endpoint()
+        let endpoint = try shared.endpoint()
+        // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
+        let scope = shared.keyScope(logger: logger)
         let summary: Purger.Summary
         do {
-            summary = try Purger(snapshotPath: snapshot, endpoint: endpoint, scope: scope).run()
+            summary = try Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope).run()
         } catch let error as ValidationError {
             throw error
         } catch {

@@ -16,6 +16,7 @@ struct RestoreCommand: ParsableCommand {
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
             """)
 
+    @OptionGroup var config: ConfigFileOption
     @Option(
         name: .customLong("snapshot"),
         help: ArgumentHelp(
@@ -45,14 +46,21 @@ struct RestoreCommand: ParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() throws {
-        _ = try log.bootstrap()
-        let logger = Logger(label: "sessionmirror.restore")
         try refuseEmptyPrefixes(prefixes)
         if allPrefixes && !prefixes.isEmpty { throw fail("--all-prefixes and --prefix: choose one") }
+        let shared = try SharedSettings(
+            config: config,
+            commandLine: SharedSettings.commandLine(
+                redis: redis, prefixes: prefixes, snapshot: snapshots.first, integrityKeyFile: integrity.file, log: log)
+        )
+        try shared.bootstrapLog()
+        let logger = Logger(label: "sessionmirror.restore")
+        // First: a Redis that cannot be reached is the one line to print.
+        let endpoint = try shared.endpoint()
         var options = RestoreOptions()
-        options.scope =
-            allPrefixes ? .everything : prefixes.isEmpty ? .recorded : .prefixes(prefixes.map { Array($0.utf8) })
-        options.integrityKey = try integrity.key()
+        // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
+        options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger, announce: snapshots.count <= 1)
+        options.integrityKey = try shared.integrityKey()
         options.dryRun = dryRun
         options.overwrite = overwrite
         options.skipEvicted = skipEvicted
@@ -64,8 +72,7 @@ struct RestoreCommand: ParsableCommand {
             options.renamePrefix = PrefixRename(old: Array(parts[0].utf8), new: Array(parts[1].utf8))
             if options.scope == .recorded { options.scope = .prefixes([Array(parts[0].utf8)]) }
         }
-        let endpoint = try redis.endpoint()
-        let paths = snapshots.isEmpty ? [Defaults.snapshotPath] : snapshots
+        let paths = snapshots.isEmpty ? [shared.snapshotPath] : snapshots
         let snapshot = paths.joined(separator: ", ")
         // Several snapshots are checked against each other before anything else is said.
         let several = MultiSnapshotRestorer(snapshotPaths: paths, endpoint: endpoint, options: options, logger: logger)
@@ -90,10 +97,10 @@ struct RestoreCommand: ParsableCommand {
             throw fail("\(error)")
         }
         progress.finish()
-        if summary.total == 0 && summary.otherPrefix > 0 && !prefixes.isEmpty {
+        if summary.total == 0 && summary.otherPrefix > 0, let given = shared.explicitPrefixes, !allPrefixes {
             // Almost always a typo or a wrong cache VERSION: say so rather than report success.
             throw fail(
-                "no row of \(snapshot) is under \(prefixes); "
+                "no row of \(snapshot) is under \(given); "
                     + "its \(summary.otherPrefix) rows are under other prefixes: check --prefix (Django KEY_PREFIX and VERSION)"
             )
         }

@@ -9,8 +9,7 @@ import Systemd
 
 /// The options of `run` and `check`: each one overrides the configuration file's key.
 struct RunOptions: ParsableArguments {
-    @Option(help: "A TOML configuration file (see deploy/sessionmirror.toml); flags override it.")
-    var config: String?
+    @OptionGroup var config: ConfigFileOption
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @Option(name: .customLong("django-key-prefix"), help: "Django preset: the cache's KEY_PREFIX (gives the prefixes).")
@@ -73,18 +72,11 @@ struct RunOptions: ParsableArguments {
         endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)), prefixes: [], snapshotPath: "")
     private var tuning: MirrorConfiguration { Self.tuning }
 
-    /// The file's settings overridden by the flags.
-    func settings() throws -> RunSettings {
-        var file = RunSettings()
-        if let config { file = try RunSettings.load(path: config) }
-        var flags = RunSettings()
-        flags.redis = redis.url
-        flags.passwordFile = redis.passwordFile
-        flags.sentinels = redis.sentinels.isEmpty ? nil : redis.sentinels
-        flags.sentinelMaster = redis.sentinelMaster
-        flags.sentinelPasswordFile = redis.sentinelPasswordFile
-        flags.database = redis.database
-        flags.prefixes = prefix.prefixes.isEmpty ? nil : prefix.prefixes
+    /// The file's settings overridden by the flags, with the file's name for the messages.
+    func shared() throws -> SharedSettings {
+        let file = try config.load()
+        var flags = SharedSettings.commandLine(
+            redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrityKeyFile, log: log)
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()
             if let djangoKeyPrefix { preset.keyPrefix = djangoKeyPrefix }
@@ -101,7 +93,6 @@ struct RunOptions: ParsableArguments {
                 return setting
             }
         }
-        flags.snapshot = snapshot
         flags.commitIntervalMilliseconds = commitInterval
         flags.maxResyncDelete = maxResyncDelete
         flags.evicted = evicted
@@ -117,23 +108,16 @@ struct RunOptions: ParsableArguments {
             }
             flags.maxValueBytes = bytes
         }
-        flags.logFormat = log.format?.rawValue
-        flags.logLevel = log.level?.rawValue
-        flags.logFile = log.file
-        flags.integrityKeyFile = integrityKeyFile
         flags.tombstoneWindowSeconds = tombstoneWindow
-        return file.overridden(by: flags)
+        return try SharedSettings(config: config, commandLine: flags)
     }
 
     /// The mirror's configuration, validated: every message names the option (and the file).
-    func configuration(_ settings: RunSettings) throws -> MirrorConfiguration {
-        // Name the flag, and the file's key too when there is a file.
-        func option(_ flag: String, _ key: String) -> String { config.map { "\(flag) (or \(key) in \($0))" } ?? flag }
-        let target = try RedisTarget(
-            url: settings.redis, passwordFile: settings.passwordFile, sentinels: settings.sentinels ?? [],
-            sentinelMaster: settings.sentinelMaster, sentinelPasswordFile: settings.sentinelPasswordFile,
-            database: settings.database, option: option)
-        let snapshot = settings.snapshot ?? Defaults.snapshotPath
+    func configuration(_ shared: SharedSettings) throws -> MirrorConfiguration {
+        let settings = shared.settings
+        let option = shared.option
+        let target = try shared.redisTarget()
+        let snapshot = shared.snapshotPath
         var configuration = MirrorConfiguration(
             endpoint: target.endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) },
             snapshotPath: snapshot)
@@ -212,14 +196,15 @@ struct RunCommand: ParsableCommand {
         // Before any thread starts: a SIGTERM while the snapshot is opened and checked waits for the
         // loop's handler instead of killing the process half-way.
         LoopSignal.deferDelivery(of: [SIGTERM, SIGINT, SIGHUP])
-        let settings: RunSettings
-        let configuration: MirrorConfiguration
+        let shared: SharedSettings
+        var configuration: MirrorConfiguration
         do {
-            settings = try options.settings()
-            configuration = try options.configuration(settings)
+            shared = try options.shared()
+            configuration = try options.configuration(shared)
         } catch let error as ConfigurationError {
             throw fail("\(error)")
         }
+        let settings = shared.settings
         if checkConfig {
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
@@ -227,9 +212,8 @@ struct RunCommand: ParsableCommand {
             )
             return
         }
-        let sink = try LogOptions.bootstrap(
-            format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? Defaults.logFormat,
-            level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? Defaults.logLevel, file: settings.logFile)
+        configuration.restoreCommand = shared.restoreCommand()
+        let sink = try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror")
         let mirror: any MirrorDaemon
         do {
@@ -311,7 +295,7 @@ struct CheckCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let configuration = try options.configuration(try options.settings())
+            let configuration = try options.configuration(try options.shared())
             print(
                 "configuration ok: mirroring \(configuration.prefixes.map { String(decoding: $0, as: UTF8.self) }) from \(configuration.redisDescription) into \(configuration.snapshotPath)"
                     + configuration.bridges.map { "; bridging \($0.description)" }.joined()

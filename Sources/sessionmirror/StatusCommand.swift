@@ -7,13 +7,15 @@ struct StatusCommand: ParsableCommand {
         commandName: "status",
         abstract: "Describe a snapshot: rows, changes, last commit and sync, Redis run_id, size, integrity.")
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
+    @OptionGroup var config: ConfigFileOption
+    @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
+        let shared = try SharedSettings(config: config, commandLine: SharedSettings.commandLine(snapshot: snapshot))
         let status: SnapshotStatus
         do {
-            status = try SnapshotStatus.read(path: snapshot)
+            status = try SnapshotStatus.read(path: shared.snapshotPath)
         } catch  where SnapshotStatus.isDamage(error) {
             // Damage is what status exists to report: exit 1, as when quick_check lists problems.
             FileHandle.standardError.write(Data("sessionmirror: \(error)\n".utf8))
@@ -38,6 +40,7 @@ struct StatusCommand: ParsableCommand {
                 last full sync  \(time(status.lastFullSyncAt))
                 redis run_id    \(status.redisRunID ?? "none yet")
                 redis master    \(status.redisMaster ?? "none yet")
+                prefixes        \(status.mirrorPrefixes.map { "\($0) (database \(status.mirrorDatabase ?? 0))" } ?? "none recorded yet (no daemon has run on it)")
                 quick_check     \(status.quickCheck)
                 """)
             if let bridge = status.bridge {

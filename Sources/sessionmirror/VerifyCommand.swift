@@ -8,7 +8,8 @@ struct VerifyCommand: ParsableCommand {
         commandName: "verify",
         abstract: "Compare the snapshot with Redis: exit 0 when in sync, 1 when they differ, 2 on errors.")
 
-    @Option(help: "The SQLite snapshot file.") var snapshot = Defaults.snapshotPath
+    @OptionGroup var config: ConfigFileOption
+    @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
     @OptionGroup var redis: RedisOptions
     @OptionGroup var prefix: PrefixOptions
     @OptionGroup var integrity: IntegrityKeyOptions
@@ -18,14 +19,19 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() throws {
-        _ = try log.bootstrap()
-        let logger = Logger(label: "sessionmirror.verify")
         try refuseEmptyPrefixes(prefix.prefixes)
-        // Without --prefix: the prefixes the daemon recorded in the snapshot.
+        let shared = try SharedSettings(
+            config: config,
+            commandLine: SharedSettings.commandLine(
+                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrity.file, log: log)
+        )
+        try shared.bootstrapLog()
+        let logger = Logger(label: "sessionmirror.verify")
+        // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
         let verifier = Verifier(
-            snapshotPath: snapshot, endpoint: try redis.endpoint(),
-            scope: prefix.prefixes.isEmpty ? .recorded : .prefixes(prefix.bytes), toleranceMilliseconds: toleranceMs,
-            integrityKey: try integrity.key())
+            snapshotPath: shared.snapshotPath, endpoint: try shared.endpoint(),
+            scope: shared.keyScope(logger: logger), toleranceMilliseconds: toleranceMs,
+            integrityKey: try shared.integrityKey())
         let report: VerifyReport
         do {
             report = try verifier.run()
@@ -37,6 +43,14 @@ struct VerifyCommand: ParsableCommand {
                 "compared with a replica: it lags its master, so a difference may be only that lag",
                 metadata: ["event": "verify_replica", "redis.master": "\(master)"])
         }
+        if report.nothingCompared {
+            let message =
+                "nothing was compared: no key under \(report.prefixes) in the snapshot or in Redis, but the snapshot "
+                + "has \(report.rowsOutsidePrefixes) rows and Redis \(report.redisKeysOutsidePrefixes) keys "
+                + "under other prefixes: check --prefix (or prefixes in the configuration file)"
+            logger.error(
+                "\(message)", metadata: ["event": "verify_nothing_compared"])
+        }
         logger.notice(
             "\(report.inSync ? "snapshot and Redis are in sync" : "snapshot and Redis differ")",
             metadata: [
@@ -44,7 +58,8 @@ struct VerifyCommand: ParsableCommand {
                 "different_expiry": "\(report.differentExpiry)", "only_in_snapshot": "\(report.onlyInSnapshot)",
                 "only_in_redis": "\(report.onlyInRedis)", "evicted": "\(report.evicted)",
                 "expired": "\(report.expired)",
-                "tampered": "\(report.tampered)",
+                "tampered": "\(report.tampered)", "rows_outside_prefixes": "\(report.rowsOutsidePrefixes)",
+                "redis_keys_outside_prefixes": "\(report.redisKeysOutsidePrefixes)",
             ])
         if json { printJSON(report) }
         if !report.inSync { throw ExitCode(1) }

@@ -1,0 +1,205 @@
+import ArgumentParser
+import Foundation
+import Logging
+import RedisClient
+import SessionMirror
+import SessionMirrorConfiguration
+import SnapshotStore
+
+/// `--config FILE` on every subcommand: the 3 a.m. restore reads the daemon's file instead of
+/// needing every option retyped.
+struct ConfigFileOption: ParsableArguments {
+    /// Read when it exists and no `--config` is given.
+    static var defaultPath: String {
+        #if DEBUG
+            // Test-only, and only in debug builds: the tests cannot write /etc.
+            if let path = ProcessInfo.processInfo.environment["SESSIONMIRROR_TEST_DEFAULT_CONFIG"] { return path }
+        #endif
+        return "/etc/sessionmirror/sessionmirror.toml"
+    }
+
+    @Option(
+        name: .customLong("config"),
+        help:
+            "A TOML configuration file (default /etc/sessionmirror/sessionmirror.toml when it exists); options override it."
+    )
+    var path: String?
+
+    /// The file in use: the one given, else the default when it exists (a given file must exist).
+    var file: String? {
+        path ?? (FileManager.default.fileExists(atPath: Self.defaultPath) ? Self.defaultPath : nil)
+    }
+
+    /// The file's settings; none without a file.
+    func load() throws -> RunSettings {
+        guard let file else { return RunSettings() }
+        return try RunSettings.load(path: file)
+    }
+}
+
+/// The settings every subcommand shares (Redis, Sentinel, password, prefixes, Django preset,
+/// snapshot, integrity key, logs): the file's, overridden by the command line, resolved in one place.
+struct SharedSettings {
+    /// The file's settings overridden by the flags.
+    let settings: RunSettings
+    /// The configuration file read, if any.
+    let configFile: String?
+    /// The command line's settings alone.
+    let commandLine: RunSettings
+
+    /// Reads the file (when there is one) and lays the command line's settings over it.
+    init(config: ConfigFileOption, commandLine: RunSettings) throws {
+        do {
+            settings = try config.load().overridden(by: commandLine)
+        } catch {
+            throw fail("\(error)")
+        }
+        configFile = config.file
+        self.commandLine = commandLine
+    }
+
+    /// The command line's shared settings, for `overridden(by:)`.
+    static func commandLine(
+        redis: RedisOptions? = nil, prefixes: [String] = [], snapshot: String? = nil, integrityKeyFile: String? = nil,
+        log: LogOptions? = nil
+    ) -> RunSettings {
+        var flags = RunSettings()
+        if let redis {
+            flags.redis = redis.url
+            flags.passwordFile = redis.passwordFile
+            flags.sentinels = redis.sentinels.isEmpty ? nil : redis.sentinels
+            flags.sentinelMaster = redis.sentinelMaster
+            flags.sentinelPasswordFile = redis.sentinelPasswordFile
+            flags.database = redis.database
+        }
+        flags.prefixes = prefixes.isEmpty ? nil : prefixes
+        flags.snapshot = snapshot
+        flags.integrityKeyFile = integrityKeyFile
+        if let log {
+            flags.logFormat = log.format?.rawValue
+            flags.logLevel = log.level?.rawValue
+            flags.logFile = log.file
+        }
+        return flags
+    }
+
+    /// Names a setting by its flag, and by its key too when a file was read.
+    func option(_ flag: String, _ key: String) -> String {
+        configFile.map { "\(flag) (or \(key) in \($0))" } ?? flag
+    }
+
+    /// The snapshot's path: the flag's, the file's, else the default.
+    var snapshotPath: String { settings.snapshot ?? Defaults.snapshotPath }
+
+    /// The prefixes given by the flags or the file (`prefixes`, else the `[django]` preset's); nil
+    /// when neither names any, so that restore, verify and purge keep to the snapshot's record.
+    var explicitPrefixes: [String]? {
+        if let prefixes = settings.prefixes, !prefixes.isEmpty { return prefixes }
+        return settings.django?.prefixes
+    }
+
+    /// Where Redis is; with Sentinel, the master it names now. Every refusal is one line, exit 2.
+    func endpoint() throws -> RedisEndpoint {
+        let target: RedisTarget
+        do {
+            target = try redisTarget()
+        } catch {
+            throw fail("\(error)")
+        }
+        guard let sentinel = target.sentinel else { return target.endpoint }
+        do {
+            return try SentinelResolver(settings: sentinel).resolve(dataNode: target.endpoint)
+        } catch {
+            throw fail("\(error)")
+        }
+    }
+
+    /// The endpoint and Sentinel settings, unresolved (`run` resolves Sentinel itself).
+    func redisTarget() throws(ConfigurationError) -> RedisTarget {
+        try RedisTarget(
+            url: settings.redis, passwordFile: settings.passwordFile, sentinels: settings.sentinels ?? [],
+            sentinelMaster: settings.sentinelMaster, sentinelPasswordFile: settings.sentinelPasswordFile,
+            database: settings.database, option: option)
+    }
+
+    /// The integrity key from the file named, else systemd's credential, else none.
+    func integrityKey() throws -> IntegrityKey? {
+        do {
+            return try IntegrityKeyOptions.load(file: settings.integrityKeyFile)
+        } catch {
+            throw fail("\(option("--integrity-key-file", "integrity_key_file")): \(error)")
+        }
+    }
+
+    /// Bootstraps swift-log with the log settings.
+    @discardableResult
+    func bootstrapLog() throws -> LogfmtLogHandler.Sink {
+        try LogOptions.bootstrap(
+            format: settings.logFormat.flatMap(LogfmtLogHandler.Format.init(rawValue:)) ?? Defaults.logFormat,
+            level: settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? Defaults.logLevel, file: settings.logFile)
+    }
+}
+
+extension SharedSettings {
+    /// The `restore` that puts the sessions back with these settings, for the daemon's `restore_hint`
+    /// line: `--config` and the flags that override it when a file was read, else every option that
+    /// is needed. Never a secret: passwords stay in their files (or `$SESSIONMIRROR_REDIS_PASSWORD`).
+    func restoreCommand() -> String {
+        var words = ["sessionmirror", "restore"]
+        if let configFile {
+            words += ["--config", configFile] + Self.restoreArguments(commandLine, prefixes: commandLine.prefixes)
+        } else {
+            var all = settings
+            all.snapshot = snapshotPath
+            if all.sentinels == nil && all.redis == nil { all.redis = Defaults.redisURL }
+            words += Self.restoreArguments(all, prefixes: settings.effectivePrefixes)
+        }
+        return words.map(Self.shellQuoted).joined(separator: " ")
+    }
+
+    private static func restoreArguments(_ settings: RunSettings, prefixes: [String]?) -> [String] {
+        var words: [String] = []
+        if let url = settings.redis {
+            // Without the password a URL may hold: restore reads it from the same file or variable.
+            if var endpoint = try? RedisEndpoint(url: url) {
+                endpoint.password = nil
+                words += ["--redis", "\(endpoint)"]
+            }
+        }
+        if let file = settings.passwordFile { words += ["--password-file", file] }
+        for sentinel in settings.sentinels ?? [] { words += ["--sentinel", sentinel] }
+        if let master = settings.sentinelMaster { words += ["--sentinel-master", master] }
+        if let file = settings.sentinelPasswordFile { words += ["--sentinel-password-file", file] }
+        if let database = settings.database { words += ["--db", "\(database)"] }
+        for prefix in prefixes ?? [] { words += ["--prefix", prefix] }
+        if let snapshot = settings.snapshot { words += ["--snapshot", snapshot] }
+        if let file = settings.integrityKeyFile { words += ["--integrity-key-file", file] }
+        return words
+    }
+
+    /// A word as a POSIX shell reads it back: quoted when it holds anything but safe characters.
+    private static func shellQuoted(_ word: String) -> String {
+        let safe = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@=,+%")
+        if !word.isEmpty && word.allSatisfy(safe.contains) { return word }
+        return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}
+
+extension SharedSettings {
+    /// The keys restore, verify and purge keep to: the prefixes given, else those the daemon
+    /// recorded in the snapshot, which the log says (an operator should know which were used).
+    ///
+    /// - Parameter announce: false where the snapshots are checked against each other first.
+    func keyScope(logger: Logger, announce: Bool = true) -> KeyScope {
+        if let prefixes = explicitPrefixes { return .prefixes(prefixes.map { Array($0.utf8) }) }
+        if announce, let recorded = try? SnapshotStatus.recordedScope(path: snapshotPath) {
+            logger.notice(
+                "no --prefix given: using the prefixes the snapshot records",
+                metadata: [
+                    "event": "recorded_prefixes",
+                    "prefixes": "\(recorded.prefixes.map { String(decoding: $0, as: UTF8.self) })",
+                ])
+        }
+        return .recorded
+    }
+}
