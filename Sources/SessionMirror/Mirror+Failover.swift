@@ -56,7 +56,9 @@ extension Mirror {
                     "hint": "sessionmirror restore --snapshot \(configuration.snapshotPath) puts them back (NX)",
                 ])
         }
-        let reapplier = LogoutReapplier(endpoint: configuration.endpoint)
+        // The master this sync ran on: with Sentinel, `configuration.endpoint` carries only the
+        // credentials and the database, never an address to dial.
+        let reapplier = LogoutReapplier(endpoint: master ?? configuration.endpoint)
         let tombstones = failover.tombstones
         let lostWrites = outcome.refusedReason != nil
         startNamedThread("sm-failover") { [self] in

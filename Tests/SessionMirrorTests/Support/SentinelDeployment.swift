@@ -33,25 +33,8 @@ final class SentinelProcess: Sendable {
         var lastError: Error?
         for _ in 0..<5 {
             let chosen = try port ?? RedisServer.freePort()
-            var config = """
-                port \(chosen)
-                bind 127.0.0.1
-                daemonize no
-                dir \(directory.path)
-                logfile \(directory.file("sentinel.log"))
-                sentinel monitor \(masterName) 127.0.0.1 \(masterPort) 2
-                sentinel down-after-milliseconds \(masterName) 1000
-                sentinel failover-timeout \(masterName) 3000
-                sentinel parallel-syncs \(masterName) 1
-
-                """
-            if let password { config += "requirepass \(password)\n" }
-            // Sentinel rewrites its file (what it learns of replicas, other Sentinels, failovers).
-            let file = directory.file("sentinel-\(chosen).conf")
-            try config.write(toFile: file, atomically: true, encoding: .utf8)
-            let child = try ChildProcess(
-                executable: RedisServer.executable, arguments: [file, "--sentinel"],
-                outputPath: directory.file("sentinel.stdout"))
+            let child = try launch(
+                port: chosen, monitoring: masterPort, masterName: masterName, password: password, directory: directory)
             let sentinel = SentinelProcess(port: chosen, password: password, directory: directory, process: child)
             if await sentinel.waitUntilAnswering(child) { return sentinel }
             child.kill()
@@ -60,6 +43,52 @@ final class SentinelProcess: Sendable {
             if port != nil { break }
         }
         throw lastError ?? RedisServerError(message: "could not start a Sentinel")
+    }
+
+    private static func launch(
+        port: Int, monitoring masterPort: Int, masterName: String, password: String?, directory: TemporaryDirectory
+    ) throws -> ChildProcess {
+        var config = """
+            port \(port)
+            bind 127.0.0.1
+            daemonize no
+            dir \(directory.path)
+            logfile \(directory.file("sentinel.log"))
+            sentinel monitor \(masterName) 127.0.0.1 \(masterPort) 2
+            sentinel down-after-milliseconds \(masterName) 1000
+            sentinel failover-timeout \(masterName) 3000
+            sentinel parallel-syncs \(masterName) 1
+
+            """
+        if let password { config += "requirepass \(password)\n" }
+        // Sentinel rewrites its file (what it learns of replicas, other Sentinels, failovers).
+        let file = directory.file("sentinel-\(port).conf")
+        try config.write(toFile: file, atomically: true, encoding: .utf8)
+        return try ChildProcess(
+            executable: RedisServer.executable, arguments: [file, "--sentinel"],
+            outputPath: directory.file("sentinel.stdout"))
+    }
+
+    /// Stops the Sentinel and starts a new one on the same port with a fresh configuration
+    /// monitoring `masterPort`: what an operator does after losing every node, since the old file
+    /// names replicas and Sentinels that are gone.
+    func restart(monitoring masterPort: Int) async throws {
+        stop()
+        // The port was just released; retry for a moment should a client's ephemeral port take it.
+        var lastError: Error?
+        for _ in 0..<50 {
+            let child = try SentinelProcess.launch(
+                port: port, monitoring: masterPort, masterName: SentinelDeployment.masterName, password: password,
+                directory: directory)
+            if await waitUntilAnswering(child) {
+                process.withLock { $0 = child }
+                return
+            }
+            child.kill()
+            lastError = RedisServerError(message: "redis-server --sentinel on port \(port) did not restart: \(log())")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw lastError ?? RedisServerError(message: "could not restart the Sentinel on port \(port)")
     }
 
     private func waitUntilAnswering(_ child: ChildProcess) async -> Bool {
@@ -206,6 +235,17 @@ final class SentinelDeployment: Sendable {
             throw RedisServerError(message: "no failover away from \(oldPort):\n\(sentinels.map { $0.log() }.joined())")
         }
         return newPort
+    }
+
+    /// Loses every node at once: the Sentinels are killed, the data nodes shut down without saving,
+    /// then all start again empty on the same ports, the first node as the master with the second
+    /// as its replica, and Sentinels with a fresh configuration monitoring that master.
+    ///
+    /// - Important: only for a deployment that has not failed over (the first node is the master).
+    func loseEverything() async throws {
+        stop()
+        for node in nodes { try await node.restart() }
+        for sentinel in sentinels { try await sentinel.restart(monitoring: nodes[0].port) }
     }
 
     func stop() {
