@@ -145,7 +145,7 @@ extension Mirror {
     }
 
     private func roleRead(_ role: ReplicationRole, on connection: NodeConnection, then next: () -> Void) {
-        guard let line = role.refusal(node: configuration.endpoint.description) else {
+        guard let line = role.refusal(node: connection.reader.endpoint.description) else {
             next()
             return
         }

@@ -38,8 +38,9 @@ extension Mirror {
     /// the handshake refuses it until it is a master again (`readRole`).
     func stopMirroringReplica(_ role: ReplicationRole) {
         assertOnLoop()
-        guard connection != nil else { return }
-        let line = role.refusal(node: configuration.endpoint.description) ?? "\(role)"
+        guard let connection else { return }
+        // The node itself: with Sentinel, `configuration.endpoint` only carries the credentials.
+        let line = role.refusal(node: connection.reader.endpoint.description) ?? "\(role)"
         tearDownConnections()
         guard !isStopping else {
             finishShutdownIfDrained()
