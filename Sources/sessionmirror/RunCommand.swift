@@ -218,6 +218,15 @@ struct RunCommand: ParsableCommand {
         let mirror: any MirrorDaemon
         do {
             if let seed = try ClusterProbe.seed(of: configuration.endpoint) {
+                // Built for a single Redis only: refused rather than left silently off.
+                if !configuration.bridges.isEmpty {
+                    throw ClusterProbeError(message: "--bridge is not supported on a Redis Cluster yet")
+                }
+                if configuration.backup != nil {
+                    throw ClusterProbeError(
+                        message: "[backup] is not supported on a Redis Cluster yet: run `sessionmirror backup` "
+                            + "from a timer instead")
+                }
                 mirror = try ClusterMirror(configuration: configuration, seeds: [seed], logger: logger)
             } else {
                 mirror = try Mirror(configuration: configuration, logger: logger)

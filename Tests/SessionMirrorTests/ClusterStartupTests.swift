@@ -28,4 +28,16 @@ struct ClusterStartupTests {
         #expect(termination == .exited(2), "\(output)")
         #expect(output.contains("only database 0"), "\(output)")
     }
+
+    @Test("--bridge on a cluster node is refused with one line and exit 2, not left silently off")
+    func bridgeOnACluster() async throws {
+        let node = try await RedisServer.start(arguments: ["--cluster-enabled", "yes"])
+        defer { node.stop() }
+        let directory = try TemporaryDirectory(label: "cluster-bridge")
+        let arguments = runArguments(node.url(), directory, prefix: "s:") + ["--bridge", "s:old:=s:new:"]
+        let (termination, output) = try await MirrorProcess.runToCompletion(
+            arguments, in: directory, timeout: .seconds(20))
+        #expect(termination == .exited(2), "\(output)")
+        #expect(output.contains("--bridge is not supported on a Redis Cluster"), "\(output)")
+    }
 }
