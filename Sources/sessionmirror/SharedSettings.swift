@@ -118,9 +118,9 @@ struct SharedSettings {
     /// The endpoint and Sentinel settings, unresolved (`run` resolves Sentinel itself).
     func redisTarget() throws(ConfigurationError) -> RedisTarget {
         try RedisTarget(
-            url: settings.redis, passwordFile: settings.passwordFile, user: settings.user, sentinels: settings.sentinels ?? [],
-            sentinelMaster: settings.sentinelMaster, sentinelPasswordFile: settings.sentinelPasswordFile,
-            database: settings.database, option: option)
+            url: settings.redis, passwordFile: settings.passwordFile, user: settings.user,
+            sentinels: settings.sentinels ?? [], sentinelMaster: settings.sentinelMaster,
+            sentinelPasswordFile: settings.sentinelPasswordFile, database: settings.database, option: option)
     }
 
     /// The integrity key from the file named, else systemd's credential, else none.

@@ -170,8 +170,8 @@ struct SentinelRefusalTests {
         defer { sentinel.stop() }
         let prefix = bytes("session:")
         let admin = try master.client()
-        for line in [Doctor.daemonACL(prefixes: [prefix], database: 0), Doctor.maintenanceACL(prefixes: [prefix], database: 0)]
-        {
+        let daemonLine = Doctor.daemonACL(prefixes: [prefix], database: 0)
+        for line in [daemonLine, Doctor.maintenanceACL(prefixes: [prefix], database: 0)] {
             let filled = line.replacingOccurrences(of: Doctor.passwordHashPlaceholder, with: ">s3cret")
             try admin.checked(filled.split(separator: " ").map { Array($0.utf8) })
         }
