@@ -86,6 +86,7 @@ extension Mirror {
         guard let sentinel = configuration.sentinel else { return "--redis \(configuration.endpoint)" }
         var words = sentinel.sentinels.map { "--sentinel \($0)" } + ["--sentinel-master \(sentinel.masterName)"]
         if configuration.endpoint.database != 0 { words.append("--db \(configuration.endpoint.database)") }
+        if let user = configuration.endpoint.username { words.append("--user \(user)") }
         if sentinel.password != nil { words.append("--sentinel-password-file FILE") }
         return words.joined(separator: " ")
     }

@@ -6,6 +6,8 @@ import SessionMirror
 public struct RunSettings: Sendable, Equatable {
     public var redis: String?
     public var passwordFile: String?
+    /// The data nodes' ACL user: with Sentinel the only way to name one; with `redis` it replaces the URL's.
+    public var user: String?
     /// Sentinels (`host:port`), instead of `redis`.
     public var sentinels: [String]?
     public var sentinelMaster: String?
@@ -45,6 +47,7 @@ public struct RunSettings: Sendable, Equatable {
         var merged = self
         merged.redis = other.redis ?? redis
         merged.passwordFile = other.passwordFile ?? passwordFile
+        merged.user = other.user ?? user
         merged.sentinels = other.sentinels ?? sentinels
         merged.sentinelMaster = other.sentinelMaster ?? sentinelMaster
         merged.sentinelPasswordFile = other.sentinelPasswordFile ?? sentinelPasswordFile
@@ -136,6 +139,7 @@ public struct RunSettings: Sendable, Equatable {
             switch key {
             case "redis": settings.redis = try string()
             case "password_file": settings.passwordFile = try string()
+            case "user": settings.user = try string()
             case "sentinels":
                 guard case .array(let items) = value, !items.isEmpty else {
                     throw fail("expected a non-empty array of \"host:port\" strings, got \(value.typeName)")

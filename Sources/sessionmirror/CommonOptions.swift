@@ -26,6 +26,11 @@ struct RedisOptions: ParsableArguments {
     var passwordFile: String?
 
     @Option(
+        name: .customLong("user"),
+        help: "The data nodes' ACL user (with --sentinel; with --redis it replaces the URL's user).")
+    var user: String?
+
+    @Option(
         name: .customLong("sentinel"),
         help: "A Sentinel's host:port (repeatable): find the master through Sentinel instead of --redis.")
     var sentinels: [String] = []
@@ -50,7 +55,7 @@ struct RedisTarget {
 
     /// - Parameter option: names a setting as `option(flag, fileKey)` for the messages.
     init(
-        url: String?, passwordFile: String?, sentinels: [String], sentinelMaster: String?,
+        url: String?, passwordFile: String?, user: String?, sentinels: [String], sentinelMaster: String?,
         sentinelPasswordFile: String?, database: Int?, option: (String, String) -> String
     ) throws(ConfigurationError) {
         if sentinels.isEmpty {
@@ -99,8 +104,16 @@ struct RedisTarget {
             }
             sentinel = settings
             // Never dialled: the daemon and the commands use the address Sentinel names. Only the
-            // credentials and the database are the data nodes'.
+            // credentials and the database are the data nodes' (`SentinelResolver` keeps them).
             endpoint = RedisEndpoint(address: .unix(path: "/sentinel-names-the-master"), database: database ?? 0)
+        }
+        if let user {
+            // Checked here so a typo'd empty value is not taken for the default user.
+            guard !user.isEmpty else {
+                throw .invalid(
+                    option: option("--user", "user"), reason: "must not be empty (omit it for the default user)")
+            }
+            endpoint.username = user
         }
         guard applyPassword(file: passwordFile, to: &endpoint) else {
             throw .invalid(

@@ -67,6 +67,7 @@ struct SharedSettings {
         if let redis {
             flags.redis = redis.url
             flags.passwordFile = redis.passwordFile
+            flags.user = redis.user
             flags.sentinels = redis.sentinels.isEmpty ? nil : redis.sentinels
             flags.sentinelMaster = redis.sentinelMaster
             flags.sentinelPasswordFile = redis.sentinelPasswordFile
@@ -117,9 +118,9 @@ struct SharedSettings {
     /// The endpoint and Sentinel settings, unresolved (`run` resolves Sentinel itself).
     func redisTarget() throws(ConfigurationError) -> RedisTarget {
         try RedisTarget(
-            url: settings.redis, passwordFile: settings.passwordFile, sentinels: settings.sentinels ?? [],
-            sentinelMaster: settings.sentinelMaster, sentinelPasswordFile: settings.sentinelPasswordFile,
-            database: settings.database, option: option)
+            url: settings.redis, passwordFile: settings.passwordFile, user: settings.user,
+            sentinels: settings.sentinels ?? [], sentinelMaster: settings.sentinelMaster,
+            sentinelPasswordFile: settings.sentinelPasswordFile, database: settings.database, option: option)
     }
 
     /// The integrity key from the file named, else systemd's credential, else none.
@@ -166,6 +167,7 @@ extension SharedSettings {
                 words += ["--redis", "\(endpoint)"]
             }
         }
+        if let user = settings.user { words += ["--user", user] }
         if let file = settings.passwordFile { words += ["--password-file", file] }
         for sentinel in settings.sentinels ?? [] { words += ["--sentinel", sentinel] }
         if let master = settings.sentinelMaster { words += ["--sentinel-master", master] }

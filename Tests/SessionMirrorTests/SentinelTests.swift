@@ -159,6 +159,65 @@ struct SentinelRefusalTests {
         #expect(try redisKeys(master.client(), prefix: bytes("session:")).isEmpty)
     }
 
+    @Test(
+        "with --user the daemon and restore authenticate through Sentinel as least-privilege ACL users; without it, one line and exit 2"
+    )
+    func aclUserThroughSentinel() async throws {
+        // The daemon's user has no CONFIG (doctor's ACL line): the notifications are in the server's config.
+        let master = try await RedisServer.start(arguments: ["--notify-keyspace-events", "Egxe"])
+        defer { master.stop() }
+        let sentinel = try await SentinelProcess.start(monitoring: master.port)
+        defer { sentinel.stop() }
+        let prefix = bytes("session:")
+        let admin = try master.client()
+        let daemonLine = Doctor.daemonACL(prefixes: [prefix], database: 0)
+        for line in [daemonLine, Doctor.maintenanceACL(prefixes: [prefix], database: 0)] {
+            let filled = line.replacingOccurrences(of: Doctor.passwordHashPlaceholder, with: ">s3cret")
+            try admin.checked(filled.split(separator: " ").map { Array($0.utf8) })
+        }
+        try admin.checked("ACL", "SETUSER", "admin", "on", ">admin-secret", "~*", "&*", "+@all")
+        try admin.checked("ACL", "SETUSER", "default", "off")  // the default user cannot be used
+        admin.close()
+        var adminEndpoint = master.endpoint()
+        adminEndpoint.username = "admin"
+        adminEndpoint.password = "admin-secret"
+        let writer = try RedisConnection(endpoint: adminEndpoint, timeoutSeconds: 10)
+        defer { writer.close() }
+
+        let directory = try TemporaryDirectory(label: "sentinel-acl")
+        try "s3cret\n".write(toFile: directory.file("redis.pw"), atomically: true, encoding: .utf8)
+        let snapshot = directory.file("sessions.db")
+        let target = [
+            "--snapshot", snapshot, "--sentinel", sentinel.address, "--sentinel-master", SentinelDeployment.masterName,
+            "--password-file", directory.file("redis.pw"),
+        ]
+        let run = ["run", "--prefix", "session:", "--no-config-set"] + target
+        // Without --user the data node refuses the default user: an operator's error, one line.
+        let refused = try await MirrorProcess.runToCompletion(run, in: directory)
+        #expect(refused.termination == .exited(2), "\(refused.output)")
+        let refusal = refused.output.split(separator: "\n").filter { $0.contains("authenticate as default") }
+        #expect(refusal.count == 1, "\(refused.output)")
+        #expect(!refused.output.contains("s3cret"), "a password was printed: \(refused.output)")
+
+        let daemon = try MirrorProcess.start(run + ["--user", "sessionmirror"], in: directory, logName: "daemon.log")
+        defer { daemon.process.kill() }
+        try writer.checked("SET", "session:acl", "v", "EX", "3600")
+        try await waitForRow("session:acl", in: snapshot, daemon)
+        // The cache loss's restore_hint names the user, never the password.
+        try writer.checked("FLUSHALL")
+        try await daemon.waitForEvent("restore_hint", timeout: .seconds(60))
+        let hint = daemon.lines(event: "restore_hint").first ?? ""
+        #expect(hint.contains("--user sessionmirror "), "\(hint)")
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit(timeout: .seconds(30)) == .exited(0), "\(daemon.output)")
+        #expect(!daemon.output.contains("s3cret"), "a password was printed: \(daemon.output)")
+
+        let restored = try await MirrorProcess.runToCompletion(
+            ["restore", "--user", "sessionmirror-restore"] + target, in: directory)
+        #expect(restored.termination == .exited(0), "\(restored.output)")
+        #expect(try writer.command("GET", "session:acl").text == "v")
+    }
+
     @Test("with no Sentinel reachable the daemon retries and reports it, and mirrors once a Sentinel answers")
     func noSentinelReachableIsRetried() async throws {
         let master = try await RedisServer.start()

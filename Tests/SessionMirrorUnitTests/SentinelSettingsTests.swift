@@ -35,7 +35,7 @@ struct SentinelSettingsTests {
         #expect(!SentinelError.disagreement(["a:1 said b:2"]).isOperatorError)
     }
 
-    @Test("the configuration file takes sentinels, sentinel_master, sentinel_password_file and db")
+    @Test("the configuration file takes sentinels, sentinel_master, sentinel_password_file, db and user")
     func fileKeys() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sentinel-\(UUID()).toml").path
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -44,14 +44,19 @@ struct SentinelSettingsTests {
         sentinel_master = "sessions"
         sentinel_password_file = "/etc/sessionmirror/sentinel-password"
         db = 2
+        user = "sessionmirror"
         """.write(toFile: path, atomically: true, encoding: .utf8)
         let settings = try RunSettings.load(path: path)
         #expect(settings.sentinels == ["10.0.0.1:26379", "10.0.0.2:26379"])
         #expect(settings.sentinelMaster == "sessions")
         #expect(settings.sentinelPasswordFile == "/etc/sessionmirror/sentinel-password")
         #expect(settings.database == 2)
+        #expect(settings.user == "sessionmirror")
         var flags = RunSettings()
         flags.sentinels = ["10.0.0.3:26379"]
+        #expect(settings.overridden(by: flags).user == "sessionmirror")
+        flags.user = "other"
+        #expect(settings.overridden(by: flags).user == "other")
         #expect(settings.overridden(by: flags).sentinels == ["10.0.0.3:26379"])
         #expect(settings.overridden(by: flags).sentinelMaster == "sessions")
 
