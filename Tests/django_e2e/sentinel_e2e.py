@@ -103,6 +103,10 @@ class Harness:
             for kind, p, process in self.processes:
                 if p == port:
                     process.wait(timeout=10)
+        # A replica writes the RDB its master sends into --dir (dump.rdb, shared here): without it
+        # the nodes start empty.
+        if os.path.exists(os.path.join(self.workdir, "dump.rdb")):
+            os.remove(os.path.join(self.workdir, "dump.rdb"))
         self.start_node(port=master)
         self.start_node(replica_of=master, port=replica)
         self.wait(lambda: "master_link_status:up" in self.cli(replica, "INFO", "replication"), 30, "the replica's link")
@@ -349,9 +353,18 @@ def main():
                                   stderr=subprocess.DEVNULL)
         harness.wait(lambda: "event=sync_finished" in log(), 60, "the restoring daemon's first full sync")
 
+        cookies = {index: client.cookies["sessionid"].value for index, client in clients.items()}
+
         def django_users():
+            """Each browser's user, from a fresh Client holding its cookie (Django drops a cookie whose
+            session is missing, so one check's failure does not spill into the next)."""
             get_redis_connection("default").connection_pool.disconnect()
-            return {index: client.get("/whoami/").json()["user"] for index, client in clients.items()}
+            users = {}
+            for index, cookie in cookies.items():
+                client = Client()
+                client.cookies["sessionid"] = cookie
+                users[index] = client.get("/whoami/").json()["user"]
+            return users
 
         harness.lose_everything(final, other, sentinels)
         harness.check("all_lost_daemon_restores", harness.within(lambda: redis_keys(harness, final) == valid, 60),
