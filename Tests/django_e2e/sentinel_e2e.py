@@ -14,11 +14,18 @@ SentinelClient. Then:
      (a second event=failover), and logins made there reach the snapshot;
   4. every session still logged in is loaded by Django with its user, the logged-out one is
      anonymous, and the snapshot's live rows are exactly the sessions in Redis;
-  5. SIGTERM stops the daemon with exit 0.
+  5. SIGTERM stops the daemon with exit 0;
+  6. every node lost (issue #12): after a `backup` to another directory, the Sentinels are killed,
+     master and replica stopped with SHUTDOWN NOSAVE and started empty on their ports, the
+     Sentinels started again with a fresh config; a daemon run with --on-cache-loss restore puts
+     every valid session back (Django loads each with its user, the logout stays a logout); then,
+     that daemon stopped and everything lost again, `restore --snapshot BACKUP --sentinel ...`
+     does the same.
 
 Every check is one line `ok` / `FAIL`; the last line is `N passed, M failed`; exit 1 when anything
 failed. Usage: python sentinel_e2e.py [--keep]. Env: SESSIONMIRROR_BIN (default
-<repo>/.build/debug/sessionmirror).
+<repo>/.build/debug/sessionmirror); E2E_LOSS_MODE (default restore; `alert` must fail
+all_lost_daemon_restores and all_lost_daemon_django_loads).
 """
 
 import os
@@ -54,8 +61,8 @@ class Harness:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    def start_node(self, replica_of=None):
-        port = self.free_port()
+    def start_node(self, replica_of=None, port=None):
+        port = port or self.free_port()
         args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.workdir, "--logfile", os.path.join(self.workdir, "redis-%d.log" % port)]
         if replica_of:
@@ -65,8 +72,8 @@ class Harness:
         self.wait(lambda: self.cli(port, "PING") == "PONG", 10, "redis-server on %d" % port)
         return port
 
-    def start_sentinel(self, master_port):
-        port = self.free_port()
+    def start_sentinel(self, master_port, port=None):
+        port = port or self.free_port()
         config = os.path.join(self.workdir, "sentinel-%d.conf" % port)
         with open(config, "w") as f:
             f.write("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n" % (
@@ -85,6 +92,27 @@ class Harness:
             if p == port:
                 process.kill()
                 process.wait()
+
+    def lose_everything(self, master, replica, sentinels):
+        """Every node lost: the Sentinels killed, both nodes stopped with SHUTDOWN NOSAVE and started
+        empty on the same ports, the Sentinels started again on theirs with a fresh config."""
+        for port in sentinels:
+            self.kill(port)
+        for port in (master, replica):
+            self.cli(port, "SHUTDOWN", "NOSAVE")
+            for kind, p, process in self.processes:
+                if p == port:
+                    process.wait(timeout=10)
+        # A replica writes the RDB its master sends into --dir (dump.rdb, shared here): without it
+        # the nodes start empty.
+        if os.path.exists(os.path.join(self.workdir, "dump.rdb")):
+            os.remove(os.path.join(self.workdir, "dump.rdb"))
+        self.start_node(port=master)
+        self.start_node(replica_of=master, port=replica)
+        self.wait(lambda: "master_link_status:up" in self.cli(replica, "INFO", "replication"), 30, "the replica's link")
+        for port in sentinels:
+            self.start_sentinel(master, port=port)
+        self.wait(lambda: self.master_port(sentinels) == master, 30, "the new Sentinels to name the master")
 
     def stop_all(self):
         for kind, port, process in self.processes:
@@ -106,6 +134,14 @@ class Harness:
         except subprocess.TimeoutExpired:
             return ""
         return out.stdout.strip()
+
+    @staticmethod
+    def within(condition, timeout):
+        """True once condition() holds, False when timeout seconds pass first."""
+        try:
+            return Harness.wait(condition, timeout, "")
+        except RuntimeError:
+            return False
 
     @staticmethod
     def wait(condition, timeout, what):
@@ -297,6 +333,59 @@ def main():
         # 5. A clean stop.
         daemon.send_signal(signal.SIGTERM)
         harness.check("daemon_sigterm_exit0", daemon.wait(timeout=30) == 0)
+
+        # 6. Every node lost (issue #12): a backup elsewhere first; a daemon run with
+        # --on-cache-loss restore (E2E_LOSS_MODE=alert shows these checks fail) puts every valid
+        # session back; then, that daemon stopped, `restore --snapshot BACKUP` through Sentinel does.
+        valid = {key_of(index) for index in clients if index != 3}
+        other = second if final == first else first  # the killed node's port: it comes back as the replica
+        backup = os.path.join(tempfile.mkdtemp(prefix="backup-", dir=workdir), "sessions-backup.db")
+        backup_run = subprocess.run([BINARY, "backup", "--snapshot", snapshot, "--to", backup],
+                                    capture_output=True, text=True, timeout=60)
+        harness.check("backup_written", backup_run.returncode == 0 and os.path.exists(backup), backup_run.stderr)
+        sentinel_arguments = ["--sentinel-master", MASTER_NAME]
+        for port in sentinels:
+            sentinel_arguments += ["--sentinel", "127.0.0.1:%d" % port]
+        log_path = os.path.join(workdir, "sessionmirror-restore.log")
+        daemon = subprocess.Popen([BINARY, "run", "--prefix", PREFIX.decode(), "--snapshot", snapshot,
+                                   "--on-cache-loss", os.environ.get("E2E_LOSS_MODE", "restore"), "--log-file",
+                                   log_path] + sentinel_arguments, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        harness.wait(lambda: "event=sync_finished" in log(), 60, "the restoring daemon's first full sync")
+
+        cookies = {index: client.cookies["sessionid"].value for index, client in clients.items()}
+
+        def django_users():
+            """Each browser's user, from a fresh Client holding its cookie (Django drops a cookie whose
+            session is missing, so one check's failure does not spill into the next)."""
+            get_redis_connection("default").connection_pool.disconnect()
+            users = {}
+            for index, cookie in cookies.items():
+                client = Client()
+                client.cookies["sessionid"] = cookie
+                users[index] = client.get("/whoami/").json()["user"]
+            return users
+
+        harness.lose_everything(final, other, sentinels)
+        harness.check("all_lost_daemon_restores", harness.within(lambda: redis_keys(harness, final) == valid, 60),
+                      "redis=%d keys, expected %d" % (len(redis_keys(harness, final)), len(valid)))
+        users = django_users()
+        harness.check("all_lost_daemon_django_loads", users == expected, "%s != %s" % (users, expected))
+        harness.check("all_lost_daemon_logout_not_back", logged_out not in redis_keys(harness, final))
+        daemon.send_signal(signal.SIGTERM)
+        harness.check("restoring_daemon_sigterm_exit0", daemon.wait(timeout=30) == 0)
+
+        harness.lose_everything(final, other, sentinels)
+        emptied = not redis_keys(harness, final)
+        restore_run = subprocess.run([BINARY, "restore", "--snapshot", backup] + sentinel_arguments,
+                                     capture_output=True, text=True, timeout=60)
+        harness.check("all_lost_restore_from_backup", emptied and restore_run.returncode == 0
+                      and redis_keys(harness, final) == valid, "emptied=%s exit %d redis=%d keys, expected %d\n%s" % (
+                          emptied, restore_run.returncode, len(redis_keys(harness, final)), len(valid),
+                          restore_run.stderr))
+        users = django_users()
+        harness.check("all_lost_restore_django_loads", users == expected and logged_out not in redis_keys(
+            harness, final), "%s != %s" % (users, expected))
     except Exception as error:  # a harness step that gave up: one failure, with the daemon's log
         harness.check("harness", False, "%s\n%s" % (error, open(log_path).read() if os.path.exists(log_path) else ""))
     finally:
