@@ -105,7 +105,11 @@ struct FailoverReconciliationTests {
             // Down for longer than the window: the writer prunes every second meanwhile. Not a
             // timing check: a slower machine only makes the outage longer.
             env.redis.stop()
+            // Held through the outage: inside the whole suite another test's server took the free
+            // port and the daemon mirrored that one instead.
+            let hold = try RedisServer.holdPort(env.redis.port)
             try await Task.sleep(for: .seconds(17))
+            close(hold)
             try await env.redis.restart()
 
             let client = try env.redis.client()
