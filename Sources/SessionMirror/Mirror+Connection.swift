@@ -162,7 +162,7 @@ extension Mirror {
         guard !isClusterNode else { return next() }
         connection.reader.send(.command("INFO", "cluster")) { [weak self] reply in
             guard let self, let reply else { return }
-            if let text = reply.text, RedisInfo(text).fields["cluster_enabled"] == "1" {
+            if let text = reply.text, ClusterInfo.isClusterEnabled(info: text) {
                 self.connectFailed(
                     MirrorSetupError(
                         description: "\(self.configuration.endpoint) is a Redis Cluster node: restart sessionmirror "

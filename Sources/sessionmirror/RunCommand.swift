@@ -279,8 +279,7 @@ enum ClusterProbe {
         probe.database = 0
         guard case .tcp(let host, let port) = endpoint.address,
             let connection = try? RedisConnection(endpoint: probe, timeoutSeconds: 5),
-            let reply = try? connection.command("INFO", "cluster"), let text = reply.text,
-            ClusterInfo.isClusterEnabled(info: text)
+            (try? connection.isClusterEnabled()) == true
         else { return nil }
         guard endpoint.database == 0 else {
             throw ClusterProbeError(
