@@ -163,11 +163,17 @@ extension Mirror {
         connection.reader.send(.command("INFO", "cluster")) { [weak self] reply in
             guard let self, let reply else { return }
             if let text = reply.text, ClusterInfo.isClusterEnabled(info: text) {
-                self.connectFailed(
-                    MirrorSetupError(
-                        description: "\(self.configuration.endpoint) is a Redis Cluster node: restart sessionmirror "
-                            + "to mirror the whole cluster (it asks at start, and could not reach the node then)",
-                        permanent: true))
+                // With Sentinel this is a mix of two modes, not a node that was down at start.
+                let description =
+                    if let sentinel = self.configuration.sentinel {
+                        "Sentinel names \(connection.reader.endpoint) for '\(sentinel.masterName)', and it is a Redis "
+                            + "Cluster node: Sentinel and Cluster are separate modes (a cluster fails over by itself); "
+                            + "give the cluster's nodes in cluster_nodes instead of Sentinel"
+                    } else {
+                        "\(self.configuration.endpoint) is a Redis Cluster node: restart sessionmirror to mirror the "
+                            + "whole cluster (it asks at start, and could not reach the node then)"
+                    }
+                self.connectFailed(MirrorSetupError(description: description, permanent: true))
                 return
             }
             next()

@@ -24,6 +24,9 @@ public struct MirrorConfiguration: Sendable {
     public var endpoint: RedisEndpoint
     /// Find (and follow) the master through these Sentinels instead of `endpoint`'s address.
     public var sentinel: SentinelSettings?
+    /// `cluster_nodes`: nodes of one Redis Cluster to discover it from, in order (`endpoint` holds
+    /// the first, and the credentials for every node). Empty for a single Redis or Sentinel.
+    public var clusterSeeds: [ClusterNodeAddress] = []
     /// Key prefixes to mirror, byte-exact.
     public var prefixes: [[UInt8]]
     public var snapshotPath: String
@@ -85,6 +88,9 @@ public struct MirrorConfiguration: Sendable {
     /// What the daemon mirrors from, for logs and `STATUS=`: the endpoint, or the Sentinels and the
     /// master's name (no password either way).
     public var redisDescription: String {
+        if !clusterSeeds.isEmpty {
+            return "the Redis Cluster of \(clusterSeeds.map(\.description).joined(separator: ","))"
+        }
         guard let sentinel else { return "\(endpoint)" }
         return
             "sentinel master '\(sentinel.masterName)' via \(sentinel.sentinels.map { "\($0)" }.joined(separator: ","))"

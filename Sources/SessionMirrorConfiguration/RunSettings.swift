@@ -11,6 +11,9 @@ public struct RunSettings: Sendable, Equatable {
     /// Sentinels (`host:port`), instead of `redis`.
     public var sentinels: [String]?
     public var sentinelMaster: String?
+    /// Nodes of one Redis Cluster (`host:port`), asked in order until one answers: a cluster,
+    /// instead of the one node `redis` names (which, when given too, is asked first).
+    public var clusterNodes: [String]?
     /// The Sentinels' own password, apart from the data nodes' `passwordFile`.
     public var sentinelPasswordFile: String?
     /// With Sentinel: the database number (with `redis` it is in the URL).
@@ -50,6 +53,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.user = other.user ?? user
         merged.sentinels = other.sentinels ?? sentinels
         merged.sentinelMaster = other.sentinelMaster ?? sentinelMaster
+        merged.clusterNodes = other.clusterNodes ?? clusterNodes
         merged.sentinelPasswordFile = other.sentinelPasswordFile ?? sentinelPasswordFile
         merged.database = other.database ?? database
         merged.prefixes = other.prefixes ?? prefixes
@@ -94,6 +98,14 @@ public struct RunSettings: Sendable, Equatable {
         let value = text.hasSuffix("%") ? Double(text.dropLast()).map { $0 / 100 } : Double(text)
         guard let value, (0...1).contains(value) else { return nil }
         return value
+    }
+
+    /// `host:port`, `[v6]:port` or `v6:port` (split at the last colon), as a cluster node's address.
+    static func isHostAndPort(_ text: String) -> Bool {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+            return false
+        }
+        return colon != text.startIndex && (1...65_535).contains(port)
     }
 
     /// Reads a TOML configuration file. An unknown key, a wrong type or a bad value is an error
@@ -147,6 +159,19 @@ public struct RunSettings: Sendable, Equatable {
                 settings.sentinels = try items.map {
                     guard case .string(let text) = $0, !text.isEmpty else {
                         throw fail("expected \"host:port\" strings")
+                    }
+                    return text
+                }
+            case "cluster_nodes":
+                guard case .array(let items) = value, !items.isEmpty else {
+                    throw fail("expected a non-empty array of \"host:port\" strings, got \(value.typeName)")
+                }
+                settings.clusterNodes = try items.map {
+                    guard case .string(let text) = $0 else {
+                        throw fail("expected \"host:port\" strings, got \($0.typeName)")
+                    }
+                    guard isHostAndPort(text) else {
+                        throw fail("expected \"host:port\" with a port in 1...65535, got \"\(text)\"")
                     }
                     return text
                 }

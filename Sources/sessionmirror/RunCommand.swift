@@ -122,6 +122,13 @@ struct RunOptions: ParsableArguments {
             endpoint: target.endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) },
             snapshotPath: snapshot)
         configuration.sentinel = target.sentinel
+        if let seeds = try shared.clusterSeeds() {
+            configuration.endpoint = seeds[0]
+            configuration.clusterSeeds = seeds.compactMap {
+                guard case .tcp(let host, let port) = $0.address else { return nil }
+                return ClusterNodeAddress(host: host, port: port)
+            }
+        }
         if let milliseconds = settings.commitIntervalMilliseconds {
             configuration.commitIntervalMilliseconds = milliseconds
         }
@@ -217,16 +224,21 @@ struct RunCommand: ParsableCommand {
         let logger = Logger(label: "sessionmirror")
         let mirror: any MirrorDaemon
         do {
-            if let seed = try ClusterProbe.seed(of: configuration.endpoint) {
-                // Built for a single Redis only: refused rather than left silently off.
-                if !configuration.bridges.isEmpty {
-                    throw ClusterProbeError(message: "--bridge is not supported on a Redis Cluster yet")
+            if !configuration.clusterSeeds.isEmpty {
+                // Every node that answers now must be of one cluster; none answering is a passing fault
+                // that the coordinator retries with backoff.
+                let answered = try ClusterSeeds.survey(
+                    configuration.clusterSeeds.map { $0.endpoint(like: configuration.endpoint) }, logger: logger
+                ).compactMap { view -> ClusterNodeAddress? in
+                    guard case .tcp(let host, let port) = view.endpoint.address else { return nil }
+                    return ClusterNodeAddress(host: host, port: port)
                 }
-                if configuration.backup != nil {
-                    throw ClusterProbeError(
-                        message: "[backup] is not supported on a Redis Cluster yet: run `sessionmirror backup` "
-                            + "from a timer instead")
-                }
+                try ClusterProbe.refuseUnsupported(configuration)
+                // Those that answered first; the others are asked when they do not.
+                let seeds = answered + configuration.clusterSeeds.filter { !answered.contains($0) }
+                mirror = try ClusterMirror(configuration: configuration, seeds: seeds, logger: logger)
+            } else if let seed = try ClusterProbe.seed(of: configuration.endpoint) {
+                try ClusterProbe.refuseUnsupported(configuration)
                 mirror = try ClusterMirror(configuration: configuration, seeds: [seed], logger: logger)
             } else {
                 mirror = try Mirror(configuration: configuration, logger: logger)
@@ -287,6 +299,20 @@ enum ClusterProbe {
                     + "remove /\(endpoint.database) from --redis")
         }
         return ClusterNodeAddress(host: host, port: port)
+    }
+}
+
+extension ClusterProbe {
+    /// What is built for a single Redis only: refused rather than left silently off.
+    static func refuseUnsupported(_ configuration: MirrorConfiguration) throws {
+        if !configuration.bridges.isEmpty {
+            throw ClusterProbeError(message: "--bridge is not supported on a Redis Cluster yet")
+        }
+        if configuration.backup != nil {
+            throw ClusterProbeError(
+                message: "[backup] is not supported on a Redis Cluster yet: run `sessionmirror backup` from a timer "
+                    + "instead")
+        }
     }
 }
 

@@ -99,20 +99,91 @@ struct SharedSettings {
         return settings.django?.prefixes
     }
 
-    /// Where Redis is; with Sentinel, the master it names now. Every refusal is one line, exit 2.
+    /// Where Redis is: with `cluster_nodes`, the first node that answers (the commands find every
+    /// master from it); with Sentinel, the master it names now. Every refusal is one line, exit 2.
     func endpoint() throws -> RedisEndpoint {
         let target: RedisTarget
+        let seeds: [RedisEndpoint]?
         do {
+            // cluster_nodes first: its refusal of Sentinel is the line that explains a mix of the two.
+            seeds = try clusterSeeds()
             target = try redisTarget()
         } catch {
             throw fail("\(error)")
         }
+        if let seeds {
+            let views: [ClusterSeeds.View]
+            do {
+                views = try ClusterSeeds.survey(seeds, logger: Logger(label: "sessionmirror"))
+            } catch {
+                throw fail("\(error)")
+            }
+            guard let first = views.first else {
+                throw fail(
+                    "cluster_nodes: no node answers (\(seeds.map(\.description).joined(separator: ", "))); "
+                        + "run again when one does")
+            }
+            return first.endpoint
+        }
         guard let sentinel = target.sentinel else { return target.endpoint }
+        let master: RedisEndpoint
         do {
-            return try SentinelResolver(settings: sentinel).resolve(dataNode: target.endpoint)
+            master = try SentinelResolver(settings: sentinel).resolve(dataNode: target.endpoint)
         } catch {
             throw fail("\(error)")
         }
+        // Database 0 for the question: a cluster node refuses SELECT of any other.
+        var probe = master
+        probe.database = 0
+        if let connection = try? RedisConnection(endpoint: probe, timeoutSeconds: 5),
+            (try? connection.isClusterEnabled()) == true
+        {
+            throw fail(Self.sentinelNamesClusterNode(master, masterName: sentinel.masterName))
+        }
+        return master
+    }
+
+    /// A Sentinel that names a node of a Redis Cluster: the two are separate modes.
+    static func sentinelNamesClusterNode(_ node: RedisEndpoint, masterName: String) -> String {
+        "Sentinel names \(node) for '\(masterName)', and it is a Redis Cluster node: Sentinel and Cluster are "
+            + "separate modes (a cluster fails over by itself); give the cluster's nodes in cluster_nodes "
+            + "instead of Sentinel"
+    }
+
+    /// The nodes of `cluster_nodes`, with `redis` first when it is given too, each with the data
+    /// nodes' credentials and database 0; nil without `cluster_nodes`.
+    func clusterSeeds() throws(ConfigurationError) -> [RedisEndpoint]? {
+        guard let nodes = settings.clusterNodes else { return nil }
+        let key = configFile.map { "cluster_nodes (in \($0))" } ?? "cluster_nodes"
+        guard settings.sentinels == nil else {
+            throw .invalid(
+                option: key,
+                reason: "Sentinel and Cluster are separate modes: give either \(option("--sentinel", "sentinels")) "
+                    + "or cluster_nodes, not both")
+        }
+        guard !nodes.isEmpty else { throw .invalid(option: key, reason: "must list at least one host:port") }
+        let template = try redisTarget().endpoint
+        guard template.database == 0 else {
+            throw .invalid(
+                option: option("--redis", "redis"),
+                reason: "a Redis Cluster has only database 0: remove /\(template.database) from the URL")
+        }
+        var seeds: [RedisEndpoint] = []
+        if settings.redis != nil {
+            guard case .tcp = template.address else {
+                throw .invalid(
+                    option: option("--redis", "redis"),
+                    reason: "with cluster_nodes it must be a redis://host:port URL (a cluster node), not a socket")
+            }
+            seeds.append(template)
+        }
+        for node in nodes {
+            guard let address = ClusterNodeAddress(node), !address.host.isEmpty else {
+                throw .invalid(option: key, reason: "expected \"host:port\", got \"\(node)\"")
+            }
+            seeds.append(address.endpoint(like: template))
+        }
+        return seeds
     }
 
     /// The endpoint and Sentinel settings, unresolved (`run` resolves Sentinel itself).

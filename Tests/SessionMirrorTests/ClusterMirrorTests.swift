@@ -46,18 +46,23 @@ struct ClusterMirrorTests {
         #expect(termination == .exited(0), "\(output)")
     }
 
-    /// The Python the end-to-end tests install (Tests/django_e2e/run.sh: redis-py is in it), when it
-    /// is there; `VENV` as in run.sh.
+    /// The Python the end-to-end tests install (Tests/django_e2e/setup-venv: redis-py is in it), when
+    /// it is there; `VENV` as in setup-venv.
     static let python: String? = {
         let venv = ProcessInfo.processInfo.environment["VENV"] ?? "/tmp/sessionmirror-venv"
         let path = venv + "/bin/python"
         return FileManager.default.isExecutableFile(atPath: path) ? path : nil
     }()
 
+    /// `VENV` set (scripts/test sets it after making the venv): a missing venv fails the test
+    /// rather than skipping it, so CI cannot lose it silently.
+    static let venvRequired = ProcessInfo.processInfo.environment["VENV"] != nil
+
     @Test(
         "sessions written and deleted through redis-py's RedisCluster client are mirrored",
-        .enabled(if: python != nil, "needs the venv of Tests/django_e2e/run.sh"))
+        .enabled(if: python != nil || venvRequired, "needs the venv of Tests/django_e2e/setup-venv"))
     func redisPyClusterClient() async throws {
+        let python = try #require(Self.python, "VENV is set but has no bin/python: run Tests/django_e2e/setup-venv")
         let cluster = try #require(RedisClusterDeployment.current)
         let directory = try TemporaryDirectory(label: "cluster-redis-py")
         let mirror = try RunningClusterMirror.start(cluster, prefix: "py:", snapshotPath: directory.file("s.db"))
@@ -73,7 +78,7 @@ struct ClusterMirrorTests {
                 client.delete(f"py:session:{i}")
             """
         let child = try ChildProcess(
-            executable: try #require(ClusterMirrorTests.python),
+            executable: python,
             arguments: ["-c", script, String(cluster.nodes[0].port)], outputPath: directory.file("redis-py.log"))
         let ended = await child.waitForExit(timeout: .seconds(120))
         #expect(ended == .exited(0), "\(child.output())")

@@ -22,16 +22,8 @@ for tool in python3 redis-server redis-cli; do
     fi
 done
 
-if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
-    rm -rf "$VENV"
-    if ! python3 -m venv "$VENV"; then
-        rm -rf "$VENV"
-        echo "run.sh: python3 -m venv failed; on Debian 12: apt-get install -y python3-venv" >&2
-        exit 2
-    fi
-fi
-
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+# The venv and its packages (a no-op apart from pip's check when scripts/test made it already).
+VENV="$VENV" "$HERE/setup-venv"
 
 # Regression: sessions logged out while the daemon was down must not come back at its next
 # start, in either --on-cache-loss mode (exits 1 if any does).
