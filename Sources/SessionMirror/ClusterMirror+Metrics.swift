@@ -40,19 +40,21 @@ extension ClusterMirror {
             ("nodes", "\(nodes.count)"), ("nodes_connected", "\(connectedCount)"),
             ("keys_redirected", "\(total.keysRedirected)"),
         ]
-        var metadata: Logger.Metadata = ["event": "metrics"]
-        for (key, value) in fields { metadata[key] = "\(value)" }
-        logger.info("metrics", metadata: metadata)
+        logger.info("metrics", metadata: Mirror.metricsMetadata(fields))
         for (node, stats) in nodes {
             logger.info(
                 "node metrics",
                 metadata: [
-                    "event": "node_metrics", "node": "\(node)", "connected": "\(stats.connected)",
-                    "redis.run_id": "\(stats.redisRunID ?? "")", "events_received": "\(stats.eventsReceived)",
-                    "keys_read": "\(stats.keysRead)", "keys_redirected": "\(stats.keysRedirected)",
-                    "dirty_backlog": "\(stats.dirtyBacklog + stats.keysInFlight)", "reconnects": "\(stats.reconnects)",
-                    "full_syncs": "\(stats.fullSyncs)", "cache_losses": "\(stats.cacheLosses)",
-                    "restores": "\(stats.restores)", "errors": "\(stats.errors)",
+                    "event": "node_metrics", "node": "\(node)", "connected": .stringConvertible(stats.connected),
+                    "redis.run_id": "\(stats.redisRunID ?? "")",
+                    "events_received": .stringConvertible(stats.eventsReceived),
+                    "keys_read": .stringConvertible(stats.keysRead),
+                    "keys_redirected": .stringConvertible(stats.keysRedirected),
+                    "dirty_backlog": .stringConvertible(stats.dirtyBacklog + stats.keysInFlight),
+                    "reconnects": .stringConvertible(stats.reconnects),
+                    "full_syncs": .stringConvertible(stats.fullSyncs),
+                    "cache_losses": .stringConvertible(stats.cacheLosses),
+                    "restores": .stringConvertible(stats.restores), "errors": .stringConvertible(stats.errors),
                 ])
         }
         if let metricsFile {

@@ -202,7 +202,7 @@ extension ClusterMirror {
             logger.info(
                 "cluster slot map read",
                 metadata: [
-                    "event": "cluster_topology", "reason": "\(reason)", "masters": "\(masters.count)",
+                    "event": "cluster_topology", "reason": "\(reason)", "masters": .stringConvertible(masters.count),
                     "nodes": "\(masters.map { "\($0.master.address)" }.joined(separator: ","))",
                 ])
         }

@@ -99,8 +99,9 @@ extension Mirror {
         logger.info(
             "bridge reconciled after the full sync",
             metadata: [
-                "event": "bridge_reconciled", "bridge.copies_to_make": "\(rereads.count)",
-                "bridge.deletions": "\(actions.count)", "bridge.sessions": "\(bridge!.counts.sessions)",
+                "event": "bridge_reconciled", "bridge.copies_to_make": .stringConvertible(rereads.count),
+                "bridge.deletions": .stringConvertible(actions.count),
+                "bridge.sessions": .stringConvertible(bridge!.counts.sessions),
             ])
         reportBridgeInStep()
     }
@@ -146,9 +147,11 @@ extension Mirror {
         logger.info(
             "the bridged prefixes are fully in step: every session read so far exists with the same value under both",
             metadata: [
-                "event": "bridge_in_step", "bridge.sessions": "\(counts.sessions)", "bridge.copied": "\(counts.copied)",
-                "bridge.copied_to_new": "\(counts.copiedToNew)", "bridge.deleted": "\(counts.deleted)",
-                "bridge.conflicts": "\(counts.conflicts)",
+                "event": "bridge_in_step", "bridge.sessions": .stringConvertible(counts.sessions),
+                "bridge.copied": .stringConvertible(counts.copied),
+                "bridge.copied_to_new": .stringConvertible(counts.copiedToNew),
+                "bridge.deleted": .stringConvertible(counts.deleted),
+                "bridge.conflicts": .stringConvertible(counts.conflicts),
             ])
         recordBridgeStatus()
     }

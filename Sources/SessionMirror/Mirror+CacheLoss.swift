@@ -68,10 +68,12 @@ extension Mirror {
                         logger.notice(
                             "restore finished",
                             metadata: nodeMetadata([
-                                "event": "restore_finished", "automatic": "true", "restored": "\(summary.restored)",
-                                "skipped_existing": "\(summary.skippedExisting)",
-                                "skipped_expired": "\(summary.skippedExpired)", "failed": "\(summary.failed)",
-                                "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
+                                "event": "restore_finished", "automatic": .stringConvertible(true),
+                                "restored": .stringConvertible(summary.restored),
+                                "skipped_existing": .stringConvertible(summary.skippedExisting),
+                                "skipped_expired": .stringConvertible(summary.skippedExpired),
+                                "failed": .stringConvertible(summary.failed),
+                                "elapsed_s": .seconds(summary.elapsedSeconds),
                             ]))
                     } catch {
                         logger.error(
@@ -105,8 +107,8 @@ extension Mirror {
         logger.warning(
             "automatic restore did not finish; trying again",
             metadata: [
-                "event": "restore_retry", "attempt": "\(restoreFailuresInARow)",
-                "retry_in_ms": "\(delay)",
+                "event": "restore_retry", "attempt": .stringConvertible(restoreFailuresInARow),
+                "retry_in_ms": .stringConvertible(delay),
             ])
         let timer =
             restoreRetryTimer
@@ -162,8 +164,8 @@ extension Mirror {
                 self.logger.error(
                     "Redis was flushed (FLUSHALL/FLUSHDB): every session is gone from Redis; snapshot rows are kept",
                     metadata: self.nodeMetadata([
-                        "event": "cache_loss", "reason": "flush", "rows_live": "\(counts.live)",
-                        "rows_evicted": "\(counts.evicted)", "redis.run_id": "\(runID ?? "?")",
+                        "event": "cache_loss", "reason": "flush", "rows_live": .stringConvertible(counts.live),
+                        "rows_evicted": .stringConvertible(counts.evicted), "redis.run_id": "\(runID ?? "?")",
                     ]))
             }
         }

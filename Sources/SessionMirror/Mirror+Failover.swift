@@ -41,8 +41,8 @@ extension Mirror {
         logger.error(
             "Redis restarted with an older state of the data (a failover or a restart from a persistence file)",
             metadata: [
-                "event": "failover_lost_writes", "count": "\(outcome.missingRecentRows)",
-                "missing_older": "\(older)", "window_start_ms": "\(failover.since)",
+                "event": "failover_lost_writes", "count": .stringConvertible(outcome.missingRecentRows),
+                "missing_older": .stringConvertible(older), "window_start_ms": .stringConvertible(failover.since),
                 "redis.run_id": "\(evidence.runID ?? "?")",
                 "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
             ])
@@ -52,7 +52,7 @@ extension Mirror {
             logger.warning(
                 "older sessions are missing too; they are kept in the snapshot but not restored automatically",
                 metadata: [
-                    "event": "failover_missing_older", "count": "\(older)",
+                    "event": "failover_missing_older", "count": .stringConvertible(older),
                     "hint": "sessionmirror restore --snapshot \(configuration.snapshotPath) puts them back (NX)",
                 ])
         }
@@ -90,20 +90,21 @@ extension Mirror {
         logger.notice(
             "logouts the failover lost were deleted again",
             metadata: [
-                "event": "failover_logout_reapplied", "count": "\(result.reapplied)", "tombstones": "\(tombstones)",
-                "absent": "\(result.absent)",
+                "event": "failover_logout_reapplied", "count": .stringConvertible(result.reapplied),
+                "tombstones": .stringConvertible(tombstones),
+                "absent": .stringConvertible(result.absent),
             ])
         if result.superseded > 0 {
             logger.notice(
                 "keys logged out before the failover hold another value now: left alone",
-                metadata: ["event": "failover_logout_superseded", "count": "\(result.superseded)"])
+                metadata: ["event": "failover_logout_superseded", "count": .stringConvertible(result.superseded)])
         }
         if result.failed > 0 {
             stats.errors += 1
             logger.error(
                 "logouts the failover may have lost could not be compared; those sessions may be valid again",
                 metadata: [
-                    "event": "failover_logout_failed", "count": "\(result.failed)",
+                    "event": "failover_logout_failed", "count": .stringConvertible(result.failed),
                     "error": "\(result.firstError ?? "?")",
                 ])
         }

@@ -318,9 +318,11 @@ extension Mirror {
         logger.info(
             "full sync finished",
             metadata: nodeMetadata([
-                "event": "sync_finished", "reason": "\(state.reason)", "keys_scanned": "\(state.keysScanned)",
-                "rows_deleted": "\(outcome.deleted)", "rows_missing": "\(outcome.missingRows)",
-                "rows_unexpired": "\(outcome.unexpiredRows)", "duration_s": "\(String(format: "%.3f", seconds))",
+                "event": "sync_finished", "reason": "\(state.reason)",
+                "keys_scanned": .stringConvertible(state.keysScanned),
+                "rows_deleted": .stringConvertible(outcome.deleted),
+                "rows_missing": .stringConvertible(outcome.missingRows),
+                "rows_unexpired": .stringConvertible(outcome.unexpiredRows), "duration_s": .seconds(seconds),
             ]))
         if state.keysScanned == 0, let connection { warnIfOnlyOtherKeys(on: connection) }
         if let reason = outcome.refusedReason {
@@ -328,8 +330,10 @@ extension Mirror {
             logger.error(
                 "sessions are missing from Redis and a loss cannot be ruled out: not deleting any row",
                 metadata: nodeMetadata([
-                    "event": "cache_loss_suspected", "reason": "\(reason)", "rows_missing": "\(outcome.missingRows)",
-                    "rows_unexpired": "\(outcome.unexpiredRows)", "redis.run_id": "\(evidence.runID ?? "?")",
+                    "event": "cache_loss_suspected", "reason": "\(reason)",
+                    "rows_missing": .stringConvertible(outcome.missingRows),
+                    "rows_unexpired": .stringConvertible(outcome.unexpiredRows),
+                    "redis.run_id": "\(evidence.runID ?? "?")",
                     "redis.previous_run_id": "\(evidence.previousRunID ?? "?")",
                 ]))
             // After a failover, the restore waits for the lost logouts to be re-applied, and puts
@@ -362,7 +366,7 @@ extension Mirror {
                     metadata: [
                         "event": "sync_no_keys_under_prefixes",
                         "prefixes": "\(self.configuration.prefixes.map { String(decoding: $0, as: UTF8.self) })",
-                        "database_keys": "\(reply?.integer.map { "\($0)" } ?? "?")",
+                        "database_keys": reply?.integer.map { .stringConvertible($0) } ?? "?",
                         // Up to the last `:`, the part that names the application, never a whole id.
                         "other_key_prefix":
                             "\(SessionKey.redacted(other, prefixes: other.lastIndex(of: UInt8(ascii: ":")).map { [Array(other[...$0])] } ?? []))",

@@ -31,9 +31,7 @@ extension Mirror {
             ]
             recordBridgeStatus()
         }
-        var metadata: Logger.Metadata = ["event": "metrics"]
-        for (key, value) in fields { metadata[key] = "\(value)" }
-        logger.info("metrics", metadata: metadata)
+        logger.info("metrics", metadata: Mirror.metricsMetadata(fields))
         if let metricsFile {
             let text = Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
             // Off the loop: a file write may wait for the disk.
@@ -41,6 +39,27 @@ extension Mirror {
                 Mirror.writeAtomically(text, to: metricsFile, logger: logger)
             }
         }
+    }
+
+    /// The metadata of an `event=metrics` line. Every field of `metricFields` but `redis.run_id` is a
+    /// number or a boolean written out; it goes back to one here, so that a JSON line carries it as
+    /// a JSON number or boolean. The run_id stays text, whatever it looks like.
+    static func metricsMetadata(_ fields: [(String, String)]) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["event": "metrics"]
+        for (key, value) in fields {
+            if key == "redis.run_id" {
+                metadata[key] = .string(value)
+            } else if let flag = Bool(value) {
+                metadata[key] = .stringConvertible(flag)
+            } else if let integer = Int64(value) {
+                metadata[key] = .stringConvertible(integer)
+            } else if let number = Double(value), number.isFinite {
+                metadata[key] = .stringConvertible(number)
+            } else {
+                metadata[key] = .string(value)
+            }
+        }
+        return metadata
     }
 
     /// The fields of an `event=metrics` line, in order.

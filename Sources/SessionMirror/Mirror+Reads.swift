@@ -42,7 +42,10 @@ extension Mirror {
         }
         logger.warning(
             "too many changed keys waiting to be read; dropping them and resyncing",
-            metadata: ["event": "dirty_overflow", "dirty": "\(count)", "limit": "\(configuration.maxDirtyKeys)"])
+            metadata: [
+                "event": "dirty_overflow", "dirty": .stringConvertible(count),
+                "limit": .stringConvertible(configuration.maxDirtyKeys),
+            ])
         connection.sync = nil
         startFullSync(reason: "dirty_overflow", on: connection)
     }
@@ -195,7 +198,7 @@ extension Mirror {
             metadata: [
                 "event": "value_too_large",
                 "redis.key": "\(SessionKey.redacted(key, prefixes: configuration.prefixes))",
-                "bytes": "\(bytes)", "max_value_bytes": "\(configuration.maxValueBytes)",
+                "bytes": .stringConvertible(bytes), "max_value_bytes": .stringConvertible(configuration.maxValueBytes),
             ])
     }
 }

@@ -60,7 +60,7 @@ extension Mirror {
         if pending > 0 {
             logger.warning(
                 "stopping before every change was read; the next start resyncs",
-                metadata: ["event": "shutdown_incomplete", "dirty": "\(pending)"])
+                metadata: ["event": "shutdown_incomplete", "dirty": .stringConvertible(pending)])
         }
         let old = shutdown.connection
         shutdown.connection = nil

@@ -85,8 +85,9 @@ final class PeriodicBackup: @unchecked Sendable {
             logger.info(
                 "backup written",
                 metadata: [
-                    "event": "backup_finished", "backup.path": "\(summary.path)", "rows": "\(summary.rows)",
-                    "bytes": "\(summary.bytes)", "duration_s": "\(String(format: "%.3f", summary.durationSeconds))",
+                    "event": "backup_finished", "backup.path": "\(summary.path)",
+                    "rows": .stringConvertible(summary.rows),
+                    "bytes": .stringConvertible(summary.bytes), "duration_s": .seconds(summary.durationSeconds),
                 ])
             return true
         } catch {

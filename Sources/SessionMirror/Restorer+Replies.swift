@@ -70,7 +70,7 @@ struct ReplyOutcome {
         summary.skippedTooLarge += 1
         logKey(
             "a value is larger than Redis accepts (proto-max-bulk-len): not restored", event: "restore_value_too_large",
-            key: key, ["value_bytes": "\(bytes)", "limit_bytes": "\(limit)"])
+            key: key, ["value_bytes": .stringConvertible(bytes), "limit_bytes": .stringConvertible(limit)])
     }
 
     /// One line per kind of error, and one for rows the integrity check refused.
@@ -78,18 +78,19 @@ struct ReplyOutcome {
         for (message, count) in summary.errors.sorted(by: { $0.value > $1.value }) {
             logger.error(
                 "Redis returned an error for \(count) rows",
-                metadata: ["event": "restore_errors", "error": "\(message)", "rows": "\(count)"])
+                metadata: ["event": "restore_errors", "error": "\(message)", "rows": .stringConvertible(count)])
         }
         if summary.tampered > 0 {
             logger.error(
                 "rows failed the integrity check and were not restored: the snapshot was changed outside sessionmirror",
-                metadata: ["event": "restore_tampered", "rows": "\(summary.tampered)"])
+                metadata: ["event": "restore_tampered", "rows": .stringConvertible(summary.tampered)])
         }
         if let stoppedBy = summary.stoppedBy {
             logger.critical(
                 "Redis refuses every write: restore stopped",
                 metadata: [
-                    "event": "restore_stopped", "error": "\(stoppedBy)", "not_attempted": "\(summary.notAttempted)",
+                    "event": "restore_stopped", "error": "\(stoppedBy)",
+                    "not_attempted": .stringConvertible(summary.notAttempted),
                 ])
         }
     }

@@ -318,8 +318,9 @@ public final class SnapshotWriter: @unchecked Sendable {
         logger.warning(
             "tombstones dropped inside their window: the bound in rows or bytes was hit; a failover now may bring these logouts back",
             metadata: [
-                "event": "tombstones_dropped", "count": "\(prune.dropped)", "max_rows": "\(tombstoneLimits.maxRows)",
-                "max_bytes": "\(tombstoneLimits.maxBytes)",
+                "event": "tombstones_dropped", "count": .stringConvertible(prune.dropped),
+                "max_rows": .stringConvertible(tombstoneLimits.maxRows),
+                "max_bytes": .stringConvertible(tombstoneLimits.maxBytes),
             ])
     }
 
@@ -644,9 +645,9 @@ public final class SnapshotWriter: @unchecked Sendable {
             logger.warning(
                 "changes were committed later than --commit-interval: the snapshot is behind Redis",
                 metadata: [
-                    "event": "commit_late", "changes": "\(late)",
-                    "max_wait_ms": "\(worst / 1_000_000)",
-                    "commit_interval_ms": "\(commitIntervalNanoseconds / 1_000_000)",
+                    "event": "commit_late", "changes": .stringConvertible(late),
+                    "max_wait_ms": .stringConvertible(worst / 1_000_000),
+                    "commit_interval_ms": .stringConvertible(commitIntervalNanoseconds / 1_000_000),
                 ])
         }
     }

@@ -36,8 +36,8 @@ struct BackupCommand: ParsableCommand {
         logger.notice(
             "backup written",
             metadata: [
-                "event": "backup_finished", "backup.path": "\(summary.path)", "rows": "\(summary.rows)",
-                "bytes": "\(summary.bytes)", "duration_s": "\(String(format: "%.3f", summary.durationSeconds))",
+                "event": "backup_finished", "backup.path": "\(summary.path)", "rows": .stringConvertible(summary.rows),
+                "bytes": .stringConvertible(summary.bytes), "duration_s": .seconds(summary.durationSeconds),
             ])
         if json { printJSON(summary) }
     }

@@ -182,6 +182,13 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// Prints an operator's error on one line and exits 2.
 func fail(_ message: String) -> ExitCode {
-    FileHandle.standardError.write(Data("sessionmirror: \(message)\n".utf8))
+    printError(message)
     return ExitCode(2)
+}
+
+/// Writes `sessionmirror: <message>` to stderr, as an error for the journal when stderr is the
+/// journal (`journalctl -p err` shows it).
+func printError(_ message: String) {
+    let priority = LogfmtLogHandler.stderrIsJournal() ? "<3>" : ""
+    FileHandle.standardError.write(Data("\(priority)sessionmirror: \(message)\n".utf8))
 }

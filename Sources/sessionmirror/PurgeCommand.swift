@@ -48,8 +48,8 @@ struct PurgeCommand: ParsableCommand {
         logger.notice(
             "sessions purged",
             metadata: [
-                "event": "purge_finished", "redis_keys_deleted": "\(summary.redisKeysDeleted)",
-                "snapshot_rows_deleted": "\(summary.snapshotRowsDeleted)",
+                "event": "purge_finished", "redis_keys_deleted": .stringConvertible(summary.redisKeysDeleted),
+                "snapshot_rows_deleted": .stringConvertible(summary.snapshotRowsDeleted),
             ])
         if json { printJSON(summary) }
     }

@@ -107,19 +107,24 @@ struct RestoreCommand: ParsableCommand {
         if summary.otherPrefix > 0 && options.scope == .recorded {
             logger.warning(
                 "rows under prefixes the daemon does not mirror were not restored",
-                metadata: ["event": "restore_other_prefix", "rows": "\(summary.otherPrefix)"])
+                metadata: ["event": "restore_other_prefix", "rows": .stringConvertible(summary.otherPrefix)])
         }
         logger.notice(
             "\(dryRun ? "dry run: nothing written" : "restore finished")",
             metadata: [
-                "event": "restore_finished", "restored": "\(summary.restored)",
-                "skipped_existing": "\(summary.skippedExisting)", "skipped_expired": "\(summary.skippedExpired)",
-                "skipped_evicted": "\(summary.skippedEvicted)", "skipped_logged_out": "\(summary.skippedLoggedOut)",
-                "skipped_superseded": "\(summary.skippedSuperseded)", "failed": "\(summary.failed)",
-                "other_prefix": "\(summary.otherPrefix)", "tampered": "\(summary.tampered)",
-                "skipped_too_large": "\(summary.skippedTooLarge)", "not_attempted": "\(summary.notAttempted)",
-                "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
-                "keys_per_s": "\(Int(summary.keysPerSecond))", "dry_run": "\(dryRun)",
+                "event": "restore_finished", "restored": .stringConvertible(summary.restored),
+                "skipped_existing": .stringConvertible(summary.skippedExisting),
+                "skipped_expired": .stringConvertible(summary.skippedExpired),
+                "skipped_evicted": .stringConvertible(summary.skippedEvicted),
+                "skipped_logged_out": .stringConvertible(summary.skippedLoggedOut),
+                "skipped_superseded": .stringConvertible(summary.skippedSuperseded),
+                "failed": .stringConvertible(summary.failed),
+                "other_prefix": .stringConvertible(summary.otherPrefix),
+                "tampered": .stringConvertible(summary.tampered),
+                "skipped_too_large": .stringConvertible(summary.skippedTooLarge),
+                "not_attempted": .stringConvertible(summary.notAttempted),
+                "elapsed_s": .seconds(summary.elapsedSeconds),
+                "keys_per_s": .stringConvertible(Int(summary.keysPerSecond)), "dry_run": .stringConvertible(dryRun),
             ])
         if json { printJSON(summary) }
         if summary.stoppedBy != nil { throw ExitCode(3) }
@@ -131,8 +136,8 @@ struct RestoreCommand: ParsableCommand {
 private func reportCacheLossAge(snapshotPath: String, endpoint: RedisEndpoint, logger: Logger) {
     guard let report = CacheLossReport.measure(snapshotPath: snapshotPath, endpoint: endpoint) else { return }
     var metadata: Logger.Metadata = ["event": "restore_loss_age"]
-    if let age = report.lossAgeSeconds() { metadata["loss_age_s"] = "\(String(format: "%.1f", age))" }
-    if let uptime = report.redisUptimeSeconds { metadata["redis_uptime_s"] = "\(uptime)" }
+    if let age = report.lossAgeSeconds() { metadata["loss_age_s"] = .stringConvertible((age * 10).rounded() / 10) }
+    if let uptime = report.redisUptimeSeconds { metadata["redis_uptime_s"] = .stringConvertible(uptime) }
     logger.notice("\(report.sentence())", metadata: metadata)
 }
 

@@ -33,7 +33,7 @@ struct SessionMirrorCommand: ParsableCommand {
                 exit(withError: error)
             }
             // One line, exit 2 (docs/operations.md); `--help` shows the usage.
-            FileHandle.standardError.write(Data("sessionmirror: \(message(for: error))\n".utf8))
+            printError(message(for: error))
             Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
         }
     }

@@ -18,7 +18,7 @@ struct StatusCommand: ParsableCommand {
             status = try SnapshotStatus.read(path: shared.snapshotPath)
         } catch  where SnapshotStatus.isDamage(error) {
             // Damage is what status exists to report: exit 1, as when quick_check lists problems.
-            FileHandle.standardError.write(Data("sessionmirror: \(error)\n".utf8))
+            printError("\(error)")
             throw ExitCode(1)
         } catch {
             throw fail("\(error)")

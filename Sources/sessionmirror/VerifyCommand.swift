@@ -54,12 +54,15 @@ struct VerifyCommand: ParsableCommand {
         logger.notice(
             "\(report.inSync ? "snapshot and Redis are in sync" : "snapshot and Redis differ")",
             metadata: [
-                "event": "verify_finished", "equal": "\(report.equal)", "different_value": "\(report.differentValue)",
-                "different_expiry": "\(report.differentExpiry)", "only_in_snapshot": "\(report.onlyInSnapshot)",
-                "only_in_redis": "\(report.onlyInRedis)", "evicted": "\(report.evicted)",
-                "expired": "\(report.expired)",
-                "tampered": "\(report.tampered)", "rows_outside_prefixes": "\(report.rowsOutsidePrefixes)",
-                "redis_keys_outside_prefixes": "\(report.redisKeysOutsidePrefixes)",
+                "event": "verify_finished", "equal": .stringConvertible(report.equal),
+                "different_value": .stringConvertible(report.differentValue),
+                "different_expiry": .stringConvertible(report.differentExpiry),
+                "only_in_snapshot": .stringConvertible(report.onlyInSnapshot),
+                "only_in_redis": .stringConvertible(report.onlyInRedis), "evicted": .stringConvertible(report.evicted),
+                "expired": .stringConvertible(report.expired),
+                "tampered": .stringConvertible(report.tampered),
+                "rows_outside_prefixes": .stringConvertible(report.rowsOutsidePrefixes),
+                "redis_keys_outside_prefixes": .stringConvertible(report.redisKeysOutsidePrefixes),
             ])
         if json { printJSON(report) }
         if !report.inSync { throw ExitCode(1) }

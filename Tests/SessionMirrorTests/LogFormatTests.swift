@@ -109,18 +109,190 @@ struct LogFormatTests {
         #expect(lines.contains { parseLogfmt($0)?["event"] == "cache_loss" })
     }
 
-    @Test("with --log-format json every line is one JSON object with the same fields")
+    @Test(
+        "with --log-format json every line is one JSON object with the same fields, counters as numbers, connected as a boolean"
+    )
     func jsonLines() async throws {
         let lines = try await runAndCollect(format: "json")
+        var metricsLines = 0
         for line in lines {
             let object = try #require(
-                try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String],
+                try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                 "not a JSON object: \(line)")
-            #expect(object["ts"] != nil && object["level"] != nil && object["event"] != nil, "\(line)")
-            if object["event"] == "metrics" {
-                #expect(Set(metricsFields).isSubset(of: Set(object.keys)))
+            #expect(
+                object["ts"] is String && object["level"] is String && object["event"] is String
+                    && object["msg"] is String, "\(line)")
+            guard object["event"] as? String == "metrics" else { continue }
+            metricsLines += 1
+            #expect(Set(metricsFields).isSubset(of: Set(object.keys)))
+            for field in metricsFields where field != "connected" && field != "redis.run_id" {
+                #expect(!(object[field] is String) && holdsJSONNumber(line, field), "\(field) is not a number: \(line)")
             }
+            #expect(object["events_received"] as? Int != nil, "\(line)")
+            #expect(line.contains("\"connected\":true") || line.contains("\"connected\":false"), "\(line)")
+            #expect(object["redis.run_id"] is String, "\(line)")
         }
+        #expect(metricsLines > 0)
+        // The cache loss's counts, typed as well.
+        let cacheLoss = try #require(
+            lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                .first { $0["event"] as? String == "cache_loss" })
+        #expect(cacheLoss["rows_live"] as? Int != nil, "\(cacheLoss)")
+    }
+}
+
+/// Whether `field`'s value in the JSON text `line` is a bare number (`"field":12`, not `"field":"12"`).
+private func holdsJSONNumber(_ line: String, _ field: String) -> Bool {
+    guard let range = line.range(of: "\"\(field)\":"), let first = line[range.upperBound...].first else { return false }
+    return first == "-" || first.isASCII && first.isNumber
+}
+
+@Suite("typed JSON values")
+struct TypedLogValueTests {
+    /// Logs one record with `metadata` in `format`; returns the line without its newline.
+    private func logLine(_ format: LogfmtLogHandler.Format, _ metadata: Logger.Metadata) throws -> String {
+        let directory = try TemporaryDirectory(label: "typed")
+        let path = directory.file("log")
+        let sink = try LogfmtLogHandler.Sink(path: path)
+        let logger = Logger(label: "test") { _ in LogfmtLogHandler(format: format, sink: sink) }
+        logger.notice("done", metadata: metadata)
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text.hasSuffix("\n") && text.dropLast().firstIndex(of: "\n") == nil, "not one line: \(text)")
+        return String(text.dropLast())
+    }
+
+    static let metadata: Logger.Metadata = [
+        "event": "restore_finished", "restored": .stringConvertible(4921), "failed": .stringConvertible(0),
+        "bytes": .stringConvertible(UInt64(1) << 40), "delta": .stringConvertible(-3),
+        "elapsed_s": .seconds(0.0634), "ratio": .stringConvertible(0.5), "tiny": .stringConvertible(1e-7),
+        "automatic": .stringConvertible(true), "dry_run": .stringConvertible(false),
+        "not_a_number": .stringConvertible(Double.nan), "infinite": .stringConvertible(-Double.infinity),
+        // Text that looks like a number or a boolean stays text.
+        "redis.run_id": "12345678901234567890", "redis.key": "007", "reason": "true",
+    ]
+
+    @Test("a JSON line carries counts, durations and booleans as JSON numbers and booleans, and text as strings")
+    func jsonTypes() throws {
+        let line = try logLine(.json, TypedLogValueTests.metadata)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
+        #expect(object["restored"] as? Int == 4921, "\(line)")
+        #expect(object["failed"] as? Int == 0, "\(line)")
+        #expect(object["bytes"] as? Int == 1 << 40, "\(line)")
+        #expect(object["delta"] as? Int == -3, "\(line)")
+        #expect(object["elapsed_s"] as? Double == 0.063, "\(line)")
+        #expect(object["ratio"] as? Double == 0.5, "\(line)")
+        #expect(object["tiny"] as? Double == 1e-7, "\(line)")
+        for (field, value) in [
+            ("restored", "4921"), ("elapsed_s", "0.063"), ("automatic", "true"), ("dry_run", "false"),
+        ] {
+            #expect(
+                line.contains("\"\(field)\":\(value),") || line.contains("\"\(field)\":\(value)}"), "\(field): \(line)")
+        }
+        #expect(object["automatic"] as? Bool == true && !(object["automatic"] is String), "\(line)")
+        #expect(object["dry_run"] as? Bool == false && !(object["dry_run"] is String), "\(line)")
+        // NaN and infinities are no JSON numbers (the line above would not have parsed): text.
+        #expect(object["not_a_number"] as? String == "nan", "\(line)")
+        #expect(object["infinite"] as? String == "-inf", "\(line)")
+        #expect(object["redis.run_id"] as? String == "12345678901234567890", "\(line)")
+        #expect(object["redis.key"] as? String == "007", "\(line)")
+        #expect(object["reason"] as? String == "true", "\(line)")
+        #expect(object["msg"] as? String == "done" && object["level"] as? String == "notice", "\(line)")
+    }
+
+    @Test("logfmt writes the same values as before: bare numbers and booleans")
+    func logfmtValues() throws {
+        let line = try logLine(.logfmt, TypedLogValueTests.metadata)
+        let fields = try #require(parseLogfmt(line), "\(line)")
+        #expect(fields["restored"] == "4921" && fields["elapsed_s"] == "0.063" && fields["automatic"] == "true")
+        #expect(fields["redis.run_id"] == "12345678901234567890" && fields["redis.key"] == "007")
+        #expect(fields["not_a_number"] == "nan")
+    }
+}
+
+/// The daemon under systemd without a log file: its stderr is the journal's stream, and
+/// `$JOURNAL_STREAM` names that stream's device and inode (systemd.exec(5)).
+@Suite("syslog priorities for the journal")
+struct JournalPriorityTests {
+    /// The priority journald reads from `<N>` (sd-daemon(3)), by the daemon's level.
+    static let priorities = ["critical": 2, "error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7, "trace": 7]
+
+    /// `run` against a port nothing listens on (an error line), stopped with SIGTERM; returns its
+    /// output. `journalStream` builds `$JOURNAL_STREAM` from the file its stderr goes to.
+    private func runWithoutRedis(format: String, journalStream: (String) throws -> String) async throws -> [String] {
+        let directory = try TemporaryDirectory(label: "journal-\(format)")
+        let logPath = directory.file("sessionmirror.log")
+        // The file exists before the daemon starts, so that its device and inode are known.
+        #expect(FileManager.default.createFile(atPath: logPath, contents: nil))
+        let port = try RedisServer.freePort()
+        let process = try MirrorProcess.start(
+            [
+                "run", "--redis", "redis://127.0.0.1:\(port)", "--prefix", "session:", "--snapshot",
+                directory.file("s.db"), "--log-format", format, "--metrics-interval", "0",
+            ], in: directory, environment: ["JOURNAL_STREAM": try journalStream(logPath)])
+        defer { process.process.kill() }
+        try #require(
+            await eventually(timeout: .seconds(30)) { process.output.contains("redis_unavailable") },
+            "no redis_unavailable line:\n\(process.output)")
+        process.signal(SIGTERM)
+        #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output)")
+        return process.lines
+    }
+
+    /// `device:inode` of `path`, as systemd writes `$JOURNAL_STREAM`.
+    private static func deviceAndInode(_ path: String) throws -> String {
+        var status = stat()
+        guard stat(path, &status) == 0 else { throw ChildProcessError(message: "stat \(path) failed") }
+        return "\(status.st_dev):\(status.st_ino)"
+    }
+
+    /// A line's level, read from the line after its `<N>` prefix (either format).
+    private static func level(_ line: Substring) -> String? {
+        if line.hasPrefix("{") {
+            return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["level"] as? String
+        }
+        return parseLogfmt(String(line))?["level"]
+    }
+
+    @Test(
+        "when JOURNAL_STREAM names its stderr, every line starts with the syslog priority of its level",
+        arguments: ["logfmt", "json"])
+    func prefixed(format: String) async throws {
+        let lines = try await runWithoutRedis(format: format) { try JournalPriorityTests.deviceAndInode($0) }
+        var levels: Set<String> = []
+        for line in lines {
+            let match = try #require(line.wholeMatch(of: /<([0-7])>(.*)/), "no priority prefix: \(line)")
+            let level = try #require(JournalPriorityTests.level(match.output.2), "not a log line: \(line)")
+            #expect(Int(match.output.1) == JournalPriorityTests.priorities[level], "\(line)")
+            levels.insert(level)
+        }
+        // `journalctl -p err` shows the outage.
+        #expect(lines.contains { $0.hasPrefix("<3>") && $0.contains("redis_unavailable") }, "\(lines)")
+        #expect(levels.isSuperset(of: ["info", "error"]), "\(levels)")
+    }
+
+    @Test("when JOURNAL_STREAM names another file (stderr was redirected), no line has a priority prefix")
+    func notPrefixed() async throws {
+        let lines = try await runWithoutRedis(format: "logfmt") { path in
+            // The directory beside the log: the same device, another inode.
+            try JournalPriorityTests.deviceAndInode(URL(fileURLWithPath: path).deletingLastPathComponent().path)
+        }
+        #expect(!lines.isEmpty)
+        #expect(lines.allSatisfy { $0.hasPrefix("ts=") }, "\(lines)")
+    }
+
+    @Test("an operator's error (exit 2) is an error for the journal too")
+    func operatorError() async throws {
+        let directory = try TemporaryDirectory(label: "journal-fail")
+        let logPath = directory.file("sessionmirror.log")
+        #expect(FileManager.default.createFile(atPath: logPath, contents: nil))
+        let process = try MirrorProcess.start(
+            [
+                "run", "--redis", "redis://127.0.0.1:1", "--prefix", "session:", "--snapshot", directory.file("s.db"),
+                "--commit-interval", "-1",
+            ],
+            in: directory, environment: ["JOURNAL_STREAM": try JournalPriorityTests.deviceAndInode(logPath)])
+        #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(2))
+        #expect(process.output.hasPrefix("<3>sessionmirror: "), "\(process.output)")
     }
 }
 

@@ -19,6 +19,34 @@ struct LogTailingTests {
     }
 
     @Test(
+        "mtail reads lines that start with a syslog priority (the daemon's stderr on the journal's stream)",
+        .enabled(if: isExecutable(mtailPath), "\(mtailPath) is missing (Debian package mtail)"))
+    func mtailReadsPriorityPrefixes() async throws {
+        let directory = try TemporaryDirectory(label: "mtail-priority")
+        let logPath = directory.file("mirror.log")
+        let lines = [
+            "<3>ts=2026-11-30T09:35:47.078Z level=error event=redis_unavailable msg=\"cannot use Redis\" error=x",
+            "<5>{\"ts\":\"2026-11-30T09:35:48.078Z\",\"level\":\"notice\",\"event\":\"cache_loss\",\"msg\":\"lost\","
+                + "\"rows_live\":3}",
+            "<5>{\"ts\":\"2026-11-30T09:35:49.078Z\",\"level\":\"notice\",\"event\":\"restore_finished\","
+                + "\"msg\":\"restore finished\",\"automatic\":true,\"elapsed_s\":0.063,\"failed\":0,\"restored\":3}",
+        ]
+        try (lines.joined(separator: "\n") + "\n").write(toFile: logPath, atomically: false, encoding: .utf8)
+        let (ended, output) = try await runTool(
+            mtailPath,
+            [
+                "--one_shot", "--one_shot_format", "prometheus", "--progs", repositoryFile("deploy/mtail"), "--logs",
+                logPath, "--logtostderr",
+            ] + mtailQuiet, in: directory)
+        #expect(ended == .exited(0), "mtail --one_shot:\n\(output)")
+        let derived = prometheusSamples(output)
+        #expect(derived["sessionmirror_log_lines_total{event=\"redis_unavailable\",level=\"error\"}"] == 1, "\(output)")
+        #expect(derived["sessionmirror_redis_unavailable_events_total"] == 1, "\(output)")
+        #expect(derived["sessionmirror_cache_loss_events_total"] == 1, "\(output)")
+        #expect(derived["sessionmirror_restore_sessions_total{outcome=\"restored\"}"] == 3, "\(output)")
+    }
+
+    @Test(
         "mtail's counters from the daemon's log equal the daemon's own, and lnav recognises every line",
         .enabled(if: isExecutable(mtailPath), "\(mtailPath) is missing (Debian package mtail)"),
         .enabled(if: isExecutable(lnavPath), "\(lnavPath) is missing (Debian package lnav)"),
@@ -34,7 +62,7 @@ struct LogTailingTests {
         let lastTimestamp = try #require(lines.last?["ts"])
         let future =
             format == "json"
-            ? "{\"ts\":\"\(lastTimestamp)\",\"level\":\"warning\",\"event\":\"future_event\",\"msg\":\"not known yet\",\"detail\":\"1\"}"
+            ? "{\"ts\":\"\(lastTimestamp)\",\"level\":\"warning\",\"event\":\"future_event\",\"msg\":\"not known yet\",\"detail\":1}"
             : "ts=\(lastTimestamp) level=warning event=future_event msg=\"not known yet\" detail=1"
         let handle = try #require(FileHandle(forWritingAtPath: logPath))
         handle.seekToEndOfFile()
@@ -284,11 +312,11 @@ private func logLines(_ path: String) throws -> [[String: String]] {
     }
 }
 
-/// One line's fields: a JSON object of strings, or logfmt (`key=value`, a value quoted with `\`
-/// escapes when it needs to be). Nil when it is neither.
+/// One line's fields as text: a JSON object (a number or a boolean as the logfmt line writes it), or
+/// logfmt (`key=value`, a value quoted with `\` escapes when it needs to be). Nil when it is neither.
 private func logLineFields(_ line: String) -> [String: String]? {
     if line.hasPrefix("{") {
-        return (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String]
+        return (try? JSONDecoder().decode([String: JSONScalar].self, from: Data(line.utf8)))?.mapValues(\.text)
     }
     var fields: [String: String] = [:]
     var rest = Substring(line)
@@ -320,4 +348,23 @@ private func logLineFields(_ line: String) -> [String: String]? {
         if rest.first == " " { rest = rest.dropFirst() }
     }
     return fields
+}
+
+/// A JSON line's value (a string, a boolean or a number), as text. JSONDecoder keeps the three apart
+/// (`true` is no number, `1` no boolean), where JSONSerialization's NSNumber would not.
+private struct JSONScalar: Decodable {
+    let text: String
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let string = try? container.decode(String.self) {
+            text = string
+        } else if let flag = try? container.decode(Bool.self) {
+            text = flag ? "true" : "false"
+        } else if let integer = try? container.decode(Int64.self) {
+            text = String(integer)
+        } else {
+            text = String(try container.decode(Double.self))
+        }
+    }
 }
