@@ -322,6 +322,7 @@ extension Mirror {
                 "rows_deleted": "\(outcome.deleted)", "rows_missing": "\(outcome.missingRows)",
                 "rows_unexpired": "\(outcome.unexpiredRows)", "duration_s": "\(String(format: "%.3f", seconds))",
             ]))
+        if outcome.refusedReason == nil { stats.lastFullSyncAt = SystemTime.unixMilliseconds() }
         if state.keysScanned == 0, let connection { warnIfOnlyOtherKeys(on: connection) }
         if let reason = outcome.refusedReason {
             stats.cacheLosses += 1
