@@ -172,7 +172,8 @@ struct RunOptions: ParsableArguments {
             do {
                 _ = try MetricsListenAddress(parsing: text)
             } catch {
-                throw ConfigurationError.invalid(option: option("--metrics-listen", "metrics_listen"), reason: "\(error)")
+                throw ConfigurationError.invalid(
+                    option: option("--metrics-listen", "metrics_listen"), reason: "\(error)")
             }
         }
         if let logFile = settings.logFile {

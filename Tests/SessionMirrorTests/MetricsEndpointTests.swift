@@ -206,9 +206,32 @@ struct MetricsEndpointTests {
     func malformed(address: String) async throws {
         let directory = try TemporaryDirectory(label: "metrics-bad")
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["check", "--redis", "redis://127.0.0.1:1/0", "--snapshot", directory.file("s.db"), "--metrics-listen", address],
+            [
+                "check", "--redis", "redis://127.0.0.1:1/0", "--snapshot", directory.file("s.db"), "--metrics-listen",
+                address,
+            ],
             in: directory)
         #expect(termination == .exited(2), "\(output)")
         #expect(output.split(separator: "\n").count == 1 && output.contains("--metrics-listen"), "\(output)")
+    }
+
+    @Test("metrics_listen in the configuration file is read and checked like the flag")
+    func configurationKey() async throws {
+        let directory = try TemporaryDirectory(label: "metrics-key")
+        for (value, status) in [("[::1]:9187", 0), ("127.0.0.1:65536", 2)] {
+            let config = directory.file("sessionmirror.toml")
+            try """
+            redis = "redis://127.0.0.1:1/0"
+            prefixes = ["session:"]
+            snapshot = "\(directory.file("s.db"))"
+            metrics_listen = "\(value)"
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+            let (termination, output) = try await MirrorProcess.runToCompletion(
+                ["check", "--config", config], in: directory)
+            #expect(termination == .exited(Int32(status)), "\(value): \(output)")
+            if status == 2 {
+                #expect(output.split(separator: "\n").count == 1 && output.contains("metrics_listen"), "\(output)")
+            }
+        }
     }
 }

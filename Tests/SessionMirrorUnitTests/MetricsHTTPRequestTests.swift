@@ -39,9 +39,10 @@ struct MetricsHTTPRequestTests {
         #expect(try MetricsListenAddress(parsing: "0.0.0.0:1").port == 1)
         let six = try MetricsListenAddress(parsing: "[::1]:9187")
         #expect(six.host == "::1" && six.isIPv6 && six.description == "[::1]:9187")
-        for bad in ["", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+80", "localhost:9187",
-            "::1:9187", "[::1]9187", "[::1]:", "[127.0.0.1]:80", "300.1.1.1:80", ":9187", "127.0.0.1:９"]
-        {
+        for bad in [
+            "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+80", "localhost:9187",
+            "::1:9187", "[::1]9187", "[::1]:", "[127.0.0.1]:80", "300.1.1.1:80", ":9187", "127.0.0.1:９",
+        ] {
             #expect(throws: MetricsListenAddressError.self, "\(bad)") { try MetricsListenAddress(parsing: bad) }
         }
     }
