@@ -15,6 +15,62 @@ extension ClusterMirror {
         let nodes = engines.map { (node: "\($0.key)", stats: $0.value.mirror.statistics()) }.sorted {
             $0.node < $1.node
         }
+        let fields = ClusterMirror.totalFields(nodes, writer: writerStats, gauges: gauges)
+        logger.info("metrics", metadata: Mirror.metricsMetadata(fields))
+        for (node, stats) in nodes {
+            logger.info(
+                "node metrics",
+                metadata: [
+                    "event": "node_metrics", "node": "\(node)", "connected": .stringConvertible(stats.connected),
+                    "redis.run_id": "\(stats.redisRunID ?? "")",
+                    "events_received": .stringConvertible(stats.eventsReceived),
+                    "keys_read": .stringConvertible(stats.keysRead),
+                    "keys_redirected": .stringConvertible(stats.keysRedirected),
+                    "dirty_backlog": .stringConvertible(stats.dirtyBacklog + stats.keysInFlight),
+                    "reconnects": .stringConvertible(stats.reconnects),
+                    "full_syncs": .stringConvertible(stats.fullSyncs),
+                    "cache_losses": .stringConvertible(stats.cacheLosses),
+                    "restores": .stringConvertible(stats.restores), "errors": .stringConvertible(stats.errors),
+                ])
+        }
+        if let metricsFile {
+            let text = ClusterMirror.prometheusText(nodes, writer: writerStats, gauges: gauges)
+            DispatchQueue.global(qos: .utility).async { [logger] in
+                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
+            }
+        }
+    }
+
+    /// The metrics in Prometheus text format, as the metrics file and the `/metrics` endpoint serve
+    /// them. Safe from any thread: the engines' counters and the writer's are published under locks.
+    public func prometheusText() -> String {
+        let nodes = publishedEngines.withLock { $0 }.map { (node: $0.node, stats: $0.mirror.statistics()) }.sorted {
+            $0.node < $1.node
+        }
+        return ClusterMirror.prometheusText(
+            nodes, writer: writer.statistics(resetLatency: false), gauges: snapshotGauges.withLock { $0 })
+    }
+
+    /// The totals over every master, then the per-master series.
+    static func prometheusText(
+        _ nodes: [(node: String, stats: MirrorStatistics)], writer writerStats: WriterStatistics,
+        gauges: (live: Int, evicted: Int, bytes: Int64)
+    ) -> String {
+        // The oldest master's last full sync: the cluster is as fresh as its stalest share.
+        let oldestSync = nodes.isEmpty ? 0 : nodes.map(\.stats.lastFullSyncAt).min() ?? 0
+        let fields =
+            totalFields(nodes, writer: writerStats, gauges: gauges)
+            + Mirror.timestampFields(writer: writerStats, lastFullSyncAt: oldestSync)
+        return Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
+            + prometheusNodeText(nodes)
+    }
+
+    /// The single-node fields summed over every master, plus `nodes`, `nodes_connected` and
+    /// `keys_redirected`.
+    static func totalFields(
+        _ nodes: [(node: String, stats: MirrorStatistics)], writer writerStats: WriterStatistics,
+        gauges: (live: Int, evicted: Int, bytes: Int64)
+    ) -> [(String, String)] {
         var total = MirrorStatistics()
         for (_, stats) in nodes {
             total.eventsReceived += stats.eventsReceived
@@ -40,31 +96,7 @@ extension ClusterMirror {
             ("nodes", "\(nodes.count)"), ("nodes_connected", "\(connectedCount)"),
             ("keys_redirected", "\(total.keysRedirected)"),
         ]
-        logger.info("metrics", metadata: Mirror.metricsMetadata(fields))
-        for (node, stats) in nodes {
-            logger.info(
-                "node metrics",
-                metadata: [
-                    "event": "node_metrics", "node": "\(node)", "connected": .stringConvertible(stats.connected),
-                    "redis.run_id": "\(stats.redisRunID ?? "")",
-                    "events_received": .stringConvertible(stats.eventsReceived),
-                    "keys_read": .stringConvertible(stats.keysRead),
-                    "keys_redirected": .stringConvertible(stats.keysRedirected),
-                    "dirty_backlog": .stringConvertible(stats.dirtyBacklog + stats.keysInFlight),
-                    "reconnects": .stringConvertible(stats.reconnects),
-                    "full_syncs": .stringConvertible(stats.fullSyncs),
-                    "cache_losses": .stringConvertible(stats.cacheLosses),
-                    "restores": .stringConvertible(stats.restores), "errors": .stringConvertible(stats.errors),
-                ])
-        }
-        if let metricsFile {
-            let text =
-                Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
-                + ClusterMirror.prometheusNodeText(nodes)
-            DispatchQueue.global(qos: .utility).async { [logger] in
-                Mirror.writeAtomically(text, to: metricsFile, logger: logger)
-            }
-        }
+        return fields
     }
 
     /// The per-master metrics, `sessionmirror_node_*{node="host:port"}`.
@@ -93,6 +125,10 @@ extension ClusterMirror {
         metric("reconnects_total", "counter", "Connections to the master lost and made again.") { "\($0.reconnects)" }
         metric("full_syncs_total", "counter", "Full syncs (SCAN) of the master started.") { "\($0.fullSyncs)" }
         metric("cache_losses_total", "counter", "Losses of the master's share detected.") { "\($0.cacheLosses)" }
+        metric(
+            "last_full_sync_timestamp_seconds", "gauge",
+            "Unix time the master's last full sync finished and reconciled its share (0: none since start)."
+        ) { "\(Double($0.lastFullSyncAt) / 1000)" }
         return lines.isEmpty ? "" : lines.joined(separator: "\n") + "\n"
     }
 }

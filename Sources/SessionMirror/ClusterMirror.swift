@@ -58,7 +58,11 @@ public final class ClusterMirror: @unchecked Sendable {
     var phase = Phase.discovering
     var topology: ClusterTopology?
     /// One engine per master, by address.
-    var engines: [ClusterNodeAddress: NodeEngine] = [:]
+    var engines: [ClusterNodeAddress: NodeEngine] = [:] {
+        didSet { publishedEngines.withLock { $0 = engines.map { ("\($0.key)", $0.value.mirror) } } }
+    }
+    /// The engines by node address, for the `/metrics` endpoint's thread (`prometheusText()`).
+    let publishedEngines = Mutex<[(node: String, mirror: Mirror)]>([])
     /// Engines told to stop, until their loops ended (their last reads still reach the writer).
     var retiring: [ObjectIdentifier: Mirror] = [:]
     /// The slot map being asked, if a refresh is in progress.

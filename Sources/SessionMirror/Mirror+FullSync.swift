@@ -324,6 +324,7 @@ extension Mirror {
                 "rows_missing": .stringConvertible(outcome.missingRows),
                 "rows_unexpired": .stringConvertible(outcome.unexpiredRows), "duration_s": .seconds(seconds),
             ]))
+        if outcome.refusedReason == nil { stats.lastFullSyncAt = SystemTime.unixMilliseconds() }
         if state.keysScanned == 0, let connection { warnIfOnlyOtherKeys(on: connection) }
         if let reason = outcome.refusedReason {
             stats.cacheLosses += 1

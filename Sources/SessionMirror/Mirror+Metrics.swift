@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import RedisClient
 import SnapshotStore
 
 extension Mirror {
@@ -17,23 +18,12 @@ extension Mirror {
             stats, eventsReceived: dirty.eventsReceived.load(ordering: .relaxed),
             dirtyBacklog: dirty.state.withLock { $0.count } + (connection?.keysInFlight ?? 0), writer: writerStats,
             gauges: gauges, connected: connected != nil, runID: connection?.runID ?? "", stages: stages)
-        if let periodicBackup {
-            let last = periodicBackup.lastSuccessMilliseconds.load(ordering: .relaxed)
-            fields.append(("backup_last_success_unix_s", "\(last / 1000)"))
-            fields.append(("backup_failures", "\(periodicBackup.failures.load(ordering: .relaxed))"))
-        }
-        if let counts = bridge?.counts {
-            fields += [
-                ("bridge_copied", "\(counts.copied)"), ("bridge_copied_to_new", "\(counts.copiedToNew)"),
-                ("bridge_deleted", "\(counts.deleted)"),
-                ("bridge_conflicts", "\(counts.conflicts)"), ("bridge_sessions", "\(counts.sessions)"),
-                ("bridge_in_step", "\(counts.inStep)"),
-            ]
-            recordBridgeStatus()
-        }
+        fields += backupFields() + bridgeFields(bridge?.counts)
+        if bridge != nil { recordBridgeStatus() }
         logger.info("metrics", metadata: Mirror.metricsMetadata(fields))
         if let metricsFile {
-            let text = Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
+            publishStatistics()
+            let text = prometheusText()
             // Off the loop: a file write may wait for the disk.
             DispatchQueue.global(qos: .utility).async { [logger] in
                 Mirror.writeAtomically(text, to: metricsFile, logger: logger)
@@ -60,6 +50,47 @@ extension Mirror {
             }
         }
         return metadata
+    }
+
+    /// The metrics in Prometheus text format, as the metrics file and the `/metrics` endpoint serve
+    /// them. Safe from any thread: it reads only what the loop and the writer publish under locks.
+    public func prometheusText() -> String {
+        let published = statistics()
+        let writerStats = writer.statistics(resetLatency: false)
+        var fields = Mirror.metricFields(
+            published, eventsReceived: published.eventsReceived,
+            dirtyBacklog: published.dirtyBacklog + published.keysInFlight, writer: writerStats,
+            gauges: snapshotGauges.withLock { $0 }, connected: published.connected, runID: "",
+            stages: LiveStageLatency())
+        fields += backupFields() + bridgeFields(published.bridge)
+        fields += Mirror.timestampFields(writer: writerStats, lastFullSyncAt: published.lastFullSyncAt)
+        return Mirror.prometheusText(fields, latencySinceStart: writerStats.latencySinceStart)
+    }
+
+    /// The `[backup]` schedule's fields; none without one.
+    private func backupFields() -> [(String, String)] {
+        guard let periodicBackup else { return [] }
+        let last = periodicBackup.lastSuccessMilliseconds.load(ordering: .relaxed)
+        return [
+            ("backup_last_success_unix_s", "\(last / 1000)"),
+            ("backup_failures", "\(periodicBackup.failures.load(ordering: .relaxed))"),
+        ]
+    }
+
+    /// The live bridge's fields; none without one.
+    private func bridgeFields(_ counts: BridgeCounts?) -> [(String, String)] {
+        guard let counts else { return [] }
+        return [
+            ("bridge_copied", "\(counts.copied)"), ("bridge_copied_to_new", "\(counts.copiedToNew)"),
+            ("bridge_deleted", "\(counts.deleted)"),
+            ("bridge_conflicts", "\(counts.conflicts)"), ("bridge_sessions", "\(counts.sessions)"),
+            ("bridge_in_step", "\(counts.inStep)"),
+        ]
+    }
+
+    /// The wall-clock times only Prometheus gets (the log line has its own timestamp), Unix ms.
+    static func timestampFields(writer writerStats: WriterStatistics, lastFullSyncAt: Int64) -> [(String, String)] {
+        [("last_commit_unix_ms", "\(writerStats.lastCommitAt)"), ("last_full_sync_unix_ms", "\(lastFullSyncAt)")]
     }
 
     /// The fields of an `event=metrics` line, in order.
@@ -117,6 +148,22 @@ extension Mirror {
         }
         func seconds(_ key: String) -> String? { values[key].flatMap { Double($0) }.map { String($0 / 1000) } }
         metric(
+            "build_info", "gauge", "Always 1; the labels say which build runs.",
+            [
+                (
+                    "{version=\"\(BuildInfo.version)\",snapshot_format=\"\(SnapshotStore.formatVersion)\","
+                        + "sqlite=\"\(SnapshotStore.sqliteVersion)\",hiredis=\"\(RedisConnection.hiredisVersion)\"}",
+                    "1"
+                )
+            ])
+        metric(
+            "last_commit_timestamp_seconds", "gauge", "Unix time of the last snapshot commit (0: none since start).",
+            [("", seconds("last_commit_unix_ms"))])
+        metric(
+            "last_full_sync_timestamp_seconds", "gauge",
+            "Unix time the last full sync finished and reconciled the snapshot (0: none since start).",
+            [("", seconds("last_full_sync_unix_ms"))])
+        metric(
             "events_received_total", "counter", "Changed keys notified (tracking invalidations and keyevents).",
             [("", values["events_received"])])
         metric(
@@ -134,15 +181,8 @@ extension Mirror {
             ])
         metric("dirty_backlog", "gauge", "Keys waiting to be read or being read.", [("", values["dirty_backlog"])])
         metric("writer_queue", "gauge", "Changes waiting for the writer.", [("", values["writer_queue"])])
-        metric(
-            "commit_latency_seconds", "gauge", "Event-to-commit latency over the last interval.",
-            [
-                ("{quantile=\"0.5\"}", seconds("commit_latency_p50_ms")),
-                ("{quantile=\"0.99\"}", seconds("commit_latency_p99_ms")),
-                ("{quantile=\"1\"}", seconds("commit_latency_max_ms")),
-            ])
-        // The same latencies as a cumulative histogram, so that a quantile can be taken over any
-        // window (`histogram_quantile(0.99, rate(..._bucket[5m]))`). Finer around the 100 ms the
+        // The write-to-commit latencies as a cumulative histogram, so that a quantile can be taken
+        // over any window (`histogram_quantile(0.99, rate(..._bucket[5m]))`). Finer around the 100 ms the
         // benchmark's target names.
         let bounds: [Double] = [
             0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1, 2,

@@ -10,6 +10,8 @@ public struct MirrorStatistics: Sendable {
     /// Times Sentinel named another master than the one before.
     public var failovers: UInt64 = 0
     public var fullSyncs: UInt64 = 0
+    /// Wall-clock Unix ms at which the last full sync finished and reconciled the snapshot; 0 before.
+    public var lastFullSyncAt: Int64 = 0
     public var cacheLosses: UInt64 = 0
     public var restores: UInt64 = 0
     /// Full syncs against a Redis with another `run_id` that still held data (a failover, or a

@@ -27,6 +27,8 @@ public struct RunSettings: Sendable, Equatable {
     public var onCacheLoss: MirrorConfiguration.CacheLossAction?
     public var metricsIntervalSeconds: Int?
     public var metricsFile: String?
+    /// `HOST:PORT` of the `/metrics` endpoint; nil: no endpoint.
+    public var metricsListen: String?
     public var maxValueBytes: Int?
     public var logFormat: String?
     public var logLevel: String?
@@ -65,6 +67,7 @@ public struct RunSettings: Sendable, Equatable {
         merged.onCacheLoss = other.onCacheLoss ?? onCacheLoss
         merged.metricsIntervalSeconds = other.metricsIntervalSeconds ?? metricsIntervalSeconds
         merged.metricsFile = other.metricsFile ?? metricsFile
+        merged.metricsListen = other.metricsListen ?? metricsListen
         merged.maxValueBytes = other.maxValueBytes ?? maxValueBytes
         merged.logFormat = other.logFormat ?? logFormat
         merged.logLevel = other.logLevel ?? logLevel
@@ -213,6 +216,7 @@ public struct RunSettings: Sendable, Equatable {
                     MirrorConfiguration.CacheLossAction.self, MirrorConfiguration.CacheLossAction.allCases)
             case "metrics_interval_s": settings.metricsIntervalSeconds = try integer(0...86_400)
             case "metrics_file": settings.metricsFile = try string()
+            case "metrics_listen": settings.metricsListen = try string()
             case "max_value_bytes":
                 settings.maxValueBytes = try integer(1024...Int64(MirrorConfiguration.maxValueBytesLimit))
             case "log_format":

@@ -48,6 +48,10 @@ struct RunOptions: ParsableArguments {
         name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
     var metricsFile: String?
     @Option(
+        name: .customLong("metrics-listen"),
+        help: "Serve the metrics over HTTP at http://HOST:PORT/metrics (e.g. 127.0.0.1:9187; default: off).")
+    var metricsListen: String?
+    @Option(
         name: .customLong("max-value-bytes"),
         help:
             "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes))."
@@ -100,6 +104,7 @@ struct RunOptions: ParsableArguments {
         flags.onCacheLoss = onCacheLoss
         flags.metricsIntervalSeconds = metricsInterval
         flags.metricsFile = metricsFile
+        flags.metricsListen = metricsListen
         if let maxValueBytes {
             // Parsed here rather than by the argument parser: "-1" would read as a missing value.
             guard let bytes = Int(maxValueBytes) else {
@@ -170,6 +175,14 @@ struct RunOptions: ParsableArguments {
         if let metricsFile = settings.metricsFile {
             try checkWritableDirectory(of: metricsFile, option: option("--metrics-file", "metrics_file"))
         }
+        if let text = settings.metricsListen {
+            do {
+                _ = try MetricsListenAddress(parsing: text)
+            } catch {
+                throw ConfigurationError.invalid(
+                    option: option("--metrics-listen", "metrics_listen"), reason: "\(error)")
+            }
+        }
         if let logFile = settings.logFile {
             try checkWritableDirectory(of: logFile, option: option("--log-file", "log_file"))
         }
@@ -220,9 +233,22 @@ struct RunCommand: ParsableCommand {
             return
         }
         configuration.restoreCommand = shared.restoreCommand()
+        // Listening before the snapshot is opened: a port in use is refused before anything starts.
+        let daemon = Mutex<(any MirrorDaemon & Sendable)?>(nil)
+        var metricsServer: MetricsHTTPServer?
+        if let text = settings.metricsListen, let address = try? MetricsListenAddress(parsing: text) {
+            let server = MetricsHTTPServer(address: address) { daemon.withLock { $0 }?.prometheusText() ?? "" }
+            do {
+                try server.start()
+            } catch {
+                throw fail("\(shared.option("--metrics-listen", "metrics_listen")): \(error)")
+            }
+            metricsServer = server
+        }
+        defer { metricsServer?.stop() }
         let sink = try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror")
-        let mirror: any MirrorDaemon
+        let mirror: any MirrorDaemon & Sendable
         do {
             if !configuration.clusterSeeds.isEmpty {
                 // Every node that answers now must be of one cluster; none answering is a passing fault
@@ -248,6 +274,7 @@ struct RunCommand: ParsableCommand {
         }
         mirror.onHangup = { sink.reopen() }
         mirror.metricsFile = settings.metricsFile
+        daemon.withLock { $0 = mirror }
         if let systemd = SystemdNotifier.fromEnvironment() {
             // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
             let latestStatus = Mutex("mirroring")
@@ -275,6 +302,8 @@ protocol MirrorDaemon: AnyObject {
     var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)? { get set }
     var metricsFile: String? { get set }
     func run() -> Int32
+    /// The metrics in Prometheus text format; safe from any thread (the `/metrics` endpoint's).
+    func prometheusText() -> String
 }
 
 extension Mirror: MirrorDaemon {}
