@@ -320,7 +320,6 @@ struct CheckCommand: ParsableCommand {
     }
 }
 
-
 extension MirrorConfiguration.EvictedPolicy: ExpressibleByArgument {}
 extension MirrorConfiguration.CacheLossAction: ExpressibleByArgument {}
 extension DjangoPreset.Engine: ExpressibleByArgument {}

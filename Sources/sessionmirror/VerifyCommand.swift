@@ -44,7 +44,8 @@ struct VerifyCommand: ParsableCommand {
             snapshotPath: shared.snapshotPath, endpoint: endpoint,
             scope: shared.keyScope(logger: logger), toleranceMilliseconds: toleranceMs,
             integrityKey: try shared.integrityKey())
-        let progress = ProgressReporter(logger: logger, event: "verify_progress", label: "verify", unit: "rows and keys")
+        let progress = ProgressReporter(
+            logger: logger, event: "verify_progress", label: "verify", unit: "rows and keys")
         verifier.progress = progress.counter
         let report: VerifyReport
         do {

@@ -22,7 +22,9 @@ private func field(_ name: String, in line: String) -> String? {
 
 @Suite("restore, verify, purge and the full sync report progress on a clock", .timeLimit(.minutes(5)))
 struct ProgressReportingTests {
-    @Test("a restore to a pipe logs restore_progress lines while it waits for Redis, and a last line that agrees with the summary")
+    @Test(
+        "a restore to a pipe logs restore_progress lines while it waits for Redis, and a last line that agrees with the summary"
+    )
     func restoreLogsProgress() async throws {
         let redis = try await RedisServer.start()
         defer { redis.stop() }
@@ -90,7 +92,9 @@ struct ProgressReportingTests {
         #expect(try client.checked("DBSIZE").integer == 0)
     }
 
-    @Test("the start-up full sync sends STATUS= with its progress and EXTEND_TIMEOUT_USEC= before READY=1, and logs sync_progress")
+    @Test(
+        "the start-up full sync sends STATUS= with its progress and EXTEND_TIMEOUT_USEC= before READY=1, and logs sync_progress"
+    )
     func startupSyncExtendsTheStartTimeout() async throws {
         let redis = try await RedisServer.start()
         defer { redis.stop() }

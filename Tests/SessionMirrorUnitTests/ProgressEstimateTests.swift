@@ -26,7 +26,9 @@ struct ProgressEstimateTests {
     @Test("the terminal's bar and systemd's status line")
     func lines() {
         let estimate = ProgressEstimate(done: 500, total: 1000, elapsedSeconds: 5)
-        #expect(estimate.bar(label: "restore", unit: "rows", width: 10) == "restore [#####.....]  50% 500/1000 rows 100/s eta 5s")
+        #expect(
+            estimate.bar(label: "restore", unit: "rows", width: 10)
+                == "restore [#####.....]  50% 500/1000 rows 100/s eta 5s")
         #expect(
             estimate.status(label: "full sync", unit: "keys", totalIsUpperBound: true)
                 == "full sync: 500 of at most 1000 keys (50%), 100/s, about 5s left")
