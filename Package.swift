@@ -62,6 +62,7 @@ let package = Package(
                 "SessionMirrorConfiguration",
                 "RedisClient",
                 "Systemd",
+                "NamedThread",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -55,7 +55,7 @@ public struct Doctor: Sendable {
         let commands =
             [
                 "+ping", "+info", "+client|id", "+client|tracking", "+subscribe", "+scan", "+type", "+mget", "+dump",
-                "+exists", "+set",
+                "+exists", "+set", "+dbsize",
             ]
             + readCommands(server)
         return
@@ -72,7 +72,10 @@ public struct Doctor: Sendable {
     ) -> String {
         let keys = prefixes.map { "~" + String(decoding: ChangeFeed.matchPattern(keyPrefix: $0), as: UTF8.self) }
         let commands =
-            ["+ping", "+info", "+time", "+scan", "+set", "+restore", "+exists", "+unlink", "+type", "+mget", "+dump"]
+            [
+                "+ping", "+info", "+time", "+scan", "+dbsize", "+set", "+restore", "+exists", "+unlink", "+type",
+                "+mget", "+dump",
+            ]
             + readCommands(server) + reapplyCommands
         return (["ACL", "SETUSER", user, "reset", "on", passwordHashPlaceholder] + keys + commands + select(database))
             .joined(separator: " ")

@@ -81,6 +81,10 @@ extension Mirror {
             generation: newGeneration, reason: reason, startedAt: SystemTime.monotonicNanoseconds(),
             slots: isClusterNode ? .askingAtStart : .everyRow)
         stats.fullSyncs += 1
+        syncProgress.begin()
+        connection.reader.send(.command("DBSIZE")) { [weak self] reply in
+            if let keys = reply?.integer { self?.syncProgress.setTotal(Int(keys)) }
+        }
         logger.info("full sync started", metadata: nodeMetadata(["event": "sync_started", "reason": "\(reason)"]))
         if isClusterNode {
             askServedSlots(on: connection, generation: newGeneration) { state, served in
@@ -173,6 +177,7 @@ extension Mirror {
                 }
             }
             state.keysScanned += keys.count
+            self.syncProgress.add(keys.count)
             state.scanInFlight = false
             state.cursor = cursor
             if cursor == Array("0".utf8) {
@@ -220,6 +225,7 @@ extension Mirror {
     private func reconcile(_ state: SyncState, on connection: NodeConnection) {
         dirty.state.withLock { $0.clearBarrier() }
         connection.sync = nil
+        syncProgress.end()
         if bridge != nil { bridgeSyncRead(on: connection) }
         let finished = state
         let attempt = connection.attempt

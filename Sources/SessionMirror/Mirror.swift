@@ -33,6 +33,9 @@ public final class Mirror: @unchecked Sendable {
     public var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)?
     /// Where to write the metrics in Prometheus text format (node_exporter's textfile collector).
     public var metricsFile: String?
+    /// The full sync's keys scanned out of `DBSIZE` (an upper bound), read by the executable's
+    /// progress clock (log lines, systemd `STATUS=` and `EXTEND_TIMEOUT_USEC=`).
+    public let syncProgress = ProgressCounter()
     /// The snapshot's row counts and size as the writer last measured them.
     let snapshotGauges = Mutex<(live: Int, evicted: Int, bytes: Int64)>((0, 0, 0))
     /// Called on the loop thread after a cache loss was detected, with the reason (for tests and

@@ -60,7 +60,7 @@ public struct MultiSnapshotRestorer: Sendable {
     }
 
     /// Plans (`plan()`, unless given) and restores.
-    public func run(choice planned: SnapshotChoice? = nil, progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
+    public func run(choice planned: SnapshotChoice? = nil, progress: ProgressCounter? = nil) throws -> RestoreSummary {
         let choice = try planned ?? plan()
         var total = RestoreSummary()
         total.dryRun = options.dryRun

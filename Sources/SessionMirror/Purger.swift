@@ -14,6 +14,8 @@ public struct Purger {
     /// The keys deleted: the given prefixes, or those the daemon recorded in the snapshot; never
     /// every key.
     public let scope: KeyScope
+    /// Counts the keys deleted out of `DBSIZE` (an upper bound: only keys under the prefixes go).
+    public var progress: ProgressCounter?
 
     public init(snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope) {
         self.snapshotPath = snapshotPath
@@ -54,6 +56,11 @@ public struct Purger {
         // also removes evicted rows and rows of keys Redis had already lost. On a cluster each
         // master is scanned for its share, and an UNLINK names keys of one slot only.
         let isCluster = if case .cluster = target { true } else { false }
+        if let progress {
+            var keys = 0
+            for (_, redis) in try target.nodeConnections { keys += Int((try? redis.command("DBSIZE").integer) ?? 0) }
+            progress.begin(total: keys)
+        }
         for (address, redis) in try target.nodeConnections {
             for prefix in prefixes {
                 try redis.scanKeys(under: prefix) { names in
@@ -67,6 +74,7 @@ public struct Purger {
                                     "UNLINK was refused on \(address): \(reply.errorMessage ?? "unexpected reply")")
                         }
                         summary.redisKeysDeleted += Int(count)
+                        progress?.add(Int(count))
                     }
                 }
             }

@@ -188,13 +188,14 @@ public struct Restorer: Sendable {
         self.logger = logger
     }
 
-    /// Runs the restore. `progress` gets (rows done) now and then.
+    /// Runs the restore. `progress` counts the snapshot's rows read, out of its row count (every row
+    /// is counted, restored or skipped, so that its end agrees with the summary's rows).
     ///
     /// Stops early, with `stoppedBy` set, when Redis refuses every write (`refusalLimit` identical
     /// errors in a row that are not about one key): the rows not sent are counted, not tried.
     /// On a cluster each row goes to the master of its key's slot, pipelined per master; a `MOVED`
     /// or `ASK` reply sends the row again where the cluster says (`RestoreRouting`).
-    public func run(progress: ((Int) -> Void)? = nil) throws -> RestoreSummary {
+    public func run(progress: ProgressCounter? = nil) throws -> RestoreSummary {
         let (store, target) = try openSnapshotAndTarget(
             snapshotPath: snapshotPath, mode: .readOnly, endpoint: endpoint, clusterSeeds: clusterSeeds)
         return try run(store: store, target: target, progress: progress)
@@ -202,7 +203,7 @@ public struct Restorer: Sendable {
 
     /// The restore from an open snapshot into Redis as found by `run(progress:)`; a test gives it a
     /// cluster whose slot map is stale, to see every row follow its `MOVED`.
-    func run(store: SnapshotStore, target: OneShotRedis, progress: ((Int) -> Void)?) throws -> RestoreSummary {
+    func run(store: SnapshotStore, target: OneShotRedis, progress: ProgressCounter?) throws -> RestoreSummary {
         let started = SystemTime.monotonicNanoseconds()
         // A replica answers every write with READONLY: say which node to use instead, before any row is
         // read. A cluster's targets are the masters its slot map names.
@@ -222,6 +223,11 @@ public struct Restorer: Sendable {
         var outcome = ReplyOutcome(options: options, prefixes: prefixes ?? [], logger: logger)
         outcome.summary.dryRun = options.dryRun
         var redirected: [(redirect: ClusterRedirect, row: SnapshotRecord, key: [UInt8])] = []
+        if let progress {
+            // Several snapshots: each adds its rows to the total as it begins.
+            let rows = (try? store.quickCounts()).map { $0.live + $0.evicted }
+            if progress.reading.run == 0 { progress.begin(total: rows) } else if let rows { progress.addToTotal(rows) }
+        }
 
         /// Reads replies of pipeline `index` until at most `countLimit` commands and `byteLimit`
         /// bytes are in flight there; a redirected row waits for `resend`.
@@ -243,6 +249,7 @@ public struct Restorer: Sendable {
 
         do {
             try store.forEachRecord(verifying: options.integrityKey) { row, authenticity in
+                progress?.add(1)
                 if let keyFilter = options.keyFilter, !keyFilter(row.key) { return true }
                 if let prefixes, !SessionKey.matches(row.key, prefixes: prefixes) {
                     outcome.summary.otherPrefix += 1
@@ -302,8 +309,6 @@ public struct Restorer: Sendable {
                 {
                     try drain(index, keepingCount: options.pipelineDepth, bytes: options.pipelineBytes / 2)
                 }
-                let done = outcome.summary.total
-                if done % 100_000 == 0, done > 0 { progress?(done) }
                 return true
             }
             for index in routing.pipelines.indices {

@@ -104,6 +104,8 @@ public struct Verifier {
     public let toleranceMilliseconds: Int64
     /// Check every row's MAC with this key; a row that fails it is reported as tampered.
     public let integrityKey: IntegrityKey?
+    /// Counts the snapshot's rows read, then Redis's keys scanned, out of the rows and `DBSIZE`.
+    public var progress: ProgressCounter?
 
     public init(
         snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope, toleranceMilliseconds: Int64 = 1000,
@@ -154,6 +156,7 @@ public struct Verifier {
         let now = try redis.serverTimeMilliseconds()
         var snapshotKeys = Set<[UInt8]>()
         var batch: [SnapshotRecord] = []
+        progress?.begin(total: (try? store.quickCounts()).map { $0.live + $0.evicted })
 
         func compare() throws {
             guard !batch.isEmpty else { return }
@@ -196,6 +199,7 @@ public struct Verifier {
         }
 
         try store.forEachRecord(verifying: integrityKey) { row, authenticity in
+            progress?.add(1)
             guard SessionKey.matches(row.key, prefixes: prefixes) else {
                 report.rowsOutsidePrefixes += 1
                 return true
@@ -218,9 +222,16 @@ public struct Verifier {
         // Keys in Redis the snapshot does not have, and how many Redis holds under the prefixes (on a
         // cluster, each master has its share).
         var redisKeysUnderPrefixes = 0
+        if let progress {
+            // An upper bound: the keys under the prefixes are what the SCANs below find.
+            var keys = 0
+            for (_, node) in nodes { keys += Int((try? node.command("DBSIZE").integer) ?? 0) }
+            progress.addToTotal(keys)
+        }
         for (_, node) in nodes {
             for (index, prefix) in prefixes.enumerated() {
                 try node.scanKeys(under: prefix) { keys in
+                    progress?.add(keys.count)
                     // A key under two overlapping prefixes counts once: under the first.
                     redisKeysUnderPrefixes +=
                         keys.filter { key in !prefixes[..<index].contains { key.starts(with: $0) } }

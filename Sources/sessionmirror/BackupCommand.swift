@@ -12,6 +12,11 @@ struct BackupCommand: ParsableCommand {
             PRAGMA integrity_check, synced and renamed: a reader never sees half a file, and a file already at \
             the destination is replaced. `restore --snapshot BACKUP` restores from it. Exit status: 0 written, \
             2 nothing written (a missing snapshot, an unwritable destination, a full disk).
+
+            Examples:
+              # A dated copy in a directory, from a timer:
+              sessionmirror backup --config ./sessionmirror.toml --to /var/backups/sm/
+              sessionmirror backup --snapshot ./sessionmirror.db --to ./copy.db
             """)
 
     @OptionGroup var config: ConfigFileOption
@@ -27,6 +32,7 @@ struct BackupCommand: ParsableCommand {
             config: config, commandLine: SharedSettings.commandLine(snapshot: snapshot, log: log))
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.backup")
+        try shared.requireSnapshot()
         let summary: SnapshotBackupSummary
         do {
             summary = try SnapshotBackup.write(snapshotPath: shared.snapshotPath, to: to)

@@ -15,8 +15,23 @@ enum Defaults {
     static let logLevel = Logger.Level.info
 }
 
-/// How to reach Redis; the password never has to be on a command line.
+/// How to reach Redis; the password never has to be on a command line. Shown in the help as two
+/// groups: the connection, and Sentinel.
 struct RedisOptions: ParsableArguments {
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+
+    var url: String? { connection.url }
+    var passwordFile: String? { connection.passwordFile }
+    var user: String? { connection.user }
+    var sentinels: [String] { sentinel.sentinels }
+    var sentinelMaster: String? { sentinel.sentinelMaster }
+    var sentinelPasswordFile: String? { sentinel.sentinelPasswordFile }
+    var database: Int? { sentinel.database }
+}
+
+/// The Redis URL and its credentials.
+struct ConnectionOptions: ParsableArguments {
     @Option(
         name: .customLong("redis"),
         help: "redis://[user@]host:port/db or unix://[user@]/path?db=N (default \(Defaults.redisURL)).")
@@ -29,7 +44,10 @@ struct RedisOptions: ParsableArguments {
         name: .customLong("user"),
         help: "The data nodes' ACL user (with --sentinel; with --redis it replaces the URL's user).")
     var user: String?
+}
 
+/// Finding the master through Sentinel.
+struct SentinelOptions: ParsableArguments {
     @Option(
         name: .customLong("sentinel"),
         help: "A Sentinel's host:port (repeatable): find the master through Sentinel instead of --redis.")
@@ -118,6 +136,15 @@ struct RedisTarget {
         guard applyPassword(file: passwordFile, to: &endpoint) else {
             throw .invalid(
                 option: option("--password-file", "password_file"), reason: "cannot read \(passwordFile ?? "")")
+        }
+        // Without a password no AUTH is sent, so the user would be silently ignored and every command
+        // would run as the default user. (The name is left out: it may hold anything.)
+        if endpoint.username != nil && endpoint.password == nil {
+            throw .invalid(
+                option: user != nil ? option("--user", "user") : option("--redis", "redis"),
+                reason: "a user name without a password (Redis would ignore the user): put the password in a file "
+                    + "(0600) and give --password-file FILE (password_file in the configuration file), or set "
+                    + "SESSIONMIRROR_REDIS_PASSWORD")
         }
     }
 }

@@ -7,7 +7,17 @@ struct DoctorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
         abstract:
-            "Preflight: can the mirror and restore work against this Redis? Exit 1 when something would stop them.")
+            "Preflight: can the mirror and restore work against this Redis? Exit 1 when something would stop them.",
+        discussion: """
+            Checks what run checks at start (version, notifications, CONFIG, ACL, memory policy, the \
+            prefixes' keys) and prints one line per check. Exit status: 0 run would start, 1 a check failed \
+            (Redis unreachable included), 2 a bad command line or configuration file.
+
+            Examples:
+              sessionmirror doctor --config /etc/sessionmirror/sessionmirror.toml
+              sessionmirror doctor --redis redis://mirror@h:6379/0 \\
+                --password-file ./redis-password --json
+            """)
 
     @OptionGroup var config: ConfigFileOption
     @OptionGroup var redis: RedisOptions

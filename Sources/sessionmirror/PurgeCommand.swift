@@ -9,7 +9,14 @@ struct PurgeCommand: ParsableCommand {
         abstract: "Log everybody out: delete the sessions from Redis and from the snapshot together.",
         discussion: """
             A plain FLUSHALL looks like a cache loss to the mirror, which keeps every row so that a \
-            restore can bring the sessions back. Use purge for a deliberate mass logout.
+            restore can bring the sessions back. Use purge for a deliberate mass logout. Exit status: 0 \
+            purged, 2 refused (no --yes, a replica, no prefixes) or failed.
+
+            Examples:
+              # Everybody out, under the prefixes the snapshot records:
+              sessionmirror purge --config /etc/sessionmirror/sessionmirror.toml --yes
+              # Only one application's sessions:
+              sessionmirror purge --config ./sessionmirror.toml --prefix 'shop:1:' --yes
             """)
 
     @OptionGroup var config: ConfigFileOption
@@ -35,11 +42,16 @@ struct PurgeCommand: ParsableCommand {
         }
         // Outside the `do`: its refusal is already the one line to print.
         let endpoint = try shared.endpoint()
+        try shared.requireSnapshot()
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
         let scope = shared.keyScope(logger: logger)
         let summary: Purger.Summary
+        var purger = Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope)
+        let progress = ProgressReporter(logger: logger, event: "purge_progress", label: "purge", unit: "keys")
+        purger.progress = progress.counter
         do {
-            summary = try Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope).run()
+            defer { progress.finish() }
+            summary = try purger.run()
         } catch let error as ValidationError {
             throw error
         } catch {

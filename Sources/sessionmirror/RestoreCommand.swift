@@ -14,6 +14,17 @@ struct RestoreCommand: ParsableCommand {
             done, 1 some keys failed, were too large for Redis or failed the integrity check, 2 usage, connection or snapshot errors \
             or a replica (the line names its master), \
             3 Redis refuses every write (OOM, READONLY, NOPERM, ...): the restore stopped.
+
+            Examples:
+              # After a cache loss, with the daemon's settings (as restore_hint says):
+              sessionmirror restore --config /etc/sessionmirror/sessionmirror.toml
+              # First see what it would do; nothing is written:
+              sessionmirror restore --config ./sessionmirror.toml --dry-run
+              # From a backup, into another Redis, as an ACL user:
+              sessionmirror restore --snapshot /backup/sessions.db \\
+                --redis redis://restore@10.0.0.5:6379/0 --password-file ./restore-pw
+              # From two hosts' snapshots (the newest row and any later logout win):
+              sessionmirror restore --snapshot a.db --snapshot b.db --redis redis://h/0
             """)
 
     @OptionGroup var config: ConfigFileOption
@@ -73,6 +84,7 @@ struct RestoreCommand: ParsableCommand {
             if options.scope == .recorded { options.scope = .prefixes([Array(parts[0].utf8)]) }
         }
         let paths = snapshots.isEmpty ? [shared.snapshotPath] : snapshots
+        for path in paths { try shared.requireSnapshot(path) }
         let snapshot = paths.joined(separator: ", ")
         // Several snapshots are checked against each other before anything else is said.
         let several = MultiSnapshotRestorer(snapshotPaths: paths, endpoint: endpoint, options: options, logger: logger)
@@ -83,14 +95,14 @@ struct RestoreCommand: ParsableCommand {
             throw fail("\(error)")
         }
         reportCacheLossAge(snapshotPath: paths[0], endpoint: endpoint, logger: logger)
-        let progress = ProgressReporter(logger: logger)
+        let progress = ProgressReporter(logger: logger, event: "restore_progress", label: "restore", unit: "rows")
         let summary: RestoreSummary
         do {
             if let choice {
-                summary = try several.run(choice: choice) { progress.report(done: $0) }
+                summary = try several.run(choice: choice, progress: progress.counter)
             } else {
                 let restorer = Restorer(snapshotPath: paths[0], endpoint: endpoint, options: options, logger: logger)
-                summary = try restorer.run { progress.report(done: $0) }
+                summary = try restorer.run(progress: progress.counter)
             }
         } catch {
             progress.finish()
@@ -139,35 +151,6 @@ private func reportCacheLossAge(snapshotPath: String, endpoint: RedisEndpoint, l
     if let age = report.lossAgeSeconds() { metadata["loss_age_s"] = .stringConvertible((age * 10).rounded() / 10) }
     if let uptime = report.redisUptimeSeconds { metadata["redis_uptime_s"] = .stringConvertible(uptime) }
     logger.notice("\(report.sentence())", metadata: metadata)
-}
-
-/// A progress bar on a terminal, periodic progress lines otherwise.
-final class ProgressReporter {
-    private let logger: Logger
-    private let isTerminal = isatty(STDERR_FILENO) == 1
-    private var lastLine = ProgressClock.monotonicSeconds()
-    private var drewBar = false
-
-    init(logger: Logger) { self.logger = logger }
-
-    func report(done: Int) {
-        if isTerminal {
-            FileHandle.standardError.write(Data("\r\u{1B}[Krestoring: \(done) keys".utf8))
-            drewBar = true
-        } else if ProgressClock.monotonicSeconds() - lastLine >= 5 {
-            lastLine = ProgressClock.monotonicSeconds()
-            logger.info("restore progress", metadata: ["event": "restore_progress", "keys_done": "\(done)"])
-        }
-    }
-
-    func finish() {
-        if drewBar { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-    }
-}
-
-/// The monotonic clock that paces the progress lines.
-enum ProgressClock {
-    static func monotonicSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 }
 
 /// Prints a Codable value as one line of JSON on stdout.

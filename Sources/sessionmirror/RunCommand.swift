@@ -7,74 +7,35 @@ import SessionMirrorConfiguration
 import Synchronization
 import Systemd
 
-/// The options of `run` and `check`: each one overrides the configuration file's key.
+/// The options of `run` and `check`: each one overrides the configuration file's key. In the help
+/// they show in groups (`RunOptionGroups.swift`); a new option goes into the group it belongs to.
 struct RunOptions: ParsableArguments {
-    @OptionGroup var config: ConfigFileOption
+    @OptionGroup(title: "Configuration file") var config: ConfigFileOption
     @OptionGroup var redis: RedisOptions
-    @OptionGroup var prefix: PrefixOptions
-    @Option(name: .customLong("django-key-prefix"), help: "Django preset: the cache's KEY_PREFIX (gives the prefixes).")
-    var djangoKeyPrefix: String?
-    @Option(name: .customLong("django-version"), help: "Django preset: the cache's VERSION (default 1).")
-    var djangoVersion: Int?
-    @Option(name: .customLong("django-engine"), help: "Django preset: cache, cached_db or both.")
-    var djangoEngine: DjangoPreset.Engine?
-    @Option(
-        name: .customLong("bridge"),
-        help: "OLD=NEW: keep the two prefixes' sessions in step in Redis during an engine switch (repeatable).")
-    var bridge: [String] = []
-    @Option(help: "The SQLite snapshot file, created 0600 (default \(Defaults.snapshotPath)).") var snapshot: String?
-    // `.unconditional`: ArgumentParser otherwise reads `-5` as an option and says the value is
-    // missing; taken as a value, the range check can say what is wrong with it.
-    @Option(
-        name: .customLong("commit-interval"), parsing: .unconditional,
-        help: "Recovery-point objective in ms (default \(tuning.commitIntervalMilliseconds)).")
-    var commitInterval: Int?
-    @Option(
-        name: .customLong("max-resync-delete"),
-        help: "A full sync deletes nothing past this share of rows (default \(tuning.maxResyncDeletePercent)%).")
-    var maxResyncDelete: String?
-    @Option(help: "keep (restorable, marked evicted) or delete (default \(tuning.evictedPolicy.rawValue)).")
-    var evicted: MirrorConfiguration.EvictedPolicy?
-    @Flag(
-        name: .customLong("no-config-set"), help: "Never change notify-keyspace-events; fail with the setting to make.")
-    var noConfigSet = false
-    @Option(name: .customLong("on-cache-loss"), help: "alert or restore (default \(tuning.onCacheLoss.rawValue)).")
-    var onCacheLoss: MirrorConfiguration.CacheLossAction?
-    @Option(
-        name: .customLong("metrics-interval"), parsing: .unconditional,
-        help: "Seconds between metrics lines (default \(tuning.metricsIntervalSeconds); 0: none).")
-    var metricsInterval: Int?
-    @Option(
-        name: .customLong("metrics-file"), help: "Also write the metrics in Prometheus text format here (atomically).")
-    var metricsFile: String?
-    @Option(
-        name: .customLong("metrics-listen"),
-        help: "Serve the metrics over HTTP at http://HOST:PORT/metrics (e.g. 127.0.0.1:9187; default: off).")
-    var metricsListen: String?
-    @Option(
-        name: .customLong("max-value-bytes"),
-        help:
-            "Values larger than this many bytes are not mirrored; their rows are deleted (default \(tuning.maxValueBytes))."
-    )
-    var maxValueBytes: String?
-    @Option(
-        name: .customLong("tombstone-window"), parsing: .unconditional,
-        help: ArgumentHelp(
-            "Seconds a logout is remembered, to undo it after a failover that lost it "
-                + "(default \(tuning.tombstoneLimits.windowMilliseconds / 1000)).",
-            valueName: "seconds"))
-    var tombstoneWindow: Int?
-    @OptionGroup var log: LogOptions
-    @Option(
-        name: .customLong("integrity-key-file"),
-        help: "Sign every row with the key in this file (default: the systemd credential sessionmirror-integrity-key).")
-    var integrityKeyFile: String?
+    @OptionGroup(title: "Sessions") var sessions: SessionOptions
+    @OptionGroup(title: "Snapshot") var snapshotOptions: SnapshotOptions
+    @OptionGroup(title: "Behaviour on a cache loss") var loss: CacheLossOptions
+    @OptionGroup(title: "Logging and metrics") var log: LogOptions
+    @OptionGroup(title: "Logging and metrics") var metrics: MetricsOptions
 
-    /// The engine's tuning defaults, for the help texts: `configuration(_:)` leaves a value unset
-    /// by the file and the flags at the engine's, so that each default is written once.
-    private static let tuning = MirrorConfiguration(
-        endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: 6379)), prefixes: [], snapshotPath: "")
-    private var tuning: MirrorConfiguration { Self.tuning }
+    // The flags by their old names: the code below reads them as before.
+    var prefix: PrefixOptions { sessions.prefix }
+    var djangoKeyPrefix: String? { sessions.djangoKeyPrefix }
+    var djangoVersion: Int? { sessions.djangoVersion }
+    var djangoEngine: DjangoPreset.Engine? { sessions.djangoEngine }
+    var bridge: [String] { sessions.bridge }
+    var noConfigSet: Bool { sessions.noConfigSet }
+    var snapshot: String? { snapshotOptions.snapshot }
+    var commitInterval: Int? { snapshotOptions.commitInterval }
+    var maxValueBytes: String? { snapshotOptions.maxValueBytes }
+    var integrityKeyFile: String? { snapshotOptions.integrityKeyFile }
+    var maxResyncDelete: String? { loss.maxResyncDelete }
+    var evicted: MirrorConfiguration.EvictedPolicy? { loss.evicted }
+    var onCacheLoss: MirrorConfiguration.CacheLossAction? { loss.onCacheLoss }
+    var tombstoneWindow: Int? { loss.tombstoneWindow }
+    var metricsInterval: Int? { metrics.metricsInterval }
+    var metricsFile: String? { metrics.metricsFile }
+    var metricsListen: String? { metrics.metricsListen }
 
     /// The file's settings overridden by the flags, with the file's name for the messages.
     func shared() throws -> SharedSettings {
@@ -206,7 +167,26 @@ struct RunOptions: ParsableArguments {
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "run", abstract: "Mirror session keys from Redis into the snapshot until stopped.")
+        commandName: "run", abstract: "Mirror session keys from Redis into the snapshot until stopped.",
+        discussion: """
+            Every option can also be set in the configuration file (docs/configuration.md); an option given \
+            here overrides the file's key. Exit status: 0 stopped by SIGTERM or SIGINT, 1 a fault it cannot \
+            retry (the snapshot's disk, a lost lock), 2 a configuration or start-up refusal (docs/operations.md, \
+            "Exit codes").
+
+            Examples:
+              # As the systemd unit runs it, with the password in a file:
+              sessionmirror run --config /etc/sessionmirror/sessionmirror.toml \\
+                --password-file /etc/sessionmirror/redis-password
+              # A Django cache with KEY_PREFIX "shop", both session engines:
+              sessionmirror run --redis redis://127.0.0.1:6379/1 \\
+                --django-key-prefix shop --django-engine both --snapshot ./shop.db
+              # Through Sentinel, restoring at once after a cache loss:
+              sessionmirror run --sentinel 10.0.0.1:26379 --sentinel-master mymaster \\
+                --on-cache-loss restore
+              # Validate the file and the flags without starting:
+              sessionmirror run --config ./sessionmirror.toml --check-config
+            """)
 
     @OptionGroup var options: RunOptions
     @Flag(name: .customLong("check-config"), help: "Validate the configuration and exit (like `sessionmirror check`).")
@@ -275,10 +255,18 @@ struct RunCommand: ParsableCommand {
         mirror.onHangup = { sink.reopen() }
         mirror.metricsFile = settings.metricsFile
         daemon.withLock { $0 = mirror }
-        if let systemd = SystemdNotifier.fromEnvironment() {
+        let systemd = SystemdNotifier.fromEnvironment()
+        let syncProgress = mirror.fullSyncProgress.map {
+            SyncProgressReporter(counter: $0, logger: logger, systemd: systemd)
+        }
+        defer { syncProgress?.stopReporting() }
+        if let systemd {
             // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
             let latestStatus = Mutex("mirroring")
-            mirror.onReady = { systemd.notify(["READY": "1", "STATUS": latestStatus.withLock { $0 }]) }
+            mirror.onReady = {
+                syncProgress?.ready()
+                systemd.notify(["READY": "1", "STATUS": latestStatus.withLock { $0 }])
+            }
             mirror.onStatus = { status in
                 latestStatus.withLock { $0 = status }
                 systemd.notify(["STATUS": status])
@@ -301,13 +289,21 @@ protocol MirrorDaemon: AnyObject {
     var onStopping: (@Sendable () -> Void)? { get set }
     var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)? { get set }
     var metricsFile: String? { get set }
+    /// The full sync's progress, for the log and systemd; nil where none is counted.
+    var fullSyncProgress: ProgressCounter? { get }
     func run() -> Int32
     /// The metrics in Prometheus text format; safe from any thread (the `/metrics` endpoint's).
     func prometheusText() -> String
 }
 
-extension Mirror: MirrorDaemon {}
-extension ClusterMirror: MirrorDaemon {}
+extension Mirror: MirrorDaemon {
+    var fullSyncProgress: ProgressCounter? { syncProgress }
+}
+
+extension ClusterMirror: MirrorDaemon {
+    /// Not counted yet: each master's engine syncs on its own (docs/operations.md).
+    var fullSyncProgress: ProgressCounter? { nil }
+}
 
 /// Whether `run` was given a node of a Redis Cluster, asked once before the engine starts.
 enum ClusterProbe {
@@ -352,7 +348,14 @@ struct ClusterProbeError: Error, CustomStringConvertible {
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "check", abstract: "Validate a configuration (file and flags) without starting: exit 0 or 2.")
+        commandName: "check", abstract: "Validate a configuration (file and flags) without starting: exit 0 or 2.",
+        discussion: """
+            Takes the same options as run, and reads nothing but files: Redis is not contacted (doctor does that).
+
+            Examples:
+              sessionmirror check --config /etc/sessionmirror/sessionmirror.toml
+              sessionmirror check --redis redis://127.0.0.1:6379/0 --prefix 'session:'
+            """)
 
     @OptionGroup var options: RunOptions
 
@@ -367,11 +370,6 @@ struct CheckCommand: ParsableCommand {
             throw fail("\(error)")
         }
     }
-}
-
-extension MirrorConfiguration {
-    /// `maxResyncDeleteFraction` as the percentage the help text shows.
-    fileprivate var maxResyncDeletePercent: Int { Int((maxResyncDeleteFraction * 100).rounded()) }
 }
 
 extension MirrorConfiguration.EvictedPolicy: ExpressibleByArgument {}

@@ -92,6 +92,26 @@ struct SharedSettings {
     /// The snapshot's path: the flag's, the file's, else the default.
     var snapshotPath: String { settings.snapshot ?? Defaults.snapshotPath }
 
+    /// Refuses a snapshot that does not exist with one line naming where its path came from: the
+    /// default path with no configuration file is the usual mistake at 3 a.m.
+    func requireSnapshot(_ path: String? = nil) throws {
+        let path = path ?? snapshotPath
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        let origin: String
+        if commandLine.snapshot != nil || path != snapshotPath {
+            origin = "given with --snapshot"
+        } else if settings.snapshot != nil, let configFile {
+            origin = "snapshot in \(configFile)"
+        } else if let configFile {
+            origin = "the default path: \(configFile) sets no snapshot; give --snapshot PATH"
+        } else {
+            origin =
+                "the default path: no --snapshot, and no configuration file at \(ConfigFileOption.defaultPath); "
+                + "give --snapshot PATH or --config FILE"
+        }
+        throw fail("snapshot \(path) does not exist (\(origin))")
+    }
+
     /// The prefixes given by the flags or the file (`prefixes`, else the `[django]` preset's); nil
     /// when neither names any, so that restore, verify and purge keep to the snapshot's record.
     var explicitPrefixes: [String]? {

@@ -5,7 +5,15 @@ import SessionMirror
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Describe a snapshot: rows, changes, last commit and sync, Redis run_id, size, integrity.")
+        abstract: "Describe a snapshot: rows, changes, last commit and sync, Redis run_id, size, integrity.",
+        discussion: """
+            Reads the file only: it works while the daemon runs and while Redis is down. Exit status: 0, 1 the \
+            snapshot is damaged (quick_check), 2 it cannot be read.
+
+            Examples:
+              sessionmirror status --config /etc/sessionmirror/sessionmirror.toml
+              sessionmirror status --snapshot /var/lib/sessionmirror/s.db --json
+            """)
 
     @OptionGroup var config: ConfigFileOption
     @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
@@ -14,6 +22,7 @@ struct StatusCommand: ParsableCommand {
     func run() throws {
         let shared = try SharedSettings(config: config, commandLine: SharedSettings.commandLine(snapshot: snapshot))
         let status: SnapshotStatus
+        try shared.requireSnapshot()
         do {
             status = try SnapshotStatus.read(path: shared.snapshotPath)
         } catch  where SnapshotStatus.isDamage(error) {

@@ -6,7 +6,17 @@ import SessionMirror
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Compare the snapshot with Redis: exit 0 when in sync, 1 when they differ, 2 on errors.")
+        abstract: "Compare the snapshot with Redis: exit 0 when in sync, 1 when they differ, 2 on errors.",
+        discussion: """
+            Compares the keys under the prefixes the snapshot records (or --prefix). Nothing compared while \
+            either side has keys counts as a difference: a forgotten --prefix never passes.
+
+            Examples:
+              sessionmirror verify --config /etc/sessionmirror/sessionmirror.toml
+              # For a monitoring check: one JSON object, the exit status says it:
+              sessionmirror verify --config ./sessionmirror.toml --json --log-level warning
+              sessionmirror verify --snapshot ./s.db --redis redis://h:6379/0 --prefix 's:'
+            """)
 
     @OptionGroup var config: ConfigFileOption
     @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
@@ -28,12 +38,18 @@ struct VerifyCommand: ParsableCommand {
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.verify")
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
-        let verifier = Verifier(
-            snapshotPath: shared.snapshotPath, endpoint: try shared.endpoint(),
+        let endpoint = try shared.endpoint()
+        try shared.requireSnapshot()
+        var verifier = Verifier(
+            snapshotPath: shared.snapshotPath, endpoint: endpoint,
             scope: shared.keyScope(logger: logger), toleranceMilliseconds: toleranceMs,
             integrityKey: try shared.integrityKey())
+        let progress = ProgressReporter(
+            logger: logger, event: "verify_progress", label: "verify", unit: "rows and keys")
+        verifier.progress = progress.counter
         let report: VerifyReport
         do {
+            defer { progress.finish() }
             report = try verifier.run()
         } catch {
             throw fail("\(error)")

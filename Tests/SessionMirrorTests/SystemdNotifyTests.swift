@@ -113,10 +113,11 @@ struct SystemdNotifyInjectionTests {
     func urlCannotInjectReady() async throws {
         let directory = try TemporaryDirectory(label: "notify-injection")
         let manager = try NotifySocket(path: directory.file("notify.sock"))
-        // Nothing listens on port 1: the daemon retries, and READY=1 must never come.
+        // Nothing listens on port 1: the daemon retries, and READY=1 must never come. (A password, for
+        // a user name without one is refused at start.)
         let process = try MirrorProcess.start(
             runArguments("redis://x%0AREADY=1%0AMAINPID=1@127.0.0.1:1/0", directory), in: directory,
-            environment: ["NOTIFY_SOCKET": manager.path])
+            environment: ["NOTIFY_SOCKET": manager.path, "SESSIONMIRROR_REDIS_PASSWORD": "unused"])
         defer { process.process.kill() }
         try await process.waitForEvent("redis_unavailable")
         process.signal(SIGTERM)
