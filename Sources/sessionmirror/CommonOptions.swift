@@ -148,7 +148,27 @@ struct PrefixOptions: ParsableArguments {
         name: .customLong("prefix"),
         help: "Key prefix to mirror (repeatable; default Django's \(DjangoPreset.defaultPrefix)).")
     var prefixes: [String] = []
+    @OptionGroup var presets: PresetOptions
 }
+
+/// A session library's layout, and the keys to leave alone (docs/frameworks.md).
+struct PresetOptions: ParsableArguments {
+    @Option(
+        name: .customLong("preset"),
+        help: ArgumentHelp(
+            "The session library: \(FrameworkPreset.allCases.map(\.rawValue).joined(separator: ", ")) "
+                + "(its prefix, and its keys that are not sessions).",
+            valueName: "name"))
+    var preset: FrameworkPreset?
+    @Option(
+        name: .customLong("exclude"),
+        help: ArgumentHelp(
+            "Never mirror, restore, verify or purge keys matching this Redis glob (repeatable; replaces the file's).",
+            valueName: "glob"))
+    var exclude: [String] = []
+}
+
+extension FrameworkPreset: ExpressibleByArgument {}
 
 /// Logging options shared by every subcommand.
 struct LogOptions: ParsableArguments {

@@ -25,7 +25,7 @@ struct PurgeCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, log: log))
+                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot, log: log))
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.purge")
         guard yes else {
@@ -39,7 +39,9 @@ struct PurgeCommand: ParsableCommand {
         let scope = shared.keyScope(logger: logger)
         let summary: Purger.Summary
         do {
-            summary = try Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope).run()
+            var purger = Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope)
+            purger.exclusions = shared.exclusions
+            summary = try purger.run()
         } catch let error as ValidationError {
             throw error
         } catch {

@@ -29,6 +29,7 @@ struct RestoreCommand: ParsableCommand {
         name: .customLong("prefix"),
         help: "Only restore keys under this prefix (repeatable; default: the prefixes the snapshot records).")
     var prefixes: [String] = []
+    @OptionGroup var presets: PresetOptions
     @Flag(
         name: .customLong("all-prefixes"),
         help: "Restore every row whatever its key (only for a snapshot you trust: it may hold any key).")
@@ -51,7 +52,8 @@ struct RestoreCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefixes, snapshot: snapshots.first, integrityKeyFile: integrity.file, log: log)
+                redis: redis, prefixes: prefixes, presets: presets, snapshot: snapshots.first,
+                integrityKeyFile: integrity.file, log: log)
         )
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.restore")
@@ -61,6 +63,7 @@ struct RestoreCommand: ParsableCommand {
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
         options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger, announce: snapshots.count <= 1)
         options.integrityKey = try shared.integrityKey()
+        options.exclusions = shared.exclusions
         options.dryRun = dryRun
         options.overwrite = overwrite
         options.skipEvicted = skipEvicted
@@ -116,7 +119,7 @@ struct RestoreCommand: ParsableCommand {
                 "skipped_existing": "\(summary.skippedExisting)", "skipped_expired": "\(summary.skippedExpired)",
                 "skipped_evicted": "\(summary.skippedEvicted)", "skipped_logged_out": "\(summary.skippedLoggedOut)",
                 "skipped_superseded": "\(summary.skippedSuperseded)", "failed": "\(summary.failed)",
-                "other_prefix": "\(summary.otherPrefix)", "tampered": "\(summary.tampered)",
+                "other_prefix": "\(summary.otherPrefix)", "excluded": "\(summary.excluded)", "tampered": "\(summary.tampered)",
                 "skipped_too_large": "\(summary.skippedTooLarge)", "not_attempted": "\(summary.notAttempted)",
                 "elapsed_s": "\(String(format: "%.3f", summary.elapsedSeconds))",
                 "keys_per_s": "\(Int(summary.keysPerSecond))", "dry_run": "\(dryRun)",

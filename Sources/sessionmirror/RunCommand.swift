@@ -76,7 +76,8 @@ struct RunOptions: ParsableArguments {
     func shared() throws -> SharedSettings {
         let file = try config.load()
         var flags = SharedSettings.commandLine(
-            redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrityKeyFile, log: log)
+            redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+            integrityKeyFile: integrityKeyFile, log: log)
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()
             if let djangoKeyPrefix { preset.keyPrefix = djangoKeyPrefix }
@@ -122,6 +123,7 @@ struct RunOptions: ParsableArguments {
             endpoint: target.endpoint, prefixes: settings.effectivePrefixes.map { Array($0.utf8) },
             snapshotPath: snapshot)
         configuration.sentinel = target.sentinel
+        configuration.exclusions = shared.exclusions
         if let milliseconds = settings.commitIntervalMilliseconds {
             configuration.commitIntervalMilliseconds = milliseconds
         }

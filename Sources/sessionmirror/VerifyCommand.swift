@@ -23,15 +23,17 @@ struct VerifyCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrity.file, log: log)
+                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+                integrityKeyFile: integrity.file, log: log)
         )
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.verify")
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
-        let verifier = Verifier(
+        var verifier = Verifier(
             snapshotPath: shared.snapshotPath, endpoint: try shared.endpoint(),
             scope: shared.keyScope(logger: logger), toleranceMilliseconds: toleranceMs,
             integrityKey: try shared.integrityKey())
+        verifier.exclusions = shared.exclusions
         let report: VerifyReport
         do {
             report = try verifier.run()
