@@ -53,7 +53,7 @@ public struct Purger {
             throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }
         let exclusions = try KeyScopeResolution.exclusions(
-            exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
+            self.exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
         // also removes evicted rows and rows of keys Redis had already lost. On a cluster each

@@ -146,7 +146,7 @@ public struct Verifier {
             throw OneShotCommandError(description: "verify needs the prefixes to compare: give them with --prefix")
         }
         let exclusions = try KeyScopeResolution.exclusions(
-            exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
+            self.exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
         do {
             try store.checkIntegrityKey(integrityKey)
         } catch {

@@ -62,11 +62,14 @@ struct SharedSettings {
         do {
             try settings.checkPreset(option: option)
             exclusions = try settings.exclusions(option: option)
-            for prefix in settings.namedPrefixes ?? [] {
+            // Every key at all ("*") is refused even before the prefixes are known (restore, verify
+            // and purge default to the snapshot's).
+            for prefix in settings.namedPrefixes ?? [""] {
                 if let glob = exclusions.globExcludingEverything(under: Array(prefix.utf8)) {
                     throw ConfigurationError.invalid(
                         option: option("--exclude", "exclude"),
-                        reason: "\"\(glob)\" excludes every key under the prefix \"\(prefix)\"")
+                        reason: "\"\(glob)\" excludes every key"
+                            + (prefix.isEmpty ? " of the database" : " under the prefix \"\(prefix)\""))
                 }
             }
         } catch {
@@ -217,6 +220,7 @@ extension SharedSettings {
                 metadata: [
                     "event": "recorded_prefixes",
                     "prefixes": "\(recorded.prefixes.map { String(decoding: $0, as: UTF8.self) })",
+                    "exclude": "\(recorded.exclusions.map { String(decoding: $0, as: UTF8.self) })",
                 ])
         }
         return .recorded

@@ -48,7 +48,8 @@ struct PresetCommandLineTests {
             mentions: "preset"),
         Refusal(
             testDescription: "a preset in the file and another prefix on the command line",
-            arguments: ["--prefix", "other:"], file: "preset = \"connect-redis\"\n", mentions: "preset = "),
+            arguments: ["--prefix", "other:"], file: "preset = \"connect-redis\"\n",
+            mentions: "contradicts the connect-redis preset's \"sess:\""),
         Refusal(
             testDescription: "a framework preset beside a [django] table", arguments: [],
             file: "preset = \"flask-session\"\n[django]\nversion = 2\n", mentions: "[django]"),
@@ -74,7 +75,7 @@ struct PresetCommandLineTests {
                 [command, "--snapshot", directory.file("sessions.db"), "--redis", "redis://127.0.0.1:1/0"] + config
                 + refusal.arguments
             let (termination, output) = try await MirrorProcess.runToCompletion(
-                arguments, in: directory, timeout: .seconds(10))
+                arguments, in: directory, timeout: .seconds(60))
             #expect(termination == .exited(2), "\(command): \(termination?.description ?? "still running"): \(output)")
             let lines = messageLines(output)
             #expect(lines.count == 1, "\(command): expected one line:\n\(output)")
