@@ -124,7 +124,9 @@ public struct MirrorConfiguration: Sendable {
             if let glob = exclusions.globExcludingEverything(under: prefix) {
                 throw Invalid(
                     setting: .exclusions,
-                    reason: "\"\(glob)\" excludes every key under the prefix \"\(String(decoding: prefix, as: UTF8.self))\"")
+                    reason:
+                        "\"\(glob)\" excludes every key under the prefix \"\(String(decoding: prefix, as: UTF8.self))\""
+                )
             }
         }
         if !(1...60_000).contains(commitIntervalMilliseconds) {

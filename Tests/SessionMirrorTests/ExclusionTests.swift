@@ -30,7 +30,10 @@ struct ExclusionTests {
             let marked = try await eventually { try env.rows()[bytes("PHPREDIS_SESSION:marker")] != nil }
             #expect(marked)
             let keys = Set(try env.rows().keys)
-            #expect(keys == [bytes("PHPREDIS_SESSION:old"), bytes("PHPREDIS_SESSION:new"), bytes("PHPREDIS_SESSION:marker")])
+            #expect(
+                keys == [
+                    bytes("PHPREDIS_SESSION:old"), bytes("PHPREDIS_SESSION:new"), bytes("PHPREDIS_SESSION:marker"),
+                ])
             let store = try SnapshotStore(path: env.snapshotPath, mode: .readOnly)
             defer { store.close() }
             let scope = try #require(try store.recordedScope())
@@ -112,10 +115,11 @@ struct ExclusionTests {
         defer { redis.stop() }
         let client = try redis.client()
         defer { client.close() }
-        let keys: [[UInt8]] = [
-            "s:abc", "s:abc_LOCK", "s:_LOCK", "s:a", "s:b", "s:z", "s:-", "s:]", "s:*", "s:?", "s:[x]", "s:\\",
-            "t:abc", "s:", "s:ab", "s:aXc", "s:a\nc",
-        ].map(bytes) + [[0x73, 0x3A, 0xFF], [0x73, 0x3A, 0x00, 0x4C]]
+        let keys: [[UInt8]] =
+            [
+                "s:abc", "s:abc_LOCK", "s:_LOCK", "s:a", "s:b", "s:z", "s:-", "s:]", "s:*", "s:?", "s:[x]", "s:\\",
+                "t:abc", "s:", "s:ab", "s:aXc", "s:a\nc",
+            ].map(bytes) + [[0x73, 0x3A, 0xFF], [0x73, 0x3A, 0x00, 0x4C]]
         for key in keys { try client.checked([bytes("SET"), key, bytes("v")]) }
         let patterns = [
             "s:*", "s:*_LOCK", "s:?", "s:a?c", "s:[a-c]", "s:[c-a]", "s:[^a-c]", "s:[\\]]", "s:\\*", "s:\\?",
@@ -126,7 +130,9 @@ struct ExclusionTests {
             var byRedis = Set<[UInt8]>()
             var cursor = bytes("0")
             repeat {
-                let reply = try client.checked([bytes("SCAN"), cursor, bytes("MATCH"), bytes(pattern), bytes("COUNT"), bytes("1000")])
+                let reply = try client.checked([
+                    bytes("SCAN"), cursor, bytes("MATCH"), bytes(pattern), bytes("COUNT"), bytes("1000"),
+                ])
                 cursor = try #require(reply.elements?[0].bytes)
                 for key in reply.elements?[1].elements ?? [] { byRedis.insert(try #require(key.bytes)) }
             } while cursor != bytes("0")

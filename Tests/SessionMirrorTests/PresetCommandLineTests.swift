@@ -20,7 +20,8 @@ struct PresetCommandLineTests {
     }
 
     static let refusals: [Refusal] = [
-        Refusal(testDescription: "an unknown preset", arguments: ["--preset", "rails"], file: nil, mentions: "--preset"),
+        Refusal(
+            testDescription: "an unknown preset", arguments: ["--preset", "rails"], file: nil, mentions: "--preset"),
         Refusal(
             testDescription: "a preset and another prefix", arguments: ["--preset", "flask-session", "--prefix", "s:"],
             file: nil, mentions: "contradicts the flask-session preset's \"session:\""),
@@ -41,7 +42,8 @@ struct PresetCommandLineTests {
             testDescription: "a glob that excludes every key", arguments: ["--prefix", "s:", "--exclude", "*"],
             file: nil, mentions: "excludes every key under the prefix \"s:\""),
         Refusal(
-            testDescription: "a glob that excludes a whole prefix", arguments: ["--preset", "phpredis", "--exclude", "PHP*"],
+            testDescription: "a glob that excludes a whole prefix",
+            arguments: ["--preset", "phpredis", "--exclude", "PHP*"],
             file: nil, mentions: "\"PHP*\" excludes every key"),
         Refusal(
             testDescription: "an unknown preset in the file", arguments: [], file: "preset = \"laravel\"\n",
@@ -100,9 +102,11 @@ struct PresetCommandLineTests {
 
         let again = try SnapshotStore(path: path, mode: .readWrite)
         try again.recordScope(
-            MirrorScope(prefixes: [bytes("PHPREDIS_SESSION:")], exclusions: [bytes("PHPREDIS_SESSION:*_LOCK")], database: 0))
+            MirrorScope(
+                prefixes: [bytes("PHPREDIS_SESSION:")], exclusions: [bytes("PHPREDIS_SESSION:*_LOCK")], database: 0))
         again.close()
-        (termination, output) = try await MirrorProcess.runToCompletion(["status", "--snapshot", path, "--json"], in: directory)
+        (termination, output) = try await MirrorProcess.runToCompletion(
+            ["status", "--snapshot", path, "--json"], in: directory)
         #expect(termination == .exited(0), "\(output)")
         #expect(output.contains(#""mirror_exclude":["PHPREDIS_SESSION:*_LOCK"]"#), "\(output)")
     }

@@ -19,6 +19,7 @@ Env: SESSIONMIRROR_BIN (default <repo>/.build/debug/sessionmirror), E2E_REDIS_SE
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -321,8 +322,12 @@ def main():
         except subprocess.TimeoutExpired:
             server.kill()
     failed = results.count(False)
-    print("frameworks_e2e: %d passed, %d failed (logs in %s)" % (len(results) - failed, failed, work))
-    return 1 if failed else 0
+    if failed:
+        print("frameworks_e2e: %d passed, %d failed (logs in %s)" % (len(results) - failed, failed, work))
+        return 1
+    shutil.rmtree(work, ignore_errors=True)
+    print("frameworks_e2e: %d passed, 0 failed" % len(results))
+    return 0
 
 
 def _ping(r):
