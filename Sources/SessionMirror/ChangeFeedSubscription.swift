@@ -7,7 +7,13 @@ import Synchronization
 /// The dirty set shared by the subscription thread (which marks keys) and the mirror's loop
 /// (which takes batches to read).
 final class SharedDirtyQueue: Sendable {
-    let state = Mutex(DirtyQueue())
+    let state: Mutex<DirtyQueue>
+
+    init(exclusions: KeyExclusions = KeyExclusions()) {
+        var queue = DirtyQueue()
+        queue.exclusions = exclusions
+        state = Mutex(queue)
+    }
     /// Keyspace events received since start.
     let eventsReceived = Atomic<UInt64>(0)
 }

@@ -87,6 +87,10 @@ struct DirtyQueue {
     /// Keys appended up to `barrier` that are still waiting.
     private(set) var keysBeforeBarrier = 0
 
+    /// Keys never marked, whatever feed names them (a keyevent, an invalidation, a full sync's
+    /// SCAN, a bridge's reread): the one place every key passes before it is read and stored.
+    var exclusions = KeyExclusions()
+
     var count: Int { entries.count }
     var isEmpty: Bool { entries.isEmpty }
     /// Keys waiting in the live lane.
@@ -97,6 +101,7 @@ struct DirtyQueue {
     /// loop after that pass's keyevents, so the `del` of a logout comes before the invalidation
     /// of the same change and must survive it. A key a full sync found moves to the live lane.
     mutating func mark(_ key: [UInt8], gone: Gone?, at now: UInt64) {
+        if exclusions.excludes(key) { return }
         let wrapped = Key(bytes: key)
         if let index = entries.index(forKey: wrapped) {  // one hash lookup for a key already waiting
             if let gone { entries.values[index].gone = gone }
@@ -116,6 +121,7 @@ struct DirtyQueue {
     /// Marks a key a full sync found: never changes what an event already said about it (an
     /// `evicted` that arrived between the SCAN page and this call must keep the row).
     mutating func markFound(_ key: [UInt8]) {
+        if exclusions.excludes(key) { return }
         let wrapped = Key(bytes: key)
         guard entries[wrapped] == nil else { return }
         appendedCount += 1

@@ -37,6 +37,7 @@ extension Mirror {
         restoreWanted = false
         var options = RestoreOptions()
         options.scope = .prefixes(configuration.prefixes)
+        options.exclusions = configuration.exclusions
         options.integrityKey = configuration.integrityKey
         options.changedSince = restoreRequest.changedSince
         options.excludedKeys = restoreRequest.excludedKeys

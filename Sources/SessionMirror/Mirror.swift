@@ -53,7 +53,7 @@ public final class Mirror: @unchecked Sendable {
     /// its reads in flight, the full sync, what the handshake learned), so that dropping a
     /// connection is one assignment (`Mirror+State.swift`).
     var state = State.idle(reconnectTimer: nil)
-    let dirty = SharedDirtyQueue()
+    let dirty: SharedDirtyQueue
     var subscription: ChangeFeedSubscription!
     /// Alone, or one master's engine in a cluster (`Mirror+Cluster.swift`).
     let deployment: Deployment
@@ -137,6 +137,7 @@ public final class Mirror: @unchecked Sendable {
     ) {
         self.configuration = configuration
         self.logger = logger
+        dirty = SharedDirtyQueue(exclusions: configuration.exclusions)
         sentinelResolver = configuration.sentinel.map { SentinelResolver(settings: $0) }
         master = configuration.sentinel == nil ? configuration.endpoint : nil
         // The backup schedule and the bridge belong to the daemon of a single Redis; a cluster's

@@ -29,6 +29,8 @@ public struct MirrorConfiguration: Sendable {
     public var clusterSeeds: [ClusterNodeAddress] = []
     /// Key prefixes to mirror, byte-exact.
     public var prefixes: [[UInt8]]
+    /// Keys under the prefixes that are never read nor stored (`exclude`, and a preset's own).
+    public var exclusions = KeyExclusions()
     public var snapshotPath: String
     /// The longest a change may wait before it is committed (the recovery point).
     public var commitIntervalMilliseconds: Int = 100
@@ -106,7 +108,7 @@ public struct MirrorConfiguration: Sendable {
     /// A setting `validate()` refuses; the command line names its flag for it.
     public enum Setting: Sendable, Equatable {
         case prefixes, commitInterval, metricsInterval, maxResyncDelete, readBatching, maxDirtyKeys, maxValueBytes
-        case snapshotPath, backup, tombstones, sentinel, bridges
+        case snapshotPath, backup, tombstones, sentinel, bridges, exclusions
     }
 
     /// A setting that cannot be used, and why. The engine knows no flags or files: the caller that
@@ -123,6 +125,15 @@ public struct MirrorConfiguration: Sendable {
         if prefixes.isEmpty { throw Invalid(setting: .prefixes, reason: "at least one prefix is needed") }
         if prefixes.contains(where: \.isEmpty) {
             throw Invalid(setting: .prefixes, reason: "an empty prefix would mirror the whole database")
+        }
+        for prefix in prefixes {
+            if let glob = exclusions.globExcludingEverything(under: prefix) {
+                throw Invalid(
+                    setting: .exclusions,
+                    reason:
+                        "\"\(glob)\" excludes every key under the prefix \"\(String(decoding: prefix, as: UTF8.self))\""
+                )
+            }
         }
         if !(1...60_000).contains(commitIntervalMilliseconds) {
             throw Invalid(

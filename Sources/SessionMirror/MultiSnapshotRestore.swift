@@ -144,6 +144,7 @@ extension RestoreSummary {
         skippedSuperseded += other.skippedSuperseded
         failed += other.failed
         otherPrefix += other.otherPrefix
+        excluded += other.excluded
         tampered += other.tampered
         skippedTooLarge += other.skippedTooLarge
         notAttempted += other.notAttempted

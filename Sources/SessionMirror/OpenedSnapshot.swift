@@ -44,7 +44,10 @@ struct OpenedSnapshot {
         }
         canaryToken = token!
         // What restore, verify and purge may touch, and the key that signs every row from here on.
-        try store.recordScope(MirrorScope(prefixes: configuration.prefixes, database: configuration.endpoint.database))
+        try store.recordScope(
+            MirrorScope(
+                prefixes: configuration.prefixes, exclusions: configuration.exclusions.globs.map(\.source),
+                database: configuration.endpoint.database))
         try store.enableIntegrity(configuration.integrityKey)
         if configuration.bridges.isEmpty {
             try store.setMetadata(BridgeStatus.metadataName, nil)  // `status` shows no bridge that ended

@@ -16,6 +16,9 @@ public struct Purger {
     public let scope: KeyScope
     /// Counts the keys deleted out of `DBSIZE` (an upper bound: only keys under the prefixes go).
     public var progress: ProgressCounter?
+    /// Keys left in Redis (`--exclude`, a preset's), beside those the snapshot records: a lock key
+    /// is not a session. The snapshot's rows under the prefixes all go (none of them is restorable).
+    public var exclusions = KeyExclusions()
 
     public init(snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope) {
         self.snapshotPath = snapshotPath
@@ -51,6 +54,8 @@ public struct Purger {
         guard let prefixes = try KeyScopeResolution.prefixes(of: scope, in: store, snapshotPath: snapshotPath) else {
             throw OneShotCommandError(description: "purge deletes keys under prefixes: give them with --prefix")
         }
+        let exclusions = try KeyScopeResolution.exclusions(
+            self.exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
         var summary = Summary()
         // Redis first: a running daemon mirrors each UNLINK as a delete. Then the snapshot, which
         // also removes evicted rows and rows of keys Redis had already lost. On a cluster each
@@ -63,7 +68,8 @@ public struct Purger {
         }
         for (address, redis) in try target.nodeConnections {
             for prefix in prefixes {
-                try redis.scanKeys(under: prefix) { names in
+                try redis.scanKeys(under: prefix) { found in
+                    let names = exclusions.isEmpty ? found : found.filter { !exclusions.excludes($0) }
                     guard !names.isEmpty else { return }
                     let groups = isCluster ? Dictionary(grouping: names, by: ClusterSlot.of).map(\.value) : [names]
                     let replies = try redis.pipeline(groups.map { [Array("UNLINK".utf8)] + $0 })

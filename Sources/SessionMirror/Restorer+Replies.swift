@@ -111,6 +111,36 @@ struct ReplyOutcome {
 
 /// The prefixes a restore, verify or purge keeps to; nil for every row.
 enum KeyScopeResolution {
+    /// The keys a restore, verify or purge leaves alone: those given and those the snapshot records
+    /// (the daemon never stored them, but a row stored before its key was excluded may remain).
+    ///
+    /// Refuses exclusions that leave nothing under one of `prefixes` (the run would do nothing).
+    static func exclusions(
+        _ given: KeyExclusions, in store: SnapshotStore, snapshotPath: String, prefixes: [[UInt8]]?
+    ) throws -> KeyExclusions {
+        var recorded: [KeyGlob] = []
+        for source in (try? store.recordedScope())?.exclusions ?? [] {
+            do {
+                recorded.append(try KeyGlob(source))
+            } catch {
+                throw OneShotCommandError(
+                    description:
+                        "snapshot \(snapshotPath) records the exclusion \"\(String(decoding: source, as: UTF8.self))\", "
+                        + "which is not a valid pattern (\(error)): was the file changed by hand?")
+            }
+        }
+        let exclusions = given.union(KeyExclusions(recorded))
+        for prefix in prefixes ?? [] {
+            if let glob = exclusions.globExcludingEverything(under: prefix) {
+                throw OneShotCommandError(
+                    description:
+                        "--exclude: \"\(glob)\" excludes every key under the prefix "
+                        + "\"\(String(decoding: prefix, as: UTF8.self))\"")
+            }
+        }
+        return exclusions
+    }
+
     static func prefixes(of scope: KeyScope, in store: SnapshotStore, snapshotPath: String) throws -> [[UInt8]]? {
         switch scope {
         case .everything:

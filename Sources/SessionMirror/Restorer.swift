@@ -18,6 +18,9 @@ public enum KeyScope: Sendable, Equatable {
 public struct RestoreOptions: Sendable {
     /// Which rows may be written; rows outside are counted (`otherPrefix`), never written.
     public var scope = KeyScope.recorded
+    /// Keys never written (`--exclude`, a preset's), beside those the snapshot records; counted
+    /// (`excluded`). Whatever the scope, even `everything`.
+    public var exclusions = KeyExclusions()
     /// Put rows back under another prefix.
     public var renamePrefix: PrefixRename?
     /// Replace keys that exist instead of skipping them.
@@ -122,6 +125,8 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
     public var failed = 0
     /// Rows left out because their key is under none of the prefixes.
     public var otherPrefix = 0
+    /// Rows left out because an exclusion glob matches their key.
+    public var excluded = 0
     /// Rows whose MAC did not match (integrity key given): never written.
     public var tampered = 0
     /// Rows whose value is larger than Redis accepts in one argument (`proto-max-bulk-len`).
@@ -146,6 +151,7 @@ public struct RestoreSummary: Sendable, Codable, Equatable {
         case skippedSuperseded = "skipped_superseded"
         case failed
         case otherPrefix = "other_prefix"
+        case excluded
         case tampered
         case skippedTooLarge = "skipped_too_large"
         case notAttempted = "not_attempted"
@@ -209,6 +215,8 @@ public struct Restorer: Sendable {
         // read. A cluster's targets are the masters its slot map names.
         if case .single(let redis) = target { try redis.refuseReplica() }
         let prefixes = try KeyScopeResolution.prefixes(of: options.scope, in: store, snapshotPath: snapshotPath)
+        let exclusions = try KeyScopeResolution.exclusions(
+            options.exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
         let keptFromRename =
             try options.renamePrefix?.keptPrefixes(
                 known: (prefixes ?? []) + ((try? store.recordedScope())?.prefixes ?? [])) ?? []
@@ -253,6 +261,10 @@ public struct Restorer: Sendable {
                 if let keyFilter = options.keyFilter, !keyFilter(row.key) { return true }
                 if let prefixes, !SessionKey.matches(row.key, prefixes: prefixes) {
                     outcome.summary.otherPrefix += 1
+                    return true
+                }
+                if exclusions.excludes(row.key) {
+                    outcome.summary.excluded += 1
                     return true
                 }
                 if authenticity == .tampered {

@@ -44,6 +44,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
     /// The prefixes and database the daemon recorded (`recordScope`); nil before a daemon ran on it.
     public var mirrorPrefixes: [String]? = nil
     public var mirrorDatabase: Int? = nil
+    /// The exclusion globs the daemon recorded with its prefixes (nil with no recorded scope).
+    public var mirrorExclude: [String]? = nil
 
     enum CodingKeys: String, CodingKey {
         case path
@@ -63,6 +65,7 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
         case clusterNodes = "cluster_nodes"
         case mirrorPrefixes = "mirror_prefixes"
         case mirrorDatabase = "mirror_database"
+        case mirrorExclude = "mirror_exclude"
     }
 
     /// True when `error` says the file is damaged (`read` runs SQLite's `quick_check` as it opens).
@@ -109,7 +112,8 @@ public struct SnapshotStatus: Sendable, Codable, Equatable {
             bridge: try store.metadata(BridgeStatus.metadataName).flatMap {
                 try? JSONDecoder().decode(BridgeStatus.self, from: Data($0.utf8))
             }, mirrorPrefixes: scope?.prefixes.map { String(decoding: $0, as: UTF8.self) },
-            mirrorDatabase: scope?.database)
+            mirrorDatabase: scope?.database,
+            mirrorExclude: scope?.exclusions.map { String(decoding: $0, as: UTF8.self) })
         if !nodes.isEmpty {
             status.clusterNodes = nodes.values.sorted { ($0.address ?? $0.id) < ($1.address ?? $1.id) }
         }

@@ -20,6 +20,9 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var replicaOf: String?
     /// Rows of the snapshot under none of the prefixes: not compared.
     public var rowsOutsidePrefixes = 0
+    /// Rows of the snapshot, and keys of Redis the snapshot has no row of, that an exclusion
+    /// matches: not compared (each key counted once).
+    public var excluded = 0
     /// Keys in Redis under none of the prefixes (the mirror's own `__sessionmirror__:` keys left out).
     public var redisKeysOutsidePrefixes = 0
     /// The prefixes compared.
@@ -37,6 +40,7 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         case replicaOf = "replica_of"
         case rowsOutsidePrefixes = "rows_outside_prefixes"
         case redisKeysOutsidePrefixes = "redis_keys_outside_prefixes"
+        case excluded
         case prefixes
         case nothingCompared = "nothing_compared"
     }
@@ -68,6 +72,7 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         try container.encodeIfPresent(replicaOf, forKey: .replicaOf)
         try container.encode(rowsOutsidePrefixes, forKey: .rowsOutsidePrefixes)
         try container.encode(redisKeysOutsidePrefixes, forKey: .redisKeysOutsidePrefixes)
+        try container.encode(excluded, forKey: .excluded)
         try container.encode(prefixes, forKey: .prefixes)
         try container.encode(nothingCompared, forKey: .nothingCompared)
     }
@@ -87,6 +92,7 @@ public struct VerifyReport: Sendable, Codable, Equatable {
         replicaOf = try container.decodeIfPresent(String.self, forKey: .replicaOf)
         rowsOutsidePrefixes = try container.decodeIfPresent(Int.self, forKey: .rowsOutsidePrefixes) ?? 0
         redisKeysOutsidePrefixes = try container.decodeIfPresent(Int.self, forKey: .redisKeysOutsidePrefixes) ?? 0
+        excluded = try container.decodeIfPresent(Int.self, forKey: .excluded) ?? 0
         prefixes = try container.decodeIfPresent([String].self, forKey: .prefixes) ?? []
     }
 }
@@ -106,6 +112,8 @@ public struct Verifier {
     public let integrityKey: IntegrityKey?
     /// Counts the snapshot's rows read, then Redis's keys scanned, out of the rows and `DBSIZE`.
     public var progress: ProgressCounter?
+    /// Keys not compared (`--exclude`, a preset's), beside those the snapshot records.
+    public var exclusions = KeyExclusions()
 
     public init(
         snapshotPath: String, endpoint: RedisEndpoint, scope: KeyScope, toleranceMilliseconds: Int64 = 1000,
@@ -139,6 +147,8 @@ public struct Verifier {
         guard !prefixes.isEmpty else {
             throw OneShotCommandError(description: "verify needs the prefixes to compare: give them with --prefix")
         }
+        let exclusions = try KeyScopeResolution.exclusions(
+            self.exclusions, in: store, snapshotPath: snapshotPath, prefixes: prefixes)
         do {
             try store.checkIntegrityKey(integrityKey)
         } catch {
@@ -205,6 +215,10 @@ public struct Verifier {
                 return true
             }
             snapshotKeys.insert(row.key)
+            if exclusions.excludes(row.key) {
+                report.excluded += 1
+                return true
+            }
             if authenticity == .tampered {
                 report.tampered += 1
                 return true
@@ -237,7 +251,7 @@ public struct Verifier {
                         keys.filter { key in !prefixes[..<index].contains { key.starts(with: $0) } }
                         .count
                     for key in keys where !snapshotKeys.contains(key) {
-                        report.onlyInRedis += 1
+                        if exclusions.excludes(key) { report.excluded += 1 } else { report.onlyInRedis += 1 }
                         snapshotKeys.insert(key)
                     }
                 }

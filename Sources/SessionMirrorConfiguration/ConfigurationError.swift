@@ -33,6 +33,7 @@ extension MirrorConfiguration.Setting {
         case .tombstones: return "--tombstone-window"
         case .sentinel: return "--sentinel"
         case .bridges: return "--bridge"
+        case .exclusions: return "--exclude"
         }
     }
 }

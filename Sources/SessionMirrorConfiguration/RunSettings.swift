@@ -34,6 +34,11 @@ public struct RunSettings: Sendable, Equatable {
     public var logLevel: String?
     public var logFile: String?
     public var django: DjangoPreset?
+    /// `preset = "..."`, `--preset`: a session library's prefix and exclusions (`FrameworkPreset`).
+    public var preset: FrameworkPreset?
+    /// `exclude = [...]`, `--exclude GLOB` (the flags replace the file's): keys never mirrored,
+    /// restored, verified or purged, beside the preset's own.
+    public var exclude: [String]?
     /// `[[bridge]]` tables and `--bridge OLD=NEW` flags (the flags replace the file's).
     public var bridges: [BridgeSetting]?
     /// The file holding the key that signs the snapshot's rows.
@@ -73,6 +78,8 @@ public struct RunSettings: Sendable, Equatable {
         merged.logLevel = other.logLevel ?? logLevel
         merged.logFile = other.logFile ?? logFile
         merged.django = other.django ?? django
+        merged.preset = other.preset ?? preset
+        merged.exclude = other.exclude ?? exclude
         merged.bridges = other.bridges ?? bridges
         merged.integrityKeyFile = other.integrityKeyFile ?? integrityKeyFile
         merged.backup = other.backup ?? backup
@@ -82,11 +89,9 @@ public struct RunSettings: Sendable, Equatable {
         return merged
     }
 
-    /// The key prefixes: explicit ones, else the Django preset's, else Django's default.
+    /// The key prefixes: explicit ones, else the preset's (or `[django]`'s), else Django's default.
     public var effectivePrefixes: [String] {
-        if let prefixes, !prefixes.isEmpty { return prefixes }
-        if let django { return django.prefixes }
-        return DjangoPreset().prefixes
+        namedPrefixes ?? DjangoPreset().prefixes
     }
 
     /// The bridges: the explicit ones, then the one the Django preset's `switch` derives.
@@ -187,6 +192,21 @@ public struct RunSettings: Sendable, Equatable {
                 }
                 settings.prefixes = try items.map {
                     guard case .string(let text) = $0, !text.isEmpty else { throw fail("expected non-empty strings") }
+                    return text
+                }
+            case "preset":
+                settings.preset = try choice(FrameworkPreset.self, FrameworkPreset.allCases)
+            case "exclude":
+                guard case .array(let items) = value else {
+                    throw fail("expected an array of glob strings, got \(value.typeName)")
+                }
+                settings.exclude = try items.map {
+                    guard case .string(let text) = $0 else { throw fail("expected glob strings") }
+                    do {
+                        _ = try KeyGlob(text)
+                    } catch {
+                        throw fail("\"\(text)\": \(error)")
+                    }
                     return text
                 }
             case "snapshot": settings.snapshot = try string()

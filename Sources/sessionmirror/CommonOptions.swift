@@ -175,6 +175,36 @@ struct PrefixOptions: ParsableArguments {
         name: .customLong("prefix"),
         help: "Key prefix to mirror (repeatable; default Django's \(DjangoPreset.defaultPrefix)).")
     var prefixes: [String] = []
+    @OptionGroup var presets: PresetOptions
+}
+
+/// A session library's layout, and the keys to leave alone (docs/frameworks.md).
+struct PresetOptions: ParsableArguments {
+    // A string checked in `validate()`: ArgumentParser lists an enum's values one per line, and a
+    // refusal must be one line.
+    @Option(
+        name: .customLong("preset"),
+        help: ArgumentHelp(
+            "The session library: \(Self.presetNames) (its prefix, and its keys that are not sessions).",
+            valueName: "name"))
+    var presetName: String?
+    @Option(
+        name: .customLong("exclude"),
+        help: ArgumentHelp(
+            "Never mirror, restore, verify or purge keys matching this Redis glob (repeatable; replaces the file's).",
+            valueName: "glob"))
+    var exclude: [String] = []
+
+    private static let presetNames = FrameworkPreset.allCases.map(\.rawValue).joined(separator: ", ")
+
+    /// The preset named, once `validate()` accepted it.
+    var preset: FrameworkPreset? { presetName.flatMap(FrameworkPreset.init(rawValue:)) }
+
+    func validate() throws {
+        if let presetName, FrameworkPreset(rawValue: presetName) == nil {
+            throw ValidationError("--preset: expected one of \(Self.presetNames), got '\(presetName)'")
+        }
+    }
 }
 
 /// Logging options shared by every subcommand.

@@ -30,7 +30,7 @@ struct DoctorCommand: ParsableCommand {
 
     func run() throws {
         try refuseEmptyPrefixes(prefix.prefixes)
-        var flags = SharedSettings.commandLine(redis: redis, prefixes: prefix.prefixes)
+        var flags = SharedSettings.commandLine(redis: redis, prefixes: prefix.prefixes, presets: prefix.presets)
         flags.configSet = noConfigSet ? false : nil
         let shared = try SharedSettings(config: config, commandLine: flags)
         let endpoint = try shared.endpoint()

@@ -32,7 +32,7 @@ struct PurgeCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, log: log))
+                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot, log: log))
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.purge")
         guard yes else {
@@ -49,6 +49,7 @@ struct PurgeCommand: ParsableCommand {
         var purger = Purger(snapshotPath: shared.snapshotPath, endpoint: endpoint, scope: scope)
         let progress = ProgressReporter(logger: logger, event: "purge_progress", label: "purge", unit: "keys")
         purger.progress = progress.counter
+        purger.exclusions = shared.exclusions
         do {
             defer { progress.finish() }
             summary = try purger.run()

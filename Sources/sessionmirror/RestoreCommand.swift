@@ -40,6 +40,7 @@ struct RestoreCommand: ParsableCommand {
         name: .customLong("prefix"),
         help: "Only restore keys under this prefix (repeatable; default: the prefixes the snapshot records).")
     var prefixes: [String] = []
+    @OptionGroup var presets: PresetOptions
     @Flag(
         name: .customLong("all-prefixes"),
         help: "Restore every row whatever its key (only for a snapshot you trust: it may hold any key).")
@@ -62,7 +63,8 @@ struct RestoreCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefixes, snapshot: snapshots.first, integrityKeyFile: integrity.file, log: log)
+                redis: redis, prefixes: prefixes, presets: presets, snapshot: snapshots.first,
+                integrityKeyFile: integrity.file, log: log)
         )
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.restore")
@@ -72,6 +74,7 @@ struct RestoreCommand: ParsableCommand {
         // Without --prefix (or prefixes in the file): the prefixes the daemon recorded in the snapshot.
         options.scope = allPrefixes ? .everything : shared.keyScope(logger: logger, announce: snapshots.count <= 1)
         options.integrityKey = try shared.integrityKey()
+        options.exclusions = shared.exclusions
         options.dryRun = dryRun
         options.overwrite = overwrite
         options.skipEvicted = skipEvicted
@@ -131,7 +134,7 @@ struct RestoreCommand: ParsableCommand {
                 "skipped_logged_out": .stringConvertible(summary.skippedLoggedOut),
                 "skipped_superseded": .stringConvertible(summary.skippedSuperseded),
                 "failed": .stringConvertible(summary.failed),
-                "other_prefix": .stringConvertible(summary.otherPrefix),
+                "other_prefix": .stringConvertible(summary.otherPrefix), "excluded": .stringConvertible(summary.excluded),
                 "tampered": .stringConvertible(summary.tampered),
                 "skipped_too_large": .stringConvertible(summary.skippedTooLarge),
                 "not_attempted": .stringConvertible(summary.notAttempted),

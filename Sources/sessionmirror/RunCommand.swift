@@ -41,7 +41,8 @@ struct RunOptions: ParsableArguments {
     func shared() throws -> SharedSettings {
         let file = try config.load()
         var flags = SharedSettings.commandLine(
-            redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrityKeyFile, log: log)
+            redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+            integrityKeyFile: integrityKeyFile, log: log)
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()
             if let djangoKeyPrefix { preset.keyPrefix = djangoKeyPrefix }
@@ -95,6 +96,7 @@ struct RunOptions: ParsableArguments {
                 return ClusterNodeAddress(host: host, port: port)
             }
         }
+        configuration.exclusions = shared.exclusions
         if let milliseconds = settings.commitIntervalMilliseconds {
             configuration.commitIntervalMilliseconds = milliseconds
         }

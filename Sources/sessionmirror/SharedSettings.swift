@@ -46,6 +46,8 @@ struct SharedSettings {
     let configFile: String?
     /// The command line's settings alone.
     let commandLine: RunSettings
+    /// The preset's exclusions and the `exclude` globs, parsed.
+    let exclusions: KeyExclusions
 
     /// Reads the file (when there is one) and lays the command line's settings over it.
     init(config: ConfigFileOption, commandLine: RunSettings) throws {
@@ -56,12 +58,29 @@ struct SharedSettings {
         }
         configFile = config.file
         self.commandLine = commandLine
+        let option = { (flag: String, key: String) in config.file.map { "\(flag) (or \(key) in \($0))" } ?? flag }
+        do {
+            try settings.checkPreset(option: option)
+            exclusions = try settings.exclusions(option: option)
+            // Every key at all ("*") is refused even before the prefixes are known (restore, verify
+            // and purge default to the snapshot's).
+            for prefix in settings.namedPrefixes ?? [""] {
+                if let glob = exclusions.globExcludingEverything(under: Array(prefix.utf8)) {
+                    throw ConfigurationError.invalid(
+                        option: option("--exclude", "exclude"),
+                        reason: "\"\(glob)\" excludes every key"
+                            + (prefix.isEmpty ? " of the database" : " under the prefix \"\(prefix)\""))
+                }
+            }
+        } catch {
+            throw fail("\(error)")
+        }
     }
 
     /// The command line's shared settings, for `overridden(by:)`.
     static func commandLine(
-        redis: RedisOptions? = nil, prefixes: [String] = [], snapshot: String? = nil, integrityKeyFile: String? = nil,
-        log: LogOptions? = nil
+        redis: RedisOptions? = nil, prefixes: [String] = [], presets: PresetOptions? = nil, snapshot: String? = nil,
+        integrityKeyFile: String? = nil, log: LogOptions? = nil
     ) -> RunSettings {
         var flags = RunSettings()
         if let redis {
@@ -74,6 +93,8 @@ struct SharedSettings {
             flags.database = redis.database
         }
         flags.prefixes = prefixes.isEmpty ? nil : prefixes
+        flags.preset = presets?.preset
+        flags.exclude = presets.flatMap { $0.exclude.isEmpty ? nil : $0.exclude }
         flags.snapshot = snapshot
         flags.integrityKeyFile = integrityKeyFile
         if let log {
@@ -112,12 +133,9 @@ struct SharedSettings {
         throw fail("snapshot \(path) does not exist (\(origin))")
     }
 
-    /// The prefixes given by the flags or the file (`prefixes`, else the `[django]` preset's); nil
-    /// when neither names any, so that restore, verify and purge keep to the snapshot's record.
-    var explicitPrefixes: [String]? {
-        if let prefixes = settings.prefixes, !prefixes.isEmpty { return prefixes }
-        return settings.django?.prefixes
-    }
+    /// The prefixes given by the flags or the file (`prefixes`, else the preset's or `[django]`'s);
+    /// nil when none names any, so that restore, verify and purge keep to the snapshot's record.
+    var explicitPrefixes: [String]? { settings.namedPrefixes }
 
     /// Where Redis is: with `cluster_nodes`, the first node that answers (the commands find every
     /// master from it); with Sentinel, the master it names now. Every refusal is one line, exit 2.
@@ -264,7 +282,9 @@ extension SharedSettings {
         if let master = settings.sentinelMaster { words += ["--sentinel-master", master] }
         if let file = settings.sentinelPasswordFile { words += ["--sentinel-password-file", file] }
         if let database = settings.database { words += ["--db", "\(database)"] }
+        if let preset = settings.preset { words += ["--preset", preset.rawValue] }
         for prefix in prefixes ?? [] { words += ["--prefix", prefix] }
+        for glob in settings.exclude ?? [] { words += ["--exclude", glob] }
         if let snapshot = settings.snapshot { words += ["--snapshot", snapshot] }
         if let file = settings.integrityKeyFile { words += ["--integrity-key-file", file] }
         return words
@@ -291,6 +311,7 @@ extension SharedSettings {
                 metadata: [
                     "event": "recorded_prefixes",
                     "prefixes": "\(recorded.prefixes.map { String(decoding: $0, as: UTF8.self) })",
+                    "exclude": "\(recorded.exclusions.map { String(decoding: $0, as: UTF8.self) })",
                 ])
         }
         return .recorded

@@ -50,6 +50,7 @@ struct StatusCommand: ParsableCommand {
                 redis run_id    \(status.redisRunID ?? "none yet")
                 redis master    \(status.redisMaster ?? "none yet")
                 prefixes        \(status.mirrorPrefixes.map { "\($0) (database \(status.mirrorDatabase ?? 0))" } ?? "none recorded yet (no daemon has run on it)")
+                excluded        \(status.mirrorExclude.map { $0.isEmpty ? "none" : "\($0)" } ?? "none recorded yet")
                 quick_check     \(status.quickCheck)
                 """)
             if let bridge = status.bridge {

@@ -33,7 +33,8 @@ struct VerifyCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, snapshot: snapshot, integrityKeyFile: integrity.file, log: log)
+                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+                integrityKeyFile: integrity.file, log: log)
         )
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.verify")
@@ -47,6 +48,7 @@ struct VerifyCommand: ParsableCommand {
         let progress = ProgressReporter(
             logger: logger, event: "verify_progress", label: "verify", unit: "rows and keys")
         verifier.progress = progress.counter
+        verifier.exclusions = shared.exclusions
         let report: VerifyReport
         do {
             defer { progress.finish() }
