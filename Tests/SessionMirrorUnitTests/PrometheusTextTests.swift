@@ -1,7 +1,7 @@
-import SnapshotStore
 import Testing
 
 @testable import SessionMirror
+@testable import SnapshotStore
 
 @Suite("The metrics file in Prometheus text format")
 struct PrometheusTextTests {
@@ -97,5 +97,32 @@ struct PrometheusTextTests {
         #expect(buckets.contains(#"sessionmirror_write_to_commit_seconds_bucket{le="10.0"} 5"#))
         #expect(lines.contains("sessionmirror_write_to_commit_seconds_count 5"))
         #expect(lines.contains("sessionmirror_write_to_commit_seconds_sum 3.2605"))
+    }
+}
+
+@Suite("The cluster's Prometheus text")
+struct ClusterPrometheusTextTests {
+    @Test("totals over every master, then each master's series labelled node, with its last full sync")
+    func nodes() {
+        var first = MirrorStatistics()
+        first.connected = true
+        first.keysRead = 3
+        first.lastFullSyncAt = 1_764_500_000_000
+        var second = MirrorStatistics()
+        second.keysRead = 4
+        second.lastFullSyncAt = 1_764_400_000_000
+        let text = ClusterMirror.prometheusText(
+            [("10.0.0.1:7000", first), ("[::1]:7001", second)], writer: WriterStatistics(), gauges: (0, 0, 0))
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(lines.contains("sessionmirror_keys_read_total 7"))
+        #expect(lines.contains("sessionmirror_connected 0"), "one master is down")
+        // The cluster is as fresh as its stalest master.
+        #expect(lines.contains("sessionmirror_last_full_sync_timestamp_seconds 1764400000.0"))
+        #expect(lines.contains(#"sessionmirror_node_keys_read_total{node="10.0.0.1:7000"} 3"#))
+        #expect(lines.contains(#"sessionmirror_node_connected{node="[::1]:7001"} 0"#))
+        #expect(
+            lines.contains(#"sessionmirror_node_last_full_sync_timestamp_seconds{node="10.0.0.1:7000"} 1764500000.0"#))
+        let nodeSamples = lines.filter { $0.hasPrefix("sessionmirror_node_") }
+        #expect(nodeSamples.count == 18 && nodeSamples.allSatisfy { $0.contains("{node=\"") }, "\(nodeSamples)")
     }
 }
