@@ -172,9 +172,9 @@ struct RunCommand: ParsableCommand {
         commandName: "run", abstract: "Mirror session keys from Redis into the snapshot until stopped.",
         discussion: """
             Every option can also be set in the configuration file (docs/configuration.md); an option given \
-            here overrides the file's key. Exit status: 0 stopped by SIGTERM or SIGINT, 1 a fault it cannot \
-            retry (the snapshot's disk, a lost lock), 2 a configuration or start-up refusal (docs/operations.md, \
-            "Exit codes").
+            here overrides the file's key. Exit status: 0 stopped by SIGTERM or SIGINT, 1 stopped, but the \
+            snapshot's last commit did not make it to disk, 2 a configuration or start-up refusal \
+            (docs/operations.md, "Exit codes").
 
             Examples:
               # As the systemd unit runs it, with the password in a file:

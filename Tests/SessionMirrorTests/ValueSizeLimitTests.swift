@@ -54,7 +54,7 @@ struct ValueSizeLimitTests {
             [
                 "run", "--redis", "redis://127.0.0.1:1/0", "--prefix", "session:", "--snapshot", directory.file("s.db"),
                 "--max-value-bytes", value,
-            ], in: directory, timeout: .seconds(10))
+            ], in: directory, timeout: .seconds(60))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(output.contains("--max-value-bytes"), "\(output)")
         #expect(output.split(separator: "\n").count == 1, "\(output)")
