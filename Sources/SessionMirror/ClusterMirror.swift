@@ -75,6 +75,8 @@ public final class ClusterMirror: @unchecked Sendable {
     var pendingRedirects: [(key: [UInt8], redirect: ClusterRedirect)] = []
     var readySent = false
     var lastReportedFailure: String?
+    /// The engines whose loops the watchdog last found silent (logged once per change).
+    var stalledEngines: [String] = []
     var timers: [LoopTimer] = []
     var signals: [LoopSignal] = []
 
@@ -145,7 +147,7 @@ public final class ClusterMirror: @unchecked Sendable {
         }
         signals.append(LoopSignal(loop: loop, signal: SIGHUP) { [weak self] _ in self?.onHangup?() })
         if let watchdog {
-            let timer = LoopTimer(loop: loop) { watchdog.ping() }
+            let timer = LoopTimer(loop: loop) { [weak self] in self?.watchdogTick() }
             timer.start(
                 afterMilliseconds: watchdog.intervalMilliseconds, repeatMilliseconds: watchdog.intervalMilliseconds)
             timers.append(timer)

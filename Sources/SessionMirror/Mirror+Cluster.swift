@@ -53,6 +53,17 @@ extension Mirror {
         loop.execute { [self] in beginShutdown(reason: reason) }
     }
 
+    /// Asks both of the engine's loops to record that they turn; from any thread.
+    func probeLoops() {
+        loop.execute { [weak self] in self?.loopHeartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed) }
+        subscription.probe()
+    }
+
+    /// When both loops last answered `probeLoops()`: the older heartbeat; 0 while one has not started.
+    var loopsLastHeard: UInt64 {
+        min(loopHeartbeat.load(ordering: .relaxed), subscription.heartbeat.load(ordering: .relaxed))
+    }
+
     var isClusterNode: Bool {
         if case .clusterNode = deployment { return true }
         return false

@@ -15,6 +15,9 @@ public final class Mirror: @unchecked Sendable {
     let configuration: MirrorConfiguration
     let logger: Logger
     let loop = EventLoop()
+    /// Monotonic ns when this loop last ran a `probeLoops()` (or started): in a cluster, with the
+    /// subscription's heartbeat, the coordinator's watchdog's proof that this engine's loops turn.
+    let loopHeartbeat = Atomic<UInt64>(0)
     let writer: SnapshotWriter
     private let statisticsBox = Mutex(MirrorStatistics())
     let exitCode = Mutex<Int32>(0)
@@ -225,6 +228,7 @@ public final class Mirror: @unchecked Sendable {
         timers.append(tick)
         if case .clusterNode(let member) = deployment {
             // Signals, the watchdog and the metrics are the cluster's: they concern every node.
+            loopHeartbeat.store(SystemTime.monotonicNanoseconds(), ordering: .relaxed)
             onStatus?("connecting to \(member.address)")
             connect()
             return

@@ -303,7 +303,7 @@ final class RunningClusterMirror: Sendable {
 
     static func start(
         _ deployment: RedisClusterDeployment, prefix: String, snapshotPath: String,
-        configure: (inout MirrorConfiguration) -> Void = { _ in }
+        configure: (inout MirrorConfiguration) -> Void = { _ in }, prepare: (ClusterMirror) -> Void = { _ in }
     ) throws -> RunningClusterMirror {
         let (logger, store) = CapturingLogHandler.logger()
         let seed = deployment.nodes[0]
@@ -317,6 +317,7 @@ final class RunningClusterMirror: Sendable {
         let running = RunningClusterMirror(cluster: mirror, log: store)
         let lifecycle = running.lifecycle
         mirror.onReady = { lifecycle.state.withLock { $0.ready = true } }
+        prepare(mirror)
         startNamedThread("sm-test-cluster") {
             let code = mirror.run()
             lifecycle.state.withLock { $0.exitCode = code }
