@@ -17,9 +17,9 @@ enum Defaults {
 
 /// How to reach Redis; the password never has to be on a command line. Shown in the help as two
 /// groups: the connection, and Sentinel.
-struct RedisOptions: ParsableArguments {
-    @OptionGroup(title: "Connection") var connection: ConnectionOptions
-    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+struct RedisOptions {
+    var connection: ConnectionOptions
+    var sentinel: SentinelOptions
 
     var url: String? { connection.url }
     var passwordFile: String? { connection.passwordFile }
@@ -175,7 +175,6 @@ struct PrefixOptions: ParsableArguments {
         name: .customLong("prefix"),
         help: "Key prefix to mirror (repeatable; default Django's \(DjangoPreset.defaultPrefix)).")
     var prefixes: [String] = []
-    @OptionGroup var presets: PresetOptions
 }
 
 /// A session library's layout, and the keys to leave alone (docs/frameworks.md).

@@ -20,8 +20,11 @@ struct DoctorCommand: ParsableCommand {
             """)
 
     @OptionGroup var config: ConfigFileOption
-    @OptionGroup var redis: RedisOptions
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+    var redis: RedisOptions { RedisOptions(connection: connection, sentinel: sentinel) }
     @OptionGroup var prefix: PrefixOptions
+    @OptionGroup var presets: PresetOptions
     @Flag(
         name: .customLong("no-config-set"),
         help: "As run's: the daemon will not change notify-keyspace-events (config_set = false in the file).")
@@ -30,7 +33,7 @@ struct DoctorCommand: ParsableCommand {
 
     func run() throws {
         try refuseEmptyPrefixes(prefix.prefixes)
-        var flags = SharedSettings.commandLine(redis: redis, prefixes: prefix.prefixes, presets: prefix.presets)
+        var flags = SharedSettings.commandLine(redis: redis, prefixes: prefix.prefixes, presets: presets)
         flags.configSet = noConfigSet ? false : nil
         let shared = try SharedSettings(config: config, commandLine: flags)
         let endpoint = try shared.endpoint()

@@ -21,8 +21,11 @@ struct PurgeCommand: ParsableCommand {
 
     @OptionGroup var config: ConfigFileOption
     @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
-    @OptionGroup var redis: RedisOptions
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+    var redis: RedisOptions { RedisOptions(connection: connection, sentinel: sentinel) }
     @OptionGroup var prefix: PrefixOptions
+    @OptionGroup var presets: PresetOptions
     @Flag(help: "Confirm: without it, nothing is deleted.") var yes = false
     @Flag(help: "Print the summary as one JSON object on stdout.") var json = false
     @OptionGroup var log: LogOptions
@@ -32,7 +35,7 @@ struct PurgeCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot, log: log))
+                redis: redis, prefixes: prefix.prefixes, presets: presets, snapshot: snapshot, log: log))
         try shared.bootstrapLog()
         let logger = Logger(label: "sessionmirror.purge")
         guard yes else {

@@ -35,7 +35,9 @@ struct RestoreCommand: ParsableCommand {
                 + "each key's most recent row wins, and a logout recorded in any of them wins over an older row.",
             valueName: "snapshot"))
     var snapshots: [String] = []
-    @OptionGroup var redis: RedisOptions
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+    var redis: RedisOptions { RedisOptions(connection: connection, sentinel: sentinel) }
     @Option(
         name: .customLong("prefix"),
         help: "Only restore keys under this prefix (repeatable; default: the prefixes the snapshot records).")
@@ -134,7 +136,8 @@ struct RestoreCommand: ParsableCommand {
                 "skipped_logged_out": .stringConvertible(summary.skippedLoggedOut),
                 "skipped_superseded": .stringConvertible(summary.skippedSuperseded),
                 "failed": .stringConvertible(summary.failed),
-                "other_prefix": .stringConvertible(summary.otherPrefix), "excluded": .stringConvertible(summary.excluded),
+                "other_prefix": .stringConvertible(summary.otherPrefix),
+                "excluded": .stringConvertible(summary.excluded),
                 "tampered": .stringConvertible(summary.tampered),
                 "skipped_too_large": .stringConvertible(summary.skippedTooLarge),
                 "not_attempted": .stringConvertible(summary.notAttempted),

@@ -11,7 +11,11 @@ import Systemd
 /// they show in groups (`RunOptionGroups.swift`); a new option goes into the group it belongs to.
 struct RunOptions: ParsableArguments {
     @OptionGroup(title: "Configuration file") var config: ConfigFileOption
-    @OptionGroup var redis: RedisOptions
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+    var redis: RedisOptions { RedisOptions(connection: connection, sentinel: sentinel) }
+    @OptionGroup(title: "Sessions") var prefix: PrefixOptions
+    @OptionGroup(title: "Sessions") var presets: PresetOptions
     @OptionGroup(title: "Sessions") var sessions: SessionOptions
     @OptionGroup(title: "Snapshot") var snapshotOptions: SnapshotOptions
     @OptionGroup(title: "Behaviour on a cache loss") var loss: CacheLossOptions
@@ -19,7 +23,6 @@ struct RunOptions: ParsableArguments {
     @OptionGroup(title: "Logging and metrics") var metrics: MetricsOptions
 
     // The flags by their old names: the code below reads them as before.
-    var prefix: PrefixOptions { sessions.prefix }
     var djangoKeyPrefix: String? { sessions.djangoKeyPrefix }
     var djangoVersion: Int? { sessions.djangoVersion }
     var djangoEngine: DjangoPreset.Engine? { sessions.djangoEngine }
@@ -41,7 +44,7 @@ struct RunOptions: ParsableArguments {
     func shared() throws -> SharedSettings {
         let file = try config.load()
         var flags = SharedSettings.commandLine(
-            redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+            redis: redis, prefixes: prefix.prefixes, presets: presets, snapshot: snapshot,
             integrityKeyFile: integrityKeyFile, log: log)
         if djangoKeyPrefix != nil || djangoVersion != nil || djangoEngine != nil {
             var preset = file.django ?? DjangoPreset()

@@ -13,7 +13,6 @@ private let maxResyncDeletePercent = Int((tuning.maxResyncDeleteFraction * 100).
 
 /// `run`'s "Sessions" group: which keys are sessions, and how Redis reports their changes.
 struct SessionOptions: ParsableArguments {
-    @OptionGroup var prefix: PrefixOptions
     @Option(name: .customLong("django-key-prefix"), help: "Django preset: the cache's KEY_PREFIX (gives the prefixes).")
     var djangoKeyPrefix: String?
     @Option(name: .customLong("django-version"), help: "Django preset: the cache's VERSION (default 1).")

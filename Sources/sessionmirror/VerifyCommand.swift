@@ -20,8 +20,11 @@ struct VerifyCommand: ParsableCommand {
 
     @OptionGroup var config: ConfigFileOption
     @Option(help: "The SQLite snapshot file (default \(Defaults.snapshotPath)).") var snapshot: String?
-    @OptionGroup var redis: RedisOptions
+    @OptionGroup(title: "Connection") var connection: ConnectionOptions
+    @OptionGroup(title: "Sentinel") var sentinel: SentinelOptions
+    var redis: RedisOptions { RedisOptions(connection: connection, sentinel: sentinel) }
     @OptionGroup var prefix: PrefixOptions
+    @OptionGroup var presets: PresetOptions
     @OptionGroup var integrity: IntegrityKeyOptions
     @Option(name: .customLong("tolerance-ms"), help: "Expiries this close count as equal.") var toleranceMs: Int64 =
         1000
@@ -33,7 +36,7 @@ struct VerifyCommand: ParsableCommand {
         let shared = try SharedSettings(
             config: config,
             commandLine: SharedSettings.commandLine(
-                redis: redis, prefixes: prefix.prefixes, presets: prefix.presets, snapshot: snapshot,
+                redis: redis, prefixes: prefix.prefixes, presets: presets, snapshot: snapshot,
                 integrityKeyFile: integrity.file, log: log)
         )
         try shared.bootstrapLog()

@@ -59,7 +59,7 @@ struct CommandLineRefusalTests {
     func version() async throws {
         let directory = try TemporaryDirectory(label: "version")
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["--version"], in: directory, timeout: .seconds(10))
+            ["--version"], in: directory, timeout: .seconds(60))
         #expect(termination == .exited(0), "\(termination?.description ?? "still running"): \(output)")
         #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == BuildInfo.description)
         #expect(BuildInfo.description.contains("snapshot format \(SnapshotStore.formatVersion)"))
@@ -72,7 +72,7 @@ struct CommandLineRefusalTests {
         var arguments = ["run", "--snapshot", directory.file("sessions.db"), "--redis", unreachableRedis]
         arguments += bad.arguments
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            arguments, in: directory, timeout: .seconds(10))
+            arguments, in: directory, timeout: .seconds(60))
         #expect(
             termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
         )
@@ -99,7 +99,7 @@ struct CommandLineRefusalTests {
         let directory = try TemporaryDirectory(label: "negative-interval")
         let (termination, output) = try await MirrorProcess.runToCompletion(
             ["run", "--snapshot", directory.file("sessions.db"), "--redis", unreachableRedis] + option, in: directory,
-            timeout: .seconds(10))
+            timeout: .seconds(60))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(output == expected + "\n")
     }
@@ -109,7 +109,7 @@ struct CommandLineRefusalTests {
         let directory = try TemporaryDirectory(label: "rediss")
         let (termination, output) = try await MirrorProcess.runToCompletion(
             ["run", "--snapshot", directory.file("sessions.db"), "--redis", "rediss://127.0.0.1:6380/0"], in: directory,
-            timeout: .seconds(10))
+            timeout: .seconds(60))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
         let pointsToTunnel =
@@ -138,7 +138,7 @@ struct CommandLineRefusalTests {
         _ path: String, in directory: TemporaryDirectory, sourceLocation: SourceLocation = #_sourceLocation
     ) async throws {
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(60))
         #expect(
             termination != nil && termination != .exited(0),
             "\(termination?.description ?? "still running"): \(output)",
@@ -182,7 +182,7 @@ struct CommandLineRefusalTests {
         let listing = SnapshotFiles.listing(directory.path)
 
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(60))
         #expect(
             termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
         )
@@ -209,7 +209,7 @@ struct CommandLineRefusalTests {
         let before = SnapshotFiles.FileState(path: path)
 
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(10))
+            ["run", "--redis", unreachableRedis, "--snapshot", path], in: directory, timeout: .seconds(60))
         #expect(
             termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
         )
@@ -228,13 +228,13 @@ struct CommandLineRefusalTests {
         let first = try MirrorProcess.start(runArguments(redis.url(), directory), in: directory)
         try await first.waitForEvent("sync_finished")
         let (termination, output) = try await MirrorProcess.runToCompletion(
-            runArguments(redis.url(), directory), in: directory, timeout: .seconds(10))
+            runArguments(redis.url(), directory), in: directory, timeout: .seconds(60))
         #expect(
             termination != nil && termination != .exited(0), "\(termination?.description ?? "still running"): \(output)"
         )
         #expect(messageLines(output).count == 1, "expected one line:\n\(output)")
         #expect(output.contains("in use"), "\(output)")
         first.signal(SIGTERM)
-        #expect(await first.waitForExit(timeout: .seconds(10)) == .exited(0))
+        #expect(await first.waitForExit(timeout: .seconds(60)) == .exited(0))
     }
 }

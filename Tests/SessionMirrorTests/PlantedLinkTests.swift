@@ -47,7 +47,7 @@ struct PlantedLinkTests {
             [
                 "run", "--redis", "redis://127.0.0.1:1/0", "--prefix", "session:", "--snapshot", directory.file("s.db"),
                 "--log-file", logPath,
-            ], in: directory, timeout: .seconds(10))
+            ], in: directory, timeout: .seconds(60))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(output.contains("symbolic link"), "\(output)")
         #expect(SnapshotFiles.FileState(path: victim) == before, "log lines went through the planted link")
@@ -65,7 +65,7 @@ struct PlantedLinkTests {
             ["status", "--snapshot", path],
         ] {
             let (termination, output) = try await MirrorProcess.runToCompletion(
-                arguments, in: directory, timeout: .seconds(10))
+                arguments, in: directory, timeout: .seconds(60))
             #expect(
                 termination == .exited(2), "\(arguments[0]): \(termination?.description ?? "still running"): \(output)")
             #expect(

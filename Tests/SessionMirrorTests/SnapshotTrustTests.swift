@@ -163,7 +163,7 @@ struct SnapshotLockPathTests {
 
         let (termination, output) = try await MirrorProcess.runToCompletion(
             ["run", "--redis", unreachableRedis, "--prefix", "session:", "--snapshot", path], in: directory,
-            timeout: .seconds(10))
+            timeout: .seconds(60))
         #expect(termination == .exited(2), "\(termination?.description ?? "still running"): \(output)")
         #expect(output.contains("symbolic link"), "\(output)")
         #expect(!FileManager.default.fileExists(atPath: victim), "the lock was created through the link")
