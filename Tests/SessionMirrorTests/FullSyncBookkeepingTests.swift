@@ -133,7 +133,8 @@ struct FullSyncBookkeepingTests {
         }
         writer.enqueue(
             steps: reconcile(
-                Reconciliation(generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true)))
+                Reconciliation(generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: true))
+        )
         // Stopping abandons a reconciliation between two pieces: wait for its end first.
         #expect(await eventually(timeout: .seconds(60)) { outcome.withLock { $0 } != nil })
         #expect(writer.stop(timeoutSeconds: 60))
