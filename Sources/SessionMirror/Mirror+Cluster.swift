@@ -131,10 +131,10 @@ final class SyncGenerations: Sendable {
 /// One full sync at a time among the engines sharing a writer.
 ///
 /// Why: a full sync's marks (`SnapshotStore.beginFullSync`: the keys found unchanged, and the
-/// generation they count for) live in the writer connection's temporary tables, one sync's at a
-/// time; a second sync beginning would erase the first one's marks, and the first one's
-/// reconciliation would then count unchanged rows as missing. The masters' syncs each SCAN only
-/// their own node, so taking turns costs the sum of their times, not a multiple of it.
+/// generation they count for) live in the writer's store, one sync's at a time; a second sync
+/// beginning would erase the first one's marks, and the first one's reconciliation would then
+/// count unchanged rows as missing. The masters' syncs each SCAN only their own node, so taking
+/// turns costs the sum of their times, not a multiple of it.
 ///
 /// A hold is counted per engine, and an engine may take several (its SCAN's, and its
 /// reconciliation's, which the writer releases after the last piece committed): the turn passes on

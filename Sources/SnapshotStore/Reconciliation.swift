@@ -4,10 +4,10 @@
 /// two pieces instead of waiting for a scan of the whole table.
 ///
 /// A row counts as seen when the sync wrote it (its stamp is the sync's generation) or found it
-/// unchanged (`temp.sync_seen`, see `SnapshotStore.beginFullSync`). Changes committed between two
-/// pieces keep this right: a live change read during the sync carries its generation (or marks
-/// its key seen), and a deleted row is gone anyway. The delete pass checks each row again, so a
-/// row written since it was counted stays.
+/// unchanged (its key is marked seen, see `SnapshotStore.beginFullSync`). Changes committed
+/// between two pieces keep this right: a live change read during the sync carries its generation
+/// (or marks its key seen), and a deleted row is gone anyway. The delete pass checks each row
+/// again, so a row written since it was counted stays.
 ///
 /// A value: a piece returns the next state, and a piece whose transaction fails is run again
 /// from the same state.
@@ -139,8 +139,7 @@ extension SnapshotStore {
         let select = try database.prepare(
             """
             SELECT key, expires_at IS NULL OR expires_at > ?1,
-                state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1)
-                    AND key NOT IN (SELECT key FROM temp.sync_seen),
+                state = 0 AND sync_generation < ?2 AND (expires_at IS NULL OR expires_at > ?1),
                 changed_at >= ?5
             FROM sessions WHERE key > ?3 ORDER BY key LIMIT ?4
             """)
@@ -156,7 +155,7 @@ extension SnapshotStore {
             piece.lastKey = key
             if let keyFilter, !keyFilter(key) { continue }
             if select.int64(1) != 0 { piece.unexpired += 1 }
-            if select.int64(2) != 0 {
+            if select.int64(2) != 0 && !wasSeen(key: key, generation: generation) {
                 piece.missing += 1
                 if select.int64(3) != 0 { piece.missingRecent += 1 }
                 if delete { gone.append(key) }
@@ -173,6 +172,6 @@ extension SnapshotStore {
 
     /// Ends a full sync: forgets its marks and its generation.
     func endFullSync() throws {
-        try database.execute("DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state", step: "end the full sync")
+        replaceMarks(nil)
     }
 }

@@ -125,6 +125,9 @@ final class SQLiteDatabase {
 
     var changes: Int { Int(sqlite3_changes(handle)) }
 
+    /// Rows inserted, updated or deleted since the connection opened, temporary tables included.
+    var totalChanges: Int { Int(sqlite3_total_changes(handle)) }
+
     /// The largest string or blob this connection accepts (`SQLITE_LIMIT_LENGTH`).
     var maximumLength: Int { Int(sqlite3_limit(handle, SQLITE_LIMIT_LENGTH, -1)) }
 

@@ -121,6 +121,10 @@ extension SnapshotStore {
         return (total - evicted, evicted)
     }
 
+    /// Rows SQLite inserted, updated or deleted on this connection since it opened, temporary
+    /// tables included (a row an upsert found unchanged is not one).
+    public var rowsChanged: Int { database.totalChanges }
+
     /// Bytes on disk: the database file and its WAL.
     public func fileBytes() -> Int64 {
         [path, path + "-wal"].reduce(Int64(0)) { total, file in

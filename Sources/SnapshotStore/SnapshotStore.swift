@@ -30,6 +30,11 @@ public final class SnapshotStore {
     private var lockDescriptor: Int32 = -1
     /// Signs every row written when set (`enableIntegrity`, SnapshotStore+Integrity.swift).
     var integrityKey: IntegrityKey?
+    /// The full sync under way, as of the last commit (`beginFullSync`); nil between syncs.
+    var fullSync: FullSyncMarks?
+    /// What the open transaction did to `fullSync`, applied at its commit and dropped at its
+    /// rollback; nil outside a transaction.
+    var marksInTransaction: PendingMarks?
 
     /// A row that already holds the same live value and expiry is not written again (a resync of
     /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
@@ -43,8 +48,6 @@ public final class SnapshotStore {
         WHERE NOT (sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
             AND sessions.expires_at IS excluded.expires_at AND sessions.mac IS excluded.mac)
         """)
-    private lazy var markSeenStatement = try? database.prepare(
-        "INSERT INTO temp.sync_seen (key) SELECT ?1 FROM temp.sync_state WHERE generation = ?2")
     private lazy var deleteStatement = try? database.prepare("DELETE FROM sessions WHERE key = ?1")
     private lazy var evictStatement = try? database.prepare(
         "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3 WHERE key = ?1 AND state = 0")
@@ -114,20 +117,6 @@ public final class SnapshotStore {
         } catch {
             close()
             throw error
-        }
-        if mode != .readOnly {
-            // The full sync's bookkeeping (`beginFullSync`), per connection, never in the file.
-            do {
-                try database.execute(
-                    """
-                    PRAGMA temp.auto_vacuum = FULL;
-                    CREATE TEMP TABLE sync_seen (key BLOB NOT NULL);
-                    CREATE TEMP TABLE sync_state (generation INTEGER NOT NULL);
-                    """, step: "create the full sync's temporary tables")
-            } catch {
-                close()
-                throw .cannotCreate(path: path, reason: (error as? SQLiteError)?.message ?? "\(error)")
-            }
         }
     }
 
@@ -320,11 +309,21 @@ public final class SnapshotStore {
     // MARK: - Writes (writer thread)
 
     /// Starts a write transaction.
-    public func begin() throws { try database.execute("BEGIN IMMEDIATE", step: "begin transaction") }
+    public func begin() throws {
+        try database.execute("BEGIN IMMEDIATE", step: "begin transaction")
+        marksInTransaction = PendingMarks()
+    }
     /// Commits the write transaction.
-    public func commit() throws { try database.execute("COMMIT", step: "commit") }
+    public func commit() throws {
+        try database.execute("COMMIT", step: "commit")
+        marksInTransaction?.apply(to: &fullSync)
+        marksInTransaction = nil
+    }
     /// Rolls back after a failed write; never throws.
-    public func rollback() { try? database.execute("ROLLBACK") }
+    public func rollback() {
+        try? database.execute("ROLLBACK")
+        marksInTransaction = nil
+    }
 
     /// Inserts or replaces a live row. A row that already holds this value and expiry is left as
     /// it is; during a full sync of `generation` its key is remembered as seen instead.
@@ -352,34 +351,20 @@ public final class SnapshotStore {
             try statement.bind(7, nil as Int64?)
         }
         try statement.step()
-        if database.changes == 0 {
-            guard let markSeen = markSeenStatement else {
-                throw SQLiteError(step: "prepare mark seen", code: 1, message: database.lastMessage)
-            }
-            defer { markSeen.reset() }
-            try markSeen.bind(1, blob: record.key)
-            try markSeen.bind(2, generation)
-            try markSeen.step()
-        }
+        if database.changes == 0 { markSeen(key: record.key, generation: generation) }
     }
 
     /// Starts a full sync of `generation`: until `reconcile`, rows it finds unchanged keep their
-    /// older generation stamp and their keys go to `temp.sync_seen` instead. The temporary tables
-    /// belong to this connection (in files SQLite unlinks as it opens them, in `$SQLITE_TMPDIR`,
-    /// `$TMPDIR` or else `/var/tmp`, which the unit's `PrivateTmp=yes` makes private like `/tmp`)
-    /// and change in the writer's transactions: a rolled-back transaction takes its marks with it.
+    /// older generation stamp and are not written; their keys are remembered as seen in this
+    /// store's memory instead (`FullSyncMarks`), never in the file. The marks follow the
+    /// transactions: a rolled-back transaction takes the marks it made with it, as it takes its rows.
     ///
-    /// The marks are indexed as they are made: the reconciliation looks them up a key range at a
-    /// time, in bounded transactions, where one sort of every mark held the writer for its length.
+    /// Why memory and not a temporary table: the table and its index of a few hundred thousand keys
+    /// outgrow SQLite's page cache, and every mark then writes and reads pages of a temporary file
+    /// in the writer's thread, which doubled the writer's time for a sync of unchanged rows
+    /// (docs/benchmarks.md, "Live changes during a full sync").
     public func beginFullSync(generation: Int64) throws {
-        try database.execute(
-            """
-            DELETE FROM temp.sync_seen; DELETE FROM temp.sync_state;
-            CREATE INDEX IF NOT EXISTS temp.sync_seen_key ON sync_seen (key);
-            """, step: "start a full sync")
-        let insert = try database.prepare("INSERT INTO temp.sync_state (generation) VALUES (?1)")
-        try insert.bind(1, generation)
-        try insert.step()
+        replaceMarks(FullSyncMarks(generation: generation))
     }
 
     /// Deletes a row (the key was deleted or expired in Redis).

@@ -65,7 +65,11 @@ public enum WriterStep: Sendable {
 
 /// Counters the writer keeps; read them with `SnapshotWriter.statistics()`.
 public struct WriterStatistics: Sendable {
+    /// Upserts applied, including those that found the row already holding the value.
     public var rowsUpserted: UInt64 = 0
+    /// Rows SQLite inserted, updated or deleted in the writer's transactions, rolled-back ones
+    /// included: what the writer really wrote (an upsert that found its row unchanged is not one).
+    public var rowsWritten: UInt64 = 0
     public var rowsDeleted: UInt64 = 0
     public var rowsEvicted: UInt64 = 0
     public var transactions: UInt64 = 0
@@ -171,6 +175,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let commitIntervalNanoseconds: UInt64
     private let tombstoneLimits: TombstoneLimits
     private var lastLateWarning: UInt64 = 0
+    /// `store.rowsChanged` when the writer started (the schema's creation or migration).
+    private let rowsChangedAtStart: Int
 
     // Writer-thread state: what was taken from `queue` and is not committed yet.
     private var pendingLive: [Entry] = []
@@ -194,6 +200,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
         self.pruneIntervalMilliseconds = Int64(pruneIntervalSeconds) * 1000
         self.pruneGraceMilliseconds = Int64(pruneGraceSeconds) * 1000
+        rowsChangedAtStart = store.rowsChanged
         do {
             maintainer = try SnapshotMaintainer(
                 path: store.path, pruneIntervalSeconds: pruneIntervalSeconds, pruneGraceSeconds: pruneGraceSeconds
@@ -586,6 +593,10 @@ public final class SnapshotWriter: @unchecked Sendable {
 
     private func transaction(_ body: () throws -> Void) throws {
         try store.begin()
+        defer {
+            let written = UInt64(max(store.rowsChanged - rowsChangedAtStart, 0))
+            stats.withLock { $0.rowsWritten = written }
+        }
         do {
             try body()
             try store.commit()
