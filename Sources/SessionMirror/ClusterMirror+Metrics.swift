@@ -41,6 +41,20 @@ extension ClusterMirror {
         }
     }
 
+    /// The masters' full syncs as one: keys scanned on all of them, out of their `DBSIZE`s (unknown
+    /// while any running sync has not learnt its own). A new run on any master is a new run here.
+    /// Safe from any thread.
+    public func fullSyncReadingOverMasters() -> ProgressCounter.Reading {
+        let readings = publishedEngines.withLock { $0 }.map { $0.mirror.syncProgress.reading }
+        let running = readings.filter(\.running)
+        let totals = running.compactMap(\.total)
+        return ProgressCounter.Reading(
+            done: running.reduce(0) { $0 + $1.done },
+            total: running.isEmpty || totals.count < running.count ? nil : totals.reduce(0, +),
+            run: readings.reduce(0) { $0 + $1.run }, running: !running.isEmpty,
+            elapsedSeconds: running.map(\.elapsedSeconds).max() ?? 0)
+    }
+
     /// The metrics in Prometheus text format, as the metrics file and the `/metrics` endpoint serve
     /// them. Safe from any thread: the engines' counters and the writer's are published under locks.
     public func prometheusText() -> String {

@@ -261,15 +261,13 @@ struct RunCommand: ParsableCommand {
         mirror.metricsFile = settings.metricsFile
         daemon.withLock { $0 = mirror }
         let systemd = SystemdNotifier.fromEnvironment()
-        let syncProgress = mirror.fullSyncProgress.map {
-            SyncProgressReporter(counter: $0, logger: logger, systemd: systemd)
-        }
-        defer { syncProgress?.stopReporting() }
+        let syncProgress = SyncProgressReporter(reading: mirror.fullSyncReading, logger: logger, systemd: systemd)
+        defer { syncProgress.stopReporting() }
         if let systemd {
             // READY=1 repeats the latest detailed status rather than overwrite it with a terse one.
             let latestStatus = Mutex("mirroring")
             mirror.onReady = {
-                syncProgress?.ready()
+                syncProgress.ready()
                 systemd.notify(["READY": "1", "STATUS": latestStatus.withLock { $0 }])
             }
             mirror.onStatus = { status in
@@ -294,20 +292,20 @@ protocol MirrorDaemon: AnyObject {
     var onStopping: (@Sendable () -> Void)? { get set }
     var watchdog: (intervalMilliseconds: UInt64, ping: @Sendable () -> Void)? { get set }
     var metricsFile: String? { get set }
-    /// The full sync's progress, for the log and systemd; nil where none is counted.
-    var fullSyncProgress: ProgressCounter? { get }
+    /// The full sync's progress, for the log and systemd; safe from any thread.
+    var fullSyncReading: @Sendable () -> ProgressCounter.Reading { get }
     func run() -> Int32
     /// The metrics in Prometheus text format; safe from any thread (the `/metrics` endpoint's).
     func prometheusText() -> String
 }
 
 extension Mirror: MirrorDaemon {
-    var fullSyncProgress: ProgressCounter? { syncProgress }
+    var fullSyncReading: @Sendable () -> ProgressCounter.Reading { { [syncProgress] in syncProgress.reading } }
 }
 
 extension ClusterMirror: MirrorDaemon {
-    /// Not counted yet: each master's engine syncs on its own (docs/operations.md).
-    var fullSyncProgress: ProgressCounter? { nil }
+    /// Every master's sync as one, so that a cluster's start-up sync also extends systemd's start timeout.
+    var fullSyncReading: @Sendable () -> ProgressCounter.Reading { { [self] in fullSyncReadingOverMasters() } }
 }
 
 /// Whether `run` was given a node of a Redis Cluster, asked once before the engine starts.

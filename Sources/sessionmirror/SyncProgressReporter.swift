@@ -15,21 +15,21 @@ final class SyncProgressReporter: Sendable {
     /// SCAN, which the counter does not see, must fit in it.
     static let startExtensionMicroseconds = 60_000_000
 
-    private let counter: ProgressCounter
+    private let reading: @Sendable () -> ProgressCounter.Reading
     private let logger: Logger
     private let systemd: SystemdNotifier?
     private let isReady = Atomic<Bool>(false)
     private let stop = DispatchSemaphore(value: 0)
 
-    init(counter: ProgressCounter, logger: Logger, systemd: SystemdNotifier?) {
-        self.counter = counter
+    init(reading: @escaping @Sendable () -> ProgressCounter.Reading, logger: Logger, systemd: SystemdNotifier?) {
+        self.reading = reading
         self.logger = logger
         self.systemd = systemd
         let interval = ProgressInterval.logSeconds
         startNamedThread("sm-syncprogress") { [self] in
             var last: ProgressCounter.Reading?
             while stop.wait(timeout: .now() + interval) == .timedOut {
-                let reading = counter.reading
+                let reading = self.reading()
                 defer { last = reading }
                 // Only a sync that moved since the last look: a stalled one is reported by its errors.
                 guard reading.running, reading.done > 0,

@@ -244,6 +244,48 @@ struct ClusterMirrorTests {
         #expect(mirror.log.records(event: "read_failed").isEmpty, "\(mirror.log.records(event: "read_failed"))")
         #expect(mirror.stop() == 0)
     }
+
+    @Test("a cluster's start-up sync sends STATUS= with its progress and EXTEND_TIMEOUT_USEC= before READY=1")
+    func startupSyncExtendsTheStartTimeout() async throws {
+        let cluster = try #require(RedisClusterDeployment.current)
+        try cluster.flushAllMasters()
+        for index in 0..<600 {
+            let key = bytes("session:\(index)")
+            let reply = try cluster.command(forKey: key, [bytes("SET"), key, bytes("v"), bytes("EX"), bytes("3600")])
+            try #require(reply.errorMessage == nil)
+        }
+        let directory = try TemporaryDirectory(label: "cluster-sync-progress")
+        let manager = try NotifySocket(path: directory.file("notify.sock"))
+        // Every master's sync reads wait while this file exists: the start is caught before READY=1.
+        let hold = directory.file("hold-sync")
+        try #require(FileManager.default.createFile(atPath: hold, contents: nil))
+        let environment = [
+            "SESSIONMIRROR_TEST_PROGRESS_INTERVAL_MS": "20", "NOTIFY_SOCKET": manager.path,
+            "SESSIONMIRROR_TEST_HOLD_SYNC_READS": hold,
+        ]
+        let process = try MirrorProcess.start(
+            runArguments(cluster.url, directory), in: directory, environment: environment)
+        defer { process.process.kill() }
+
+        var messages: [String] = []
+        let extended = await eventually(timeout: .seconds(90)) {
+            messages += manager.receive()
+            return messages.contains { $0.contains("EXTEND_TIMEOUT_USEC=") }
+        }
+        #expect(extended, "no EXTEND_TIMEOUT_USEC= during the held sync; received \(messages)\n\(process.output)")
+        #expect(
+            messages.contains { $0.contains("STATUS=full sync: ") }, "no sync progress in STATUS=: \(messages)")
+        #expect(!messages.contains { $0.contains("READY=1") }, "READY=1 during the held sync: \(messages)")
+
+        try FileManager.default.removeItem(atPath: hold)
+        let ready = await eventually(timeout: .seconds(90)) {
+            messages += manager.receive()
+            return messages.contains { $0.contains("READY=1") }
+        }
+        #expect(ready, "no READY=1 once the syncs went on; received \(messages)\n\(process.output)")
+        process.signal(SIGTERM)
+        #expect(await process.waitForExit(timeout: .seconds(20)) == .exited(0), "\(process.output)")
+    }
 }
 
 extension RedisClusterDeployment {

@@ -74,7 +74,8 @@ struct ShutdownTests {
             #expect(await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: logPath) })
             process.signal(SIGTERM)
             let termination = await process.waitForExit(timeout: .seconds(60))
-            #expect(termination == .exited(0), "attempt \(attempt): \(process.output)")
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            #expect(termination == .exited(0), "attempt \(attempt): \(process.output)\(log)")
         }
     }
 
