@@ -23,8 +23,8 @@ struct SystemdNotifyTests {
         var inbox = NotifyInbox(manager: manager, process: process)
 
         // READY=1, only once the snapshot is in sync, and with a STATUS= line for `systemctl status`.
-        let ready = await eventually(timeout: .seconds(30)) { inbox.receive().contains { $0.says("READY=1") } }
-        try #require(ready, "no READY=1 within 30 s; received \(inbox.texts); log:\n\(process.output)")
+        let ready = await eventually(timeout: .seconds(120)) { inbox.receive().contains { $0.says("READY=1") } }
+        try #require(ready, "no READY=1 within 120 s; received \(inbox.texts); log:\n\(process.output)")
         let readyMessage = try #require(inbox.messages.first { $0.says("READY=1") })
         #expect(readyMessage.syncFinishedWasLogged, "READY=1 arrived before event=sync_finished was logged")
         #expect(
