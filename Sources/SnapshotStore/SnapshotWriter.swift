@@ -219,6 +219,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     public var queuedLiveBytes: Int { uncommittedLiveBytes.load(ordering: .relaxed) }
     /// Changes that were still not committed when the writer gave up at shutdown (0 normally).
     public var changesNotWritten: Int { abandonedChanges.load(ordering: .relaxed) }
+    /// Changes handed to the writer and not committed yet (queued, or in the transaction under way).
+    public var changesNotCommitted: Int { uncommittedChanges.load(ordering: .relaxed) }
 
     /// While the mirror cannot reach Redis, the tombstones of the window before it lost the
     /// connection are what a failover reconciliation will need: `at` (local Unix ms) holds the
