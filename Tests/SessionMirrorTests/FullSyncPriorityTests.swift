@@ -178,6 +178,33 @@ struct WriterPriorityTests {
         #expect(try snapshotRows(at: path)[bytes("k")]?.value == bytes("new"))
         #expect(writer.statistics(resetLatency: false).queuedChanges == 0)
     }
+
+    @Test(
+        "a stop that runs out of time inside a maintenance piece has no change pending; a change queued behind it counts"
+    )
+    func stopDuringMaintenance() async throws {
+        let directory = try TemporaryDirectory(label: "writer-stop-maintenance")
+        let writer = SnapshotWriter(
+            store: try SnapshotStore(path: directory.file("s.db"), mode: .readWrite), logger: Logger(label: "test"))
+        let release = Gate()
+        let outside = Gate()  // "closed" until the piece runs
+        writer.enqueue(steps: { _ in
+            outside.open()
+            while release.isClosed { usleep(10_000) }
+            return .done(after: nil)
+        })
+        #expect(await eventually(timeout: .seconds(20)) { !outside.isClosed })
+        // What `run` reads when the writer's 4 s run out: nothing pending is a clean stop.
+        #expect(!writer.stop(timeoutSeconds: 0.2))
+        #expect(writer.changesNotCommitted == 0)
+        writer.enqueue([change("late", "v", live: true)], lane: .live)
+        #expect(writer.changesNotCommitted == 1)
+
+        release.open()
+        #expect(writer.stop(timeoutSeconds: 20))
+        #expect(writer.changesNotCommitted == 0)
+        #expect(try snapshotRows(at: directory.file("s.db"))[bytes("late")] != nil)
+    }
 }
 
 /// The reconciliation in bounded pieces, with changes committed between them.
