@@ -188,26 +188,7 @@ public final class Mirror: @unchecked Sendable {
         periodicBackup?.start()
         runLoops()
         periodicBackup?.stop()
-        if !writer.stop(timeoutSeconds: 4) {
-            let pending = writer.changesNotCommitted
-            if pending > 0 {
-                logger.error(
-                    "snapshot writer did not finish in time",
-                    metadata: ["event": "shutdown_incomplete", "changes_not_written": .stringConvertible(pending)])
-                exitCode.withLock { $0 = max($0, 1) }
-            } else {
-                // Only a long job was still running (a reconciliation, a prune): its transaction is
-                // rolled back when the process ends and the next start redoes it. No change is lost,
-                // so the stop is clean.
-                logger.notice(
-                    "snapshot writer still busy with maintenance at shutdown; no change was pending",
-                    metadata: ["event": "shutdown_maintenance_cut"])
-            }
-        } else if writer.changesNotWritten > 0 {
-            // The writer gave up on a commit the disk refused (its `snapshot_write_abandoned` line
-            // says how many changes): not a clean stop, but nothing is lost from Redis.
-            exitCode.withLock { $0 = max($0, 1) }
-        }
+        if !writer.stopAtShutdown() { exitCode.withLock { $0 = max($0, 1) } }
         logger.info("stopped", metadata: ["event": "stopped"])
         return exitCode.withLock { $0 }
     }
