@@ -1,3 +1,4 @@
+import Logging
 import SnapshotStore
 import Synchronization
 
@@ -112,10 +113,14 @@ public struct ProgressEstimate: Sendable, Equatable {
         return total == 0 ? 1 : Double(done) / Double(total)
     }
 
-    /// The log line's fields: `done`, `total` (`?` while unknown), `rate` per second, `eta_s` when known.
-    public var metadata: [(String, String)] {
-        var fields = [("done", "\(done)"), ("total", total.map { "\($0)" } ?? "?"), ("rate", "\(Int(rate))")]
-        if let etaSeconds { fields.append(("eta_s", "\(etaSeconds)")) }
+    /// The log line's fields: `done`, `total` (`?` while unknown), `rate` per second, `eta_s` when
+    /// known; the counts as numbers, so that a JSON line carries them as JSON numbers.
+    public var metadata: [(String, Logger.MetadataValue)] {
+        var fields: [(String, Logger.MetadataValue)] = [
+            ("done", .stringConvertible(done)), ("total", total.map { .stringConvertible($0) } ?? "?"),
+            ("rate", .stringConvertible(Int(rate))),
+        ]
+        if let etaSeconds { fields.append(("eta_s", .stringConvertible(etaSeconds))) }
         return fields
     }
 

@@ -75,8 +75,8 @@ final class ProgressReporter: Sendable {
             FileHandle.standardError.write(Data("\r\u{1B}[K\(line)\(final ? "\n" : "")".utf8))
         } else {
             var metadata: Logger.Metadata = ["event": "\(event)"]
-            for (key, value) in estimate.metadata { metadata[key] = "\(value)" }
-            if final { metadata["final"] = "true" }
+            for (key, value) in estimate.metadata { metadata[key] = value }
+            if final { metadata["final"] = .stringConvertible(true) }
             logger.info("\(label) progress", metadata: metadata)
         }
     }

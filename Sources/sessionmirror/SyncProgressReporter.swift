@@ -49,7 +49,7 @@ final class SyncProgressReporter: Sendable {
     private func report(_ reading: ProgressCounter.Reading) {
         let estimate = reading.estimate
         var metadata: Logger.Metadata = ["event": "sync_progress"]
-        for (key, value) in estimate.metadata { metadata[key] = "\(value)" }
+        for (key, value) in estimate.metadata { metadata[key] = value }
         logger.info("full sync progress", metadata: metadata)
         guard let systemd else { return }
         let status = estimate.status(label: "full sync", unit: "keys", totalIsUpperBound: true)

@@ -10,6 +10,11 @@ struct ProgressEstimateTests {
         #expect(estimate.etaSeconds == 3)
         #expect(estimate.fraction == 0.4)
         #expect(estimate.metadata.map { "\($0.0)=\($0.1)" } == ["done=400", "total=1000", "rate=200", "eta_s=3"])
+        // Numbers, not text: a JSON log line carries them as JSON numbers.
+        let numbers = estimate.metadata.filter {
+            if case .stringConvertible(let value) = $0.1 { value is Int } else { false }
+        }
+        #expect(numbers.map(\.0) == ["done", "total", "rate", "eta_s"])
     }
 
     @Test("without a total there is no time left and no bar, and a total passed by the work is raised to it")
