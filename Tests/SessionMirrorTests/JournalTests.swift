@@ -145,7 +145,9 @@ struct JournalTests {
         }
     }
 
-    @Test("a reconciliation folds first: an entry written before the sync is judged like a row, one written after it stays")
+    @Test(
+        "a reconciliation folds first: an entry written before the sync is judged like a row, one written after it stays"
+    )
     func reconciliationFoldsFirst() throws {
         try withSnapshot { store in
             // Before the sync: c changed live (generation 1); the sync then does not find c in Redis.
