@@ -109,6 +109,7 @@ extension Mirror {
             ("rows_evicted", "\(writerStats.rowsEvicted)"),
             ("dirty_backlog", "\(dirtyBacklog)"),
             ("writer_queue", "\(writerStats.queuedChanges)"),
+            ("journal_entries", "\(writerStats.journalEntries)"),
             ("commit_latency_p50_ms", "\(Double(writerStats.latency.quantile(0.5)) / 1000)"),
             ("commit_latency_p99_ms", "\(Double(writerStats.latency.quantile(0.99)) / 1000)"),
             ("commit_latency_max_ms", "\(Double(writerStats.latency.maxMicroseconds) / 1000)"),
@@ -181,6 +182,9 @@ extension Mirror {
             ])
         metric("dirty_backlog", "gauge", "Keys waiting to be read or being read.", [("", values["dirty_backlog"])])
         metric("writer_queue", "gauge", "Changes waiting for the writer.", [("", values["writer_queue"])])
+        metric(
+            "journal_entries", "gauge", "Committed changes in the snapshot's journal, not folded into its table yet.",
+            [("", values["journal_entries"])])
         // The write-to-commit latencies as a cumulative histogram, so that a quantile can be taken
         // over any window (`histogram_quantile(0.99, rate(..._bucket[5m]))`). Finer around the 100 ms the
         // benchmark's target names.

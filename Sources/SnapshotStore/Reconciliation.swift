@@ -24,6 +24,10 @@ public struct Reconciliation: Sendable {
     let keyFilter: (@Sendable ([UInt8]) -> Bool)?
 
     enum Phase: Sendable {
+        /// Folding the journal into the table up to its last entry when the reconciliation began
+        /// (nil: not known yet), so that counting judges every change made before it by its row:
+        /// an entry written before the sync (an older generation) counts as unseen like any row.
+        case folding(upTo: Int64?)
         /// Counting, key range by key range after `after`. With `deleting` (the evidence already
         /// rules a loss out), missing rows are deleted in the same pass.
         case counting(after: [UInt8], unexpired: Int, missing: Int, recent: Int, deleted: Int, deleting: Bool)
@@ -52,8 +56,11 @@ public struct Reconciliation: Sendable {
         self.runIDChanged = runIDChanged
         self.lossRuledOut = lossRuledOut
         self.recentSince = recentSince
-        phase = .counting(
-            after: [], unexpired: 0, missing: 0, recent: 0, deleted: 0, deleting: lossRuledOut && !runIDChanged)
+        phase = .folding(upTo: nil)
+    }
+
+    private var firstCounting: Phase {
+        .counting(after: [], unexpired: 0, missing: 0, recent: 0, deleted: 0, deleting: lossRuledOut && !runIDChanged)
     }
 
     /// The outcome, once the last piece ran.
@@ -69,6 +76,13 @@ public struct Reconciliation: Sendable {
     public func step(in store: SnapshotStore, rows: Int) throws -> Reconciliation {
         var next = self
         switch phase {
+        case .folding(let upTo):
+            let last = upTo ?? store.lastJournalSequence
+            if try store.foldJournal(limit: min(rows, SnapshotWriter.foldEntriesPerTransaction), upTo: last) == 0 {
+                next.phase = firstCounting
+                return try next.step(in: store, rows: rows)
+            }
+            next.phase = .folding(upTo: last)
         case .counting(let after, var unexpired, var missing, var recent, var deleted, let deleting):
             let piece = try store.reconcilePiece(
                 after: after, limit: rows, generation: generation, now: now, delete: deleting,
@@ -155,7 +169,9 @@ extension SnapshotStore {
             piece.lastKey = key
             if let keyFilter, !keyFilter(key) { continue }
             if select.int64(1) != 0 { piece.unexpired += 1 }
-            if select.int64(2) != 0 && !wasSeen(key: key, generation: generation) {
+            // A key with a journal entry was changed after the fold above, by an event: its state
+            // is newer than the sync's, and it stays (`mayBeJournaled` errs towards keeping).
+            if select.int64(2) != 0 && !wasSeen(key: key, generation: generation) && !mayBeJournaled(key) {
                 piece.missing += 1
                 if select.int64(3) != 0 { piece.missingRecent += 1 }
                 if delete { gone.append(key) }

@@ -157,7 +157,8 @@ public enum SnapshotBackup {
                 description: "the copy failed PRAGMA integrity_check (\(verdict.prefix(160))); it was removed",
                 isDiskFull: false)
         }
-        return Int(try copy.integer("SELECT count(*) FROM sessions") ?? 0)
+        // The copy's rows as a reader sees them: the journal's entries over the table's rows.
+        return Int(try copy.integer("SELECT count(*) FROM \(store.currentRowsSource)") ?? 0)
     }
 
     private static func syncFile(_ path: String, step: String, flags: Int32 = O_RDONLY) throws {

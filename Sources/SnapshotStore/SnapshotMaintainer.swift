@@ -105,7 +105,7 @@ final class SnapshotMaintainer: @unchecked Sendable {
             condition.unlock()
 
             // A failure (disk full, a busy file) is left to the next pass and to the writer.
-            if !counts.isEmpty, let rows = try? store.quickCounts() {
+            if !counts.isEmpty, let rows = try? store.tableCounts() {
                 let bytes = store.fileBytes()
                 for handler in counts { handler(rows.live, rows.evicted, bytes) }
             }

@@ -157,6 +157,8 @@ extension SnapshotStore {
         }
         try begin()
         do {
+            // The read-write store folded its journal at open: every row is in `sessions`.
+            try foldWholeJournal()
             let select = try database.prepare("SELECT key, type, value, expires_at, state FROM sessions")
             let update = try database.prepare("UPDATE sessions SET mac = ?2 WHERE key = ?1")
             var signatures: [([UInt8], [UInt8])] = []
@@ -205,7 +207,7 @@ extension SnapshotStore {
         try database.execute("BEGIN", step: "begin read")
         defer { try? database.execute("COMMIT") }
         let statement = try database.prepare(
-            "SELECT key, type, value, expires_at, state, changed_at, mac FROM sessions")
+            "SELECT key, type, value, expires_at, state, changed_at, mac FROM \(currentRowsSource)")
         while try statement.step() {
             // An unknown state is tampering too: the MAC covers the raw number.
             let rawState = statement.int64(4)

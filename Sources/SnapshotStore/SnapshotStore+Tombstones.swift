@@ -67,10 +67,8 @@ extension SnapshotStore {
     /// older one of the same key): the deletion the mirror applies for a `del` event or a full
     /// sync's missing row. An evicted row, or a key without a row, leaves no tombstone: there is
     /// no value the mirror saw the application delete.
-    public func deleteRecordingTombstone(key: [UInt8], at deletedAt: Int64) throws {
-        let select = try database.prepare("SELECT type, value FROM sessions WHERE key = ?1 AND state = 0")
-        try select.bind(1, blob: key)
-        if try select.step() {
+    public func deleteRecordingTombstone(key: [UInt8], at deletedAt: Int64, journaled: Bool = false) throws {
+        if case .present(let type, let value, _, .live) = try currentRow(key: key) {
             let insert = try database.prepare(
                 """
                 INSERT INTO tombstones (key, type, value_sha256, deleted_at) VALUES (?1, ?2, ?3, ?4)
@@ -78,13 +76,12 @@ extension SnapshotStore {
                     type = excluded.type, value_sha256 = excluded.value_sha256, deleted_at = excluded.deleted_at
                 """)
             try insert.bind(1, blob: key)
-            try insert.bind(2, select.text(0))
-            try insert.bind(3, blob: Tombstone.digest(of: select.blob(1)))
+            try insert.bind(2, type)
+            try insert.bind(3, blob: Tombstone.digest(of: value))
             try insert.bind(4, deletedAt)
-            select.reset()
             try insert.step()
         }
-        try delete(key: key)
+        try delete(key: key, journaled: journaled)
     }
 
     /// Every tombstone recorded at or after `since` (local Unix ms), oldest first.

@@ -8,7 +8,7 @@ import Foundation
 ///   lets run beside the daemon.
 public final class SnapshotStore {
     /// The schema version this build writes (`PRAGMA user_version`).
-    public static let formatVersion: Int64 = 4
+    public static let formatVersion: Int64 = 5
     /// `PRAGMA application_id` of every SessionMirror snapshot: "SMIR".
     public static let applicationID: Int64 = 0x534D_4952
     /// The SQLite library loaded at run time.
@@ -36,21 +36,36 @@ public final class SnapshotStore {
     /// rollback; nil outside a transaction.
     var marksInTransaction: PendingMarks?
 
-    /// A row that already holds the same live value and expiry is not written again (a resync of
+    /// Whether the file has the journal table (format 5 and later; an older file opened read-only
+    /// has only `sessions`). Set once the format is known.
+    var hasJournal = false
+    /// The journal's index, kept by the read-write store (SnapshotStore+Journal.swift).
+    var journal = JournalIndex()
+    /// The journal index's hash of a key (a test gives every key the same hash).
+    var journalKeyHash: ([UInt8]) -> Int = FullSyncMarks.hash
+
+    /// A row that already holds the same value, expiry and state is not written again (a resync of
     /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
-    private lazy var upsertStatement = try? database.prepare(
+    private lazy var writeStatement = try? database.prepare(
         """
         INSERT INTO sessions (key, type, value, expires_at, changed_at, state, sync_generation, mac)
-        VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?8, ?6, ?7)
         ON CONFLICT (key) DO UPDATE SET
             changed_at = excluded.changed_at, type = excluded.type, value = excluded.value,
-            expires_at = excluded.expires_at, state = 0, sync_generation = excluded.sync_generation, mac = excluded.mac
-        WHERE NOT (sessions.state = 0 AND sessions.type = excluded.type AND sessions.value = excluded.value
-            AND sessions.expires_at IS excluded.expires_at AND sessions.mac IS excluded.mac)
+            expires_at = excluded.expires_at, state = excluded.state, sync_generation = excluded.sync_generation,
+            mac = excluded.mac
+        WHERE NOT (sessions.state = excluded.state AND sessions.type = excluded.type
+            AND sessions.value = excluded.value AND sessions.expires_at IS excluded.expires_at
+            AND sessions.mac IS excluded.mac)
         """)
     private lazy var deleteStatement = try? database.prepare("DELETE FROM sessions WHERE key = ?1")
     private lazy var evictStatement = try? database.prepare(
         "UPDATE sessions SET state = 1, changed_at = ?2, sync_generation = ?3 WHERE key = ?1 AND state = 0")
+    lazy var journalAppendStatement = try? database.prepare(
+        """
+        INSERT INTO journal (seq, key, type, value, expires_at, changed_at, state, sync_generation, mac)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        """)
 
     /// Opens (or, read-write, creates) the snapshot at `path`.
     ///
@@ -101,6 +116,7 @@ public final class SnapshotStore {
             // Identify the file before anything touches it: a foreign, damaged or newer file stays as
             // it was (SQLite removes the -wal and -shm it made when this connection closes).
             let version = try identify(isNew: isNew, mode: mode)
+            hasJournal = version >= 5
             if version > 0 && mode != .maintenance { try checkIntegrity() }
             if mode == .readWrite {
                 try takeLock()
@@ -113,6 +129,10 @@ public final class SnapshotStore {
                     }
                 }
                 try upgrade(from: version)
+                hasJournal = true
+                // A journal left by a crash goes into `sessions` now: the writer's index of it then
+                // starts empty, covering exactly what this process appends.
+                try foldAtOpen()
             }
         } catch {
             close()
@@ -304,6 +324,27 @@ public final class SnapshotStore {
                 COMMIT;
                 """, step: "migrate schema to version 4")
         }
+        if version < 5 {
+            // Version 5: the journal live changes are committed to first (SnapshotStore+Journal.swift).
+            // No index but its rowid: an append writes at its end. A NULL state: the key is gone.
+            try database.execute(
+                """
+                BEGIN IMMEDIATE;
+                CREATE TABLE journal (
+                    seq INTEGER PRIMARY KEY,
+                    key BLOB NOT NULL,
+                    type TEXT,
+                    value BLOB,
+                    expires_at INTEGER,
+                    changed_at INTEGER NOT NULL,
+                    state INTEGER,
+                    sync_generation INTEGER NOT NULL DEFAULT 0,
+                    mac BLOB
+                );
+                PRAGMA user_version = 5;
+                COMMIT;
+                """, step: "migrate schema to version 5")
+        }
     }
 
     // MARK: - Writes (writer thread)
@@ -312,46 +353,69 @@ public final class SnapshotStore {
     public func begin() throws {
         try database.execute("BEGIN IMMEDIATE", step: "begin transaction")
         marksInTransaction = PendingMarks()
+        journal.beginTransaction()
     }
     /// Commits the write transaction.
     public func commit() throws {
         try database.execute("COMMIT", step: "commit")
         marksInTransaction?.apply(to: &fullSync)
         marksInTransaction = nil
+        journal.commitTransaction()
     }
     /// Rolls back after a failed write; never throws.
     public func rollback() {
         try? database.execute("ROLLBACK")
         marksInTransaction = nil
+        journal.rollbackTransaction()
     }
 
-    /// Inserts or replaces a live row. A row that already holds this value and expiry is left as
-    /// it is; during a full sync of `generation` its key is remembered as seen instead.
-    public func upsert(_ record: SnapshotRecord, changedAt: Int64, generation: Int64) throws {
+    /// Inserts or replaces a live row. With `journaled` (a live change), or when the key has a
+    /// journal entry, the row is appended to the journal; otherwise a row that already holds this
+    /// value and expiry is left as it is, and during a full sync of `generation` its key is
+    /// remembered as seen instead.
+    public func upsert(_ record: SnapshotRecord, changedAt: Int64, generation: Int64, journaled: Bool = false) throws {
         // The mirror skips values over `max_value_bytes` before they get here; a value SQLite would
         // refuse (SQLITE_TOOBIG) must not fail every transaction it is in, retried forever. Its row
         // goes, as a skipped value's does (see `Mirror`): never an older version of the session.
         if record.value.count > database.maximumLength - record.key.count {
-            try delete(key: record.key)
+            try delete(key: record.key, journaled: journaled)
             return
         }
-        guard let statement = upsertStatement else {
+        let mac = integrityKey.map { $0.mac(for: record, state: .live) }
+        if hasJournal && (journaled || mayBeJournaled(record.key)) {
+            try appendToJournal(
+                key: record.key,
+                row: JournalEntry.Row(
+                    type: record.type, value: record.value, expiresAt: record.expiresAt,
+                    rawState: RowState.live.rawValue, mac: mac),
+                changedAt: changedAt, generation: generation)
+            return
+        }
+        try writeInPlace(
+            key: record.key, type: record.type, value: record.value, expiresAt: record.expiresAt,
+            rawState: RowState.live.rawValue, changedAt: changedAt, generation: generation, mac: mac)
+    }
+
+    /// Writes a row into `sessions` unless it already holds the same value, expiry, state and MAC;
+    /// an unchanged row's key is marked seen by the full sync of `generation`, if under way.
+    func writeInPlace(
+        key: [UInt8], type: String, value: [UInt8], expiresAt: Int64?, rawState: Int64, changedAt: Int64,
+        generation: Int64, mac: [UInt8]?
+    ) throws {
+        guard let statement = writeStatement else {
             throw SQLiteError(step: "prepare upsert", code: 1, message: database.lastMessage)
         }
         defer { statement.reset() }
-        try statement.bind(1, blob: record.key)
-        try statement.bind(2, record.type)
-        try statement.bind(3, blob: record.value)
-        try statement.bind(4, record.expiresAt)
+        try statement.bind(1, blob: key)
+        try statement.bind(2, type)
+        try statement.bind(3, blob: value)
+        try statement.bind(4, expiresAt)
         try statement.bind(5, changedAt)
         try statement.bind(6, generation)
-        if let integrityKey {
-            try statement.bind(7, blob: integrityKey.mac(for: record, state: .live))
-        } else {
-            try statement.bind(7, nil as Int64?)
-        }
+        if let mac { try statement.bind(7, blob: mac) } else { try statement.bind(7, nil as Int64?) }
+        try statement.bind(8, rawState)
         try statement.step()
-        if database.changes == 0 { markSeen(key: record.key, generation: generation) }
+        if database.changes == 0 { markSeen(key: key, generation: generation) }
     }
 
     /// Starts a full sync of `generation`: until `reconcile`, rows it finds unchanged keep their
@@ -367,8 +431,17 @@ public final class SnapshotStore {
         replaceMarks(FullSyncMarks(generation: generation))
     }
 
-    /// Deletes a row (the key was deleted or expired in Redis).
-    public func delete(key: [UInt8]) throws {
+    /// Deletes a row (the key was deleted or expired in Redis): through the journal when
+    /// `journaled` or when the key has an entry there.
+    public func delete(key: [UInt8], journaled: Bool = false) throws {
+        if hasJournal && (journaled || mayBeJournaled(key)) {
+            try appendToJournal(key: key, row: nil, changedAt: SystemTime.unixMilliseconds(), generation: 0)
+            return
+        }
+        try deleteInPlace(key: key)
+    }
+
+    func deleteInPlace(key: [UInt8]) throws {
         guard let statement = deleteStatement else {
             throw SQLiteError(step: "prepare delete", code: 1, message: database.lastMessage)
         }
@@ -378,7 +451,19 @@ public final class SnapshotStore {
     }
 
     /// Marks a live row evicted; the value is kept for a restore.
-    public func markEvicted(key: [UInt8], changedAt: Int64, generation: Int64) throws {
+    public func markEvicted(key: [UInt8], changedAt: Int64, generation: Int64, journaled: Bool = false) throws {
+        if hasJournal && (journaled || mayBeJournaled(key)) {
+            guard case .present(let type, let value, let expiresAt, .live) = try currentRow(key: key) else { return }
+            let mac = integrityKey.map {
+                $0.mac(key: key, type: type, value: value, expiresAt: expiresAt, state: .evicted)
+            }
+            try appendToJournal(
+                key: key,
+                row: JournalEntry.Row(
+                    type: type, value: value, expiresAt: expiresAt, rawState: RowState.evicted.rawValue, mac: mac),
+                changedAt: changedAt, generation: generation)
+            return
+        }
         if integrityKey != nil { return try markEvictedSigned(key: key, changedAt: changedAt, generation: generation) }
         guard let statement = evictStatement else {
             throw SQLiteError(step: "prepare evict", code: 1, message: database.lastMessage)
@@ -388,6 +473,28 @@ public final class SnapshotStore {
         try statement.bind(2, changedAt)
         try statement.bind(3, generation)
         try statement.step()
+    }
+
+    /// At a read-write open: folds what the journal holds, in one transaction.
+    private func foldAtOpen() throws(SnapshotError) {
+        do {
+            try database.execute("SAVEPOINT fold_at_open", step: "begin the journal's fold")
+            do {
+                try foldWholeJournal()
+                try database.execute("RELEASE fold_at_open", step: "commit the journal's fold")
+            } catch {
+                try? database.execute("ROLLBACK TO fold_at_open; RELEASE fold_at_open")
+                throw error
+            }
+        } catch let error as SnapshotError {
+            throw error
+        } catch let error as SQLiteError {
+            if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
+            throw .sqlite(error)
+        } catch {
+            throw .corrupt(path: path, detail: "\(error)")
+        }
+        journal = JournalIndex()
     }
 
     /// Deletes rows whose expiry passed before `cutoff` (Unix ms); returns how many.

@@ -90,11 +90,16 @@ public struct WriterStatistics: Sendable {
     public var liveQueueWait = LatencyHistogram()
     /// Live changes over the last interval: the length of the transaction that committed them.
     public var liveTransaction = LatencyHistogram()
-    /// The longest bulk transaction of the last interval, microseconds: what a live change that
-    /// arrives as it begins waits for.
+    /// The longest bulk transaction (a full sync's rows, a task's piece, a fold of the journal) of
+    /// the last interval, microseconds: what a live change that arrives as it begins waits for.
     public var longestBulkTransactionMicroseconds: UInt64 = 0
     /// Wall-clock Unix ms of the last commit.
     public var lastCommitAt: Int64 = 0
+    /// Journal entries not folded into the table yet (SnapshotStore+Journal.swift).
+    public var journalEntries = 0
+    /// Journal entries folded since the writer started (applied to the table, or dropped because a
+    /// newer entry of the same key follows).
+    public var journalFolded: UInt64 = 0
     /// Changes queued and not yet committed, including those held for a retry (disk full).
     public var queuedChanges = 0
     /// Approximate bytes of those changes.
@@ -127,6 +132,22 @@ public final class SnapshotWriter: @unchecked Sendable {
     static let bulkRowsPerTransaction = 2048
     /// A bulk transaction takes no more items once it has run this long.
     static let bulkNanosecondsPerTransaction: UInt64 = 20_000_000
+    /// Journal entries folded in one transaction: each is a random page of the table to write, and
+    /// a live change that arrives meanwhile waits for the piece to commit.
+    static let foldEntriesPerTransaction = 256
+    /// Above this many journal entries the pieces are four times larger: the journal must not grow
+    /// without bound when the writer cannot keep up for long (each entry costs its row on disk and
+    /// a slot of the index in memory).
+    static let foldCatchUpThreshold = 500_000
+    /// A bulk transaction that has applied this many rows ends early when a live change is queued.
+    static let bulkRowsBeforeYielding = 128
+    /// Above this many journal entries the writer folds between its other transactions, not only
+    /// when it has nothing else to do: a key written again while its entry waits is written to
+    /// the table once (docs/architecture.md, "The write path").
+    static let foldThreshold = 50_000
+    /// How long the writer folds the journal after SIGTERM once every change is committed; what
+    /// is left is folded at the next start (readers see it either way).
+    static let foldAtStopNanoseconds: UInt64 = 1_000_000_000
     /// After SIGTERM, how long a commit that keeps failing (a full disk) is retried before the
     /// writer gives up on it; with the loop's 3 s this keeps the exit within 5 s.
     static let shutdownRetryNanoseconds: UInt64 = 1_500_000_000
@@ -165,6 +186,9 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let uncommittedChanges = Atomic<Int>(0)
     private let uncommittedBytes = Atomic<Int>(0)
     private let uncommittedLiveBytes = Atomic<Int>(0)
+    /// Live entries queued since the writer last took the queue: a bulk transaction ends early
+    /// when one arrives (`bulkRowsBeforeYielding`).
+    private let liveQueued = Atomic<Int>(0)
     /// While not 0: the tombstone window is measured back from this time (local Unix ms), not
     /// from now (`holdTombstones(at:)`).
     private let tombstoneClockHeldAt = Atomic<Int64>(0)
@@ -260,7 +284,12 @@ public final class SnapshotWriter: @unchecked Sendable {
         condition.lock()
         let entry = Entry(sequence: queue.nextSequence, work: work, queuedAt: SystemTime.monotonicNanoseconds())
         queue.nextSequence += 1
-        if lane == .live { queue.live.append(entry) } else { queue.bulk.append(entry) }
+        if lane == .live {
+            queue.live.append(entry)
+            liveQueued.add(1, ordering: .relaxed)
+        } else {
+            queue.bulk.append(entry)
+        }
         condition.signal()
         condition.unlock()
     }
@@ -274,7 +303,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             return
         }
         enqueue { store in
-            let counts = try store.quickCounts()
+            let counts = try store.tableCounts()
             handler(counts.live, counts.evicted, store.fileBytes())
             return nil
         }
@@ -400,18 +429,24 @@ public final class SnapshotWriter: @unchecked Sendable {
         while true {
             condition.lock()
             while queue.live.isEmpty && queue.bulk.isEmpty && pendingLive.isEmpty && pendingBulk.isEmpty
-                && queue.stopRequestedAt == nil
+                && queue.stopRequestedAt == nil && store.journalEntries == 0
             {
                 condition.wait()
             }
             let stopRequestedAt = queue.stopRequestedAt
             pendingLive += queue.live
             pendingBulk += queue.bulk
+            liveQueued.store(0, ordering: .relaxed)
             queue.live = []
             queue.bulk = []
             condition.unlock()
 
-            if pendingLive.isEmpty && pendingBulk.isEmpty && stopRequestedAt != nil { break }
+            if pendingLive.isEmpty && pendingBulk.isEmpty, let stopRequestedAt {
+                // Everything is committed: fold what the journal holds while the stop allows.
+                guard store.journalEntries > 0,
+                    SystemTime.monotonicNanoseconds() - stopRequestedAt < SnapshotWriter.foldAtStopNanoseconds
+                else { break }
+            }
 
             let now = SystemTime.unixMilliseconds()
             if maintainer == nil && now - lastPrune >= pruneIntervalMilliseconds {
@@ -442,6 +477,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             do {
                 try commitLive()
                 try commitBulk(stopping: stopRequestedAt != nil)
+                try foldIfDue()
                 if failure != nil {
                     logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
                     failure = nil
@@ -515,7 +551,7 @@ public final class SnapshotWriter: @unchecked Sendable {
         var counts = RowCounts()
         let began = SystemTime.monotonicNanoseconds()
         try transaction {
-            try apply(SnapshotWriter.inKeyOrder(changes), changedAt: changedAt, counts: &counts)
+            try apply(changes, changedAt: changedAt, counts: &counts, journaled: true)
         }
         let ended = SystemTime.monotonicNanoseconds()
         stats.withLock { stats in
@@ -580,8 +616,10 @@ public final class SnapshotWriter: @unchecked Sendable {
                     applied += run
                     run.removeAll(keepingCapacity: true)
                 }
-                if counts.total + run.count >= SnapshotWriter.bulkRowsPerTransaction
+                let rows = counts.total + run.count
+                if rows >= SnapshotWriter.bulkRowsPerTransaction
                     || SystemTime.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
+                    || (rows >= SnapshotWriter.bulkRowsBeforeYielding && liveQueued.load(ordering: .relaxed) > 0)
                 {
                     break
                 }
@@ -620,7 +658,11 @@ public final class SnapshotWriter: @unchecked Sendable {
         try store.begin()
         defer {
             let written = UInt64(max(store.rowsChanged - rowsChangedAtStart, 0))
-            stats.withLock { $0.rowsWritten = written }
+            let journalEntries = store.journalEntries
+            stats.withLock {
+                $0.rowsWritten = written
+                $0.journalEntries = journalEntries
+            }
         }
         do {
             try body()
@@ -632,22 +674,50 @@ public final class SnapshotWriter: @unchecked Sendable {
         maintainer?.request()
     }
 
-    private func apply(_ changes: [SnapshotChange], changedAt: Int64, counts: inout RowCounts) throws {
+    /// Applies `changes` in order; `journaled` (live changes) appends them to the journal, else a
+    /// change is written in place unless its key has a journal entry.
+    private func apply(
+        _ changes: [SnapshotChange], changedAt: Int64, counts: inout RowCounts, journaled: Bool = false
+    ) throws {
         for change in changes {
             switch change.kind {
             case .upsert(let record):
-                try store.upsert(record, changedAt: changedAt, generation: change.generation)
+                try store.upsert(record, changedAt: changedAt, generation: change.generation, journaled: journaled)
                 counts.upserted += 1
             case .delete(let key):
-                try store.delete(key: key)
+                try store.delete(key: key, journaled: journaled)
                 counts.deleted += 1
             case .logout(let key):
-                try store.deleteRecordingTombstone(key: key, at: changedAt)
+                try store.deleteRecordingTombstone(key: key, at: changedAt, journaled: journaled)
                 counts.deleted += 1
             case .evicted(let key):
-                try store.markEvicted(key: key, changedAt: changedAt, generation: change.generation)
+                try store.markEvicted(
+                    key: key, changedAt: changedAt, generation: change.generation, journaled: journaled)
                 counts.evicted += 1
             }
+        }
+    }
+
+    /// Folds one bounded piece of the journal when the writer has nothing else queued, or while
+    /// the journal is above `foldThreshold` (then between the live and bulk transactions). Larger
+    /// pieces when the journal keeps growing: a writer that falls behind for long must still catch up.
+    private func foldIfDue() throws {
+        let entries = store.journalEntries
+        guard entries > 0 else { return }
+        // Idle: nothing left to commit and no live change queued since the writer took the queue
+        // (the live transaction just committed leaves `pendingLive` empty under any load).
+        let idle = pendingLive.isEmpty && pendingBulk.isEmpty && liveQueued.load(ordering: .relaxed) == 0
+        guard idle || entries > SnapshotWriter.foldThreshold else { return }
+        let limit =
+            entries > SnapshotWriter.foldCatchUpThreshold
+            ? 4 * SnapshotWriter.foldEntriesPerTransaction : SnapshotWriter.foldEntriesPerTransaction
+        var folded = 0
+        let started = SystemTime.monotonicNanoseconds()
+        try transaction { folded = try store.foldJournal(limit: limit) }
+        let length = (SystemTime.monotonicNanoseconds() - started) / 1000
+        stats.withLock {
+            $0.journalFolded += UInt64(folded)
+            $0.longestBulkTransactionMicroseconds = max($0.longestBulkTransactionMicroseconds, length)
         }
     }
 
@@ -696,12 +766,8 @@ public final class SnapshotWriter: @unchecked Sendable {
         let keys = changes.map(\.key)  // once, not twice per comparison
         let order = changes.indices.sorted { a, b in
             let (l, r) = (keys[a], keys[b])
-            let common = min(l.count, r.count)
-            let c = l.withUnsafeBytes { lp in
-                r.withUnsafeBytes { rp in memcmp(lp.baseAddress!, rp.baseAddress!, common) }
-            }
-            if c != 0 { return c < 0 }
-            return l.count != r.count ? l.count < r.count : a < b
+            if l == r { return a < b }
+            return SnapshotStore.keyPrecedes(l, r)
         }
         return order.map { changes[$0] }
     }

@@ -56,7 +56,7 @@ private func parseLogfmt(_ line: String) -> [String: String]? {
 /// The fields docs/metrics.md documents for `event=metrics`.
 private let metricsFields = [
     "events_received", "keys_read", "keys_vanished", "rows_upserted", "rows_deleted", "rows_evicted", "dirty_backlog",
-    "writer_queue",
+    "writer_queue", "journal_entries",
     "commit_latency_p50_ms", "commit_latency_p99_ms", "commit_latency_max_ms", "late_commits",
     "live_dirty_set_p99_ms", "live_read_p99_ms", "live_writer_queue_p99_ms", "live_transaction_p99_ms",
     "bulk_transaction_max_ms", "snapshot_rows_live",

@@ -241,6 +241,7 @@ private let metricsLineSeries: [(String, String)] = [
     ("sessionmirror_errors_total", "errors"),
     ("sessionmirror_dirty_backlog", "dirty_backlog"),
     ("sessionmirror_writer_queue", "writer_queue"),
+    ("sessionmirror_journal_entries", "journal_entries"),
     ("sessionmirror_snapshot_rows{state=\"live\"}", "snapshot_rows_live"),
     ("sessionmirror_snapshot_rows{state=\"evicted\"}", "snapshot_rows_evicted"),
     ("sessionmirror_snapshot_bytes", "snapshot_bytes"),
