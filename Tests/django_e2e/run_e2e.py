@@ -298,6 +298,18 @@ def redis_pttls(r, keys):
 # --------------------------------------------------------------------------- snapshot
 
 
+# The snapshot's rows as every reader sees them (docs/architecture.md, "The write path"): a key's
+# latest journal entry over its `sessions` row, an entry with a NULL state removing it. A file
+# without a journal table (an older format, the fake daemon's) is read from `sessions` alone.
+def current_rows_sql(con, columns):
+    has_journal = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'journal'").fetchone()[0]
+    if not has_journal:
+        return "SELECT %s FROM sessions" % columns
+    return ("SELECT %s FROM sessions WHERE key NOT IN (SELECT key FROM journal) UNION ALL "
+            "SELECT %s FROM journal WHERE state IS NOT NULL AND seq IN (SELECT max(seq) FROM journal GROUP BY key)"
+            % (columns, columns))
+
+
 def snapshot_sessions(path):
     """{key: (value, expires_at)} for live rows (state 0). Raises on unreadable snapshot."""
     if not os.path.exists(path):
@@ -305,7 +317,7 @@ def snapshot_sessions(path):
     uri = "file:%s?mode=ro" % urllib.parse.quote(path)
     con = sqlite3.connect(uri, uri=True, timeout=2)
     try:
-        rows = con.execute("SELECT key, value, expires_at, state FROM sessions").fetchall()
+        rows = con.execute(current_rows_sql(con, "key, value, expires_at, state")).fetchall()
     finally:
         con.close()
     result = {}
