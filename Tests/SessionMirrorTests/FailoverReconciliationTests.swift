@@ -164,6 +164,53 @@ struct FailoverReconciliationTests {
         }
     }
 
+    @Test("a connection that drops before its full sync reconciled leaves the tombstone window where the outage began")
+    func connectionLostBeforeItsSyncKeepsTheWindow() async throws {
+        try await withMirroredRedis(configure: {
+            $0.reconnectMinimumMilliseconds = 20
+            $0.reconnectMaximumMilliseconds = 500
+            $0.tombstoneLimits.windowMilliseconds = 15_000
+            $0.pruneIntervalSeconds = 1
+        }) { env in
+            try env.client.checked("SET", "session:gone", "v", "EX", "3600")
+            try env.client.checked("SET", "session:kept", "v", "EX", "3600")
+            try await env.waitUntilSnapshotMatchesRedis()
+            try env.client.checked("SAVE")
+            let (redis, snapshotPath) = (env.redis, env.snapshotPath)
+            let outageStart = try await onThreadOfItsOwn("sm-test-outage") {
+                try redis.client().checked("DEL", "session:gone")
+                try waitForTombstone(of: "session:gone", in: snapshotPath)
+                let outageStart = ContinuousClock.now
+                redis.stop()
+                return outageStart
+            }
+            // Meanwhile another server on the address: the mirror connects, and its full sync fails
+            // (SCAN refused), again and again, until longer than the window has passed since the
+            // first loss. Each of those connections is lost before its sync reconciled.
+            let interim = try await RedisServer.start(
+                arguments: ["--user", "default", "on", "nopass", "~*", "&*", "+@all", "-scan"],
+                choosingPort: { redis.port })
+            defer { interim.stop() }
+            #expect(
+                await eventually(timeout: .seconds(60)) {
+                    env.mirror.log.records(event: "scan_failed").count >= 2
+                }, "the mirror's sync on the interim server did not fail:\n\(env.mirror.log.text)")
+            // Not a timing check: a slower machine only makes the interim longer.
+            try await Task.sleep(until: outageStart + .seconds(17))
+            interim.stop()
+            // The server with the older state of the data: the logout made before the first loss
+            // is re-applied.
+            try await env.redis.restart()
+
+            let log = env.mirror.log
+            #expect(
+                await eventually(timeout: .seconds(180)) { !log.records(event: "failover_logout_reapplied").isEmpty },
+                "no failover reconciliation; the log:\n\(log.text)")
+            let counts = log.records(event: "failover_logout_reapplied").compactMap { $0.metadata["count"] }
+            #expect(counts.contains { $0 != "0" }, "the logout was not re-applied; the log:\n\(log.text)")
+        }
+    }
+
     @Test("a plain restart without persistence is not a failover: no reconciliation, every session restored")
     func emptyRestartIsNoFailover() async throws {
         try await withMirroredRedis(configure: {
