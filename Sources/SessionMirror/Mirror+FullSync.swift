@@ -315,6 +315,7 @@ extension Mirror {
         storedEvictedKeys = evidence.evictedKeys
         // The reconciliation read the tombstones it needs: the window runs from now again.
         writer.holdTombstones(at: nil)
+        awaitingReconciliation = false
         if case .clusterNode(let member) = deployment {
             member.evidenceRecorded(
                 member.nodeID, StoredEvidence(runID: evidence.runID, evictedKeys: evidence.evictedKeys))

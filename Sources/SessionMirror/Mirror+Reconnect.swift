@@ -96,9 +96,14 @@ extension Mirror {
         }
         if case .clusterNode(let member) = deployment { member.nodeLost() }
         if wasConnected {
-            connectedUntil = SystemTime.unixMilliseconds()
-            // Until the next full sync has reconciled: a failover takes as long as it takes.
-            writer.holdTombstones(at: connectedUntil)
+            // Until the next full sync has reconciled: a failover takes as long as it takes. A
+            // connection in between that drops before its sync did (a node still starting, a
+            // refused SCAN) does not move the window past the logouts made before the first loss.
+            if !awaitingReconciliation {
+                awaitingReconciliation = true
+                connectedUntil = SystemTime.unixMilliseconds()
+                writer.holdTombstones(at: connectedUntil)
+            }
             stats.reconnects += 1
             lastReportedFailure = reason
             onStatus?("disconnected from Redis, reconnecting: \(reason)")

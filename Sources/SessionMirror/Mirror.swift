@@ -99,9 +99,13 @@ public final class Mirror: @unchecked Sendable {
     /// Kinds of refused bridge writes already logged (once each).
     var bridgeErrorsLogged = Set<String>()
     var reconnectAttempt = 0
-    /// When the last connection that was up was lost (local Unix ms): the failover reconciliation
-    /// looks for lost writes in the tombstone window before it. Nil until one was lost.
+    /// When the mirror lost the connection it had after its last reconciled full sync (local Unix
+    /// ms): the failover reconciliation looks for lost writes in the tombstone window before it.
+    /// Nil until one was lost.
     var connectedUntil: Int64?
+    /// From that loss until a full sync reconciled: a connection that drops before its own sync
+    /// did leaves `connectedUntil`, and the tombstones held there, as they are.
+    var awaitingReconciliation = false
     var lastReportedFailure: String?
     var stats = MirrorStatistics()
     /// Live changes' time before the writer, since the last metrics line.

@@ -34,6 +34,23 @@ private struct LostWindow {
     }
 }
 
+/// Waits, blocking the calling thread, until the snapshot at `path` holds a tombstone of `key`.
+private func waitForTombstone(of key: String, in path: String) throws {
+    let deadline = ContinuousClock.now + .seconds(60)
+    while true {
+        // Unreadable for a moment while the writer commits: asked again.
+        if let store = try? SnapshotStore(path: path, mode: .readOnly) {
+            let found = (try? store.tombstones())?.contains { $0.key == bytes(key) } ?? false
+            store.close()
+            if found { return }
+        }
+        guard ContinuousClock.now < deadline else {
+            throw RunningMirrorError(message: "no tombstone of \(key) reached the snapshot within 60 s")
+        }
+        usleep(10_000)
+    }
+}
+
 @Suite("failover reconciliation: a server that comes back with an older state of the data")
 struct FailoverReconciliationTests {
     @Test(
@@ -43,6 +60,9 @@ struct FailoverReconciliationTests {
         try await withMirroredRedis(configure: {
             $0.onCacheLoss = .restore
             $0.reconnectMinimumMilliseconds = 20
+            // The reconnect after the restart comes within half a second, whatever the backoff
+            // grew to while the server was away (up to 10 s otherwise, in a 20 s wait).
+            $0.reconnectMaximumMilliseconds = 500
         }) { env in
             try await LostWindow.play(env)
 
@@ -72,7 +92,10 @@ struct FailoverReconciliationTests {
 
     @Test("with the default --on-cache-loss alert, the lost writes are counted and kept, and lost logouts still go")
     func lostWritesAreCountedWithoutRestore() async throws {
-        try await withMirroredRedis(configure: { $0.reconnectMinimumMilliseconds = 20 }) { env in
+        try await withMirroredRedis(configure: {
+            $0.reconnectMinimumMilliseconds = 20
+            $0.reconnectMaximumMilliseconds = 500
+        }) { env in
             try await LostWindow.play(env)
 
             let client = try env.redis.client()
@@ -90,8 +113,10 @@ struct FailoverReconciliationTests {
     func outageLongerThanTheWindow() async throws {
         try await withMirroredRedis(configure: {
             $0.reconnectMinimumMilliseconds = 20
-            // Long enough to hold the logout below up to the disconnect on a loaded machine (4 s was
-            // not, inside the whole parallel suite beside other work).
+            // The backoff grows through the outage: without a bound it adds up to 10 s after it.
+            $0.reconnectMaximumMilliseconds = 500
+            // Longer than the moment from the logout's commit to the disconnect, which the test
+            // takes on a thread of its own below.
             $0.tombstoneLimits.windowMilliseconds = 15_000
             $0.pruneIntervalSeconds = 1
         }) { env in
@@ -99,28 +124,90 @@ struct FailoverReconciliationTests {
             try env.client.checked("SET", "session:kept", "v", "EX", "3600")
             try await env.waitUntilSnapshotMatchesRedis()
             try env.client.checked("SAVE")
-            try env.client.checked("DEL", "session:gone")
-            try await env.waitUntilSnapshotMatchesRedis()
 
+            // The logout, then the outage as soon as the snapshot holds the logout's tombstone,
+            // with no wait for the test's cooperative threads in between: in the parallel suite
+            // other tests' blocking calls hold those for many seconds, and a poll that woke that
+            // late put the disconnect more than a window after the logout. The daemon then
+            // rightly forgot it (its window runs back from the disconnect), re-applied nothing,
+            // and the wait below ran out.
+            let (redis, snapshotPath) = (env.redis, env.snapshotPath)
+            let (hold, outageStart) = try await onThreadOfItsOwn("sm-test-outage") {
+                try redis.client().checked("DEL", "session:gone")
+                try waitForTombstone(of: "session:gone", in: snapshotPath)
+                let outageStart = Int64(Date().timeIntervalSince1970 * 1000)
+                redis.stop()
+                // Held through the outage: inside the whole suite another test's server took the
+                // free port and the daemon mirrored that one instead.
+                return (try RedisServer.holdPort(redis.port), outageStart)
+            }
             // Down for longer than the window: the writer prunes every second meanwhile. Not a
             // timing check: a slower machine only makes the outage longer.
-            env.redis.stop()
-            // Held through the outage: inside the whole suite another test's server took the free
-            // port and the daemon mirrored that one instead.
-            let hold = try RedisServer.holdPort(env.redis.port)
             try await Task.sleep(for: .seconds(17))
             close(hold)
             try await env.redis.restart()
+            let outageEnd = Int64(Date().timeIntervalSince1970 * 1000)
 
-            let client = try env.redis.client()
+            // What the reconciliation re-applied is final once logged: a run that found nothing to
+            // re-apply fails at once, with the log, rather than at the deadline (a bound for a stuck
+            // engine only).
+            let log = env.mirror.log
+            let outage = "the outage lasted from \(outageStart) to \(outageEnd) (Unix ms)"
             #expect(
-                // The reconnect backoff grew during the outage (up to 10 s), and the sync and the
-                // reconciliation follow it: took 50 s in one clean-clone CI run.
-                await env.mirror.waitForStatistics(timeout: .seconds(180)) {
-                    $0.failoverReconciliations >= 1 && $0.failoverLogoutsReapplied >= 1
-                })
+                await eventually(timeout: .seconds(180)) { !log.records(event: "failover_logout_reapplied").isEmpty },
+                "no failover reconciliation; \(outage); the log:\n\(log.text)")
+            let counts = log.records(event: "failover_logout_reapplied").compactMap { $0.metadata["count"] }
+            #expect(counts.contains { $0 != "0" }, "the logout was not re-applied; \(outage); the log:\n\(log.text)")
+            let client = try env.redis.client()
             #expect(try client.checked("EXISTS", "session:gone").integer == 0)
             #expect(try client.checked("EXISTS", "session:kept").integer == 1)
+        }
+    }
+
+    @Test("a connection that drops before its full sync reconciled leaves the tombstone window where the outage began")
+    func connectionLostBeforeItsSyncKeepsTheWindow() async throws {
+        try await withMirroredRedis(configure: {
+            $0.reconnectMinimumMilliseconds = 20
+            $0.reconnectMaximumMilliseconds = 500
+            $0.tombstoneLimits.windowMilliseconds = 15_000
+            $0.pruneIntervalSeconds = 1
+        }) { env in
+            try env.client.checked("SET", "session:gone", "v", "EX", "3600")
+            try env.client.checked("SET", "session:kept", "v", "EX", "3600")
+            try await env.waitUntilSnapshotMatchesRedis()
+            try env.client.checked("SAVE")
+            let (redis, snapshotPath) = (env.redis, env.snapshotPath)
+            let outageStart = try await onThreadOfItsOwn("sm-test-outage") {
+                try redis.client().checked("DEL", "session:gone")
+                try waitForTombstone(of: "session:gone", in: snapshotPath)
+                let outageStart = ContinuousClock.now
+                redis.stop()
+                return outageStart
+            }
+            // Meanwhile another server on the address: the mirror connects, and its full sync fails
+            // (SCAN refused), again and again, until longer than the window has passed since the
+            // first loss. Each of those connections is lost before its sync reconciled.
+            let interim = try await RedisServer.start(
+                arguments: ["--user", "default", "on", "nopass", "~*", "&*", "+@all", "-scan"],
+                choosingPort: { redis.port })
+            defer { interim.stop() }
+            #expect(
+                await eventually(timeout: .seconds(60)) {
+                    env.mirror.log.records(event: "scan_failed").count >= 2
+                }, "the mirror's sync on the interim server did not fail:\n\(env.mirror.log.text)")
+            // Not a timing check: a slower machine only makes the interim longer.
+            try await Task.sleep(until: outageStart + .seconds(17))
+            interim.stop()
+            // The server with the older state of the data: the logout made before the first loss
+            // is re-applied.
+            try await env.redis.restart()
+
+            let log = env.mirror.log
+            #expect(
+                await eventually(timeout: .seconds(180)) { !log.records(event: "failover_logout_reapplied").isEmpty },
+                "no failover reconciliation; the log:\n\(log.text)")
+            let counts = log.records(event: "failover_logout_reapplied").compactMap { $0.metadata["count"] }
+            #expect(counts.contains { $0 != "0" }, "the logout was not re-applied; the log:\n\(log.text)")
         }
     }
 
@@ -129,6 +216,9 @@ struct FailoverReconciliationTests {
         try await withMirroredRedis(configure: {
             $0.onCacheLoss = .restore
             $0.reconnectMinimumMilliseconds = 20
+            // The reconnect after the restart comes within half a second, whatever the backoff
+            // grew to while the server was away (up to 10 s otherwise, in a 20 s wait).
+            $0.reconnectMaximumMilliseconds = 500
         }) { env in
             for index in 0..<5 { try env.client.checked("SET", "session:s\(index)", "v", "EX", "3600") }
             try env.client.checked("DEL", "session:s0")

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import Synchronization
 
@@ -10,10 +11,12 @@ struct CapturingLogHandler: LogHandler {
         var event: String?
         var message: String
         var metadata: [String: String]
+        /// When it was logged (local Unix ms): a failure message shows what happened when.
+        var at = Int64(Date().timeIntervalSince1970 * 1000)
 
         var description: String {
             let fields = metadata.keys.sorted().map { "\($0)=\(metadata[$0]!)" }.joined(separator: " ")
-            return "level=\(level) event=\(event ?? "-") msg=\"\(message)\" \(fields)"
+            return "at_ms=\(at) level=\(level) event=\(event ?? "-") msg=\"\(message)\" \(fields)"
         }
     }
 
