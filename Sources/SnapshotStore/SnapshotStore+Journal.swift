@@ -35,8 +35,6 @@ struct JournalIndex {
     private var savedNext: Int64 = 1
     private var savedCount = 0
 
-    init(nextSequence: Int64 = 1) { self.nextSequence = nextSequence }
-
     mutating func beginTransaction() {
         undo = []
         savedNext = nextSequence
@@ -53,14 +51,12 @@ struct JournalIndex {
         self.undo = nil
     }
 
-    /// Records an entry of `hash` appended with the sequence returned.
-    mutating func appended(hash: Int) -> Int64 {
-        let sequence = nextSequence
+    /// Records an entry of `hash` appended with `nextSequence`.
+    mutating func appended(hash: Int) {
         undo?.append((hash, latest[hash]))
-        latest[hash] = sequence
+        latest[hash] = nextSequence
         nextSequence += 1
         count += 1
-        return sequence
     }
 
     /// Records that the table has no entry left. Not undone by a rollback: the table stays empty.
@@ -145,8 +141,7 @@ extension SnapshotStore {
             throw SQLiteError(step: "prepare journal append", code: 1, message: database.lastMessage)
         }
         defer { statement.reset() }
-        let sequence = journal.nextSequence
-        try statement.bind(1, sequence)
+        try statement.bind(1, journal.nextSequence)
         try statement.bind(2, blob: key)
         try statement.bind(3, row?.type)
         if let row { try statement.bind(4, blob: row.value) } else { try statement.bind(4, nil as Int64?) }
@@ -156,30 +151,37 @@ extension SnapshotStore {
         try statement.bind(8, generation)
         if let mac = row?.mac { try statement.bind(9, blob: mac) } else { try statement.bind(9, nil as Int64?) }
         try statement.step()
-        _ = journal.appended(hash: journalKeyHash(key))
+        journal.appended(hash: journalKeyHash(key))
     }
 
     /// The current state of `key`: its latest journal entry, else its `sessions` row.
     func currentRow(key: [UInt8]) throws -> CurrentRow {
-        if hasJournal, let sequence = journal.latest[journalKeyHash(key)] {
-            // The slot's latest entry is this key's unless two keys share the hash; then the key's
-            // own latest entry, if any, is looked up by a scan of the journal (as rare as a 64-bit
-            // collision).
-            let bySequence = try database.prepare(
-                "SELECT key, type, value, expires_at, state FROM journal WHERE seq = ?1")
-            try bySequence.bind(1, sequence)
-            if try bySequence.step(), bySequence.blob(0) == key {
-                return SnapshotStore.currentRow(bySequence, from: 1)
-            }
-            let byKey = try database.prepare(
-                "SELECT key, type, value, expires_at, state FROM journal WHERE key = ?1 ORDER BY seq DESC LIMIT 1")
-            try byKey.bind(1, blob: key)
-            if try byKey.step() { return SnapshotStore.currentRow(byKey, from: 1) }
+        if let sequence = try latestEntrySequence(of: key) {
+            let entry = try database.prepare("SELECT type, value, expires_at, state FROM journal WHERE seq = ?1")
+            try entry.bind(1, sequence)
+            if try entry.step() { return SnapshotStore.currentRow(entry, from: 0) }
         }
-        let select = try database.prepare("SELECT key, type, value, expires_at, state FROM sessions WHERE key = ?1")
+        let select = try database.prepare("SELECT type, value, expires_at, state FROM sessions WHERE key = ?1")
         try select.bind(1, blob: key)
         guard try select.step() else { return .absent }
-        return SnapshotStore.currentRow(select, from: 1)
+        return SnapshotStore.currentRow(select, from: 0)
+    }
+
+    /// The `seq` of `key`'s latest journal entry, nil when it has none. The index's slot says
+    /// whether one may exist and which entry is likely its latest; the key read back confirms it.
+    /// When two keys share the hash and the slot's entry is the other key's, the key's own latest
+    /// entry is looked up by a scan of the journal (as rare as a 64-bit collision).
+    private func latestEntrySequence(of key: [UInt8]) throws -> Int64? {
+        guard hasJournal, let newest = journal.latest[journalKeyHash(key)] else { return nil }
+        guard let keyAt = journalKeyAtStatement, let latestByKey = journalLatestByKeyStatement else {
+            throw SQLiteError(step: "prepare journal lookup", code: 1, message: database.lastMessage)
+        }
+        defer { keyAt.reset() }
+        try keyAt.bind(1, newest)
+        if try keyAt.step(), keyAt.blob(0) == key { return newest }
+        defer { latestByKey.reset() }
+        try latestByKey.bind(1, blob: key)
+        return try latestByKey.step() ? latestByKey.int64(0) : nil
     }
 
     /// Reads type, value, expires_at and state from `column` on; a NULL state is a gone key.
@@ -233,7 +235,7 @@ extension SnapshotStore {
         for position in latestInPiece.values {
             let entry = entries[position]
             if let newest = journal.latest[journalKeyHash(entry.key)], newest > last,
-                try hasEntry(key: entry.key, after: last)
+                let latest = try latestEntrySequence(of: entry.key), latest > last
             {
                 continue
             }
@@ -251,21 +253,6 @@ extension SnapshotStore {
     /// Folds the whole journal in pieces, in the caller's transaction.
     func foldWholeJournal() throws {
         while try foldJournal(limit: 8192) > 0 {}
-    }
-
-    /// Whether `key` has a journal entry after `sequence`. The index's slot says whether one may
-    /// exist; this confirms it by key.
-    private func hasEntry(key: [UInt8], after sequence: Int64) throws -> Bool {
-        // The slot's own entry is the likely one: look it up by seq first.
-        if let newest = journal.latest[journalKeyHash(key)] {
-            let bySequence = try database.prepare("SELECT key FROM journal WHERE seq = ?1")
-            try bySequence.bind(1, newest)
-            if try bySequence.step(), bySequence.blob(0) == key { return true }
-        }
-        let statement = try database.prepare("SELECT 1 FROM journal WHERE seq > ?1 AND key = ?2 LIMIT 1")
-        try statement.bind(1, sequence)
-        try statement.bind(2, blob: key)
-        return try statement.step()
     }
 
     /// Writes a folded entry's state into `sessions`.

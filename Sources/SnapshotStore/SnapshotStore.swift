@@ -66,6 +66,11 @@ public final class SnapshotStore {
         INSERT INTO journal (seq, key, type, value, expires_at, changed_at, state, sync_generation, mac)
         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
         """)
+    /// The journal lookups of `latestEntrySequence` (SnapshotStore+Journal.swift): the fold runs
+    /// them for every key of a piece that has a newer entry.
+    lazy var journalKeyAtStatement = try? database.prepare("SELECT key FROM journal WHERE seq = ?1")
+    lazy var journalLatestByKeyStatement = try? database.prepare(
+        "SELECT seq FROM journal WHERE key = ?1 ORDER BY seq DESC LIMIT 1")
 
     /// Opens (or, read-write, creates) the snapshot at `path`.
     ///
@@ -129,10 +134,6 @@ public final class SnapshotStore {
                     }
                 }
                 try upgrade(from: version)
-                hasJournal = true
-                // A journal left by a crash goes into `sessions` now: the writer's index of it then
-                // starts empty, covering exactly what this process appends.
-                try foldAtOpen()
             }
         } catch {
             close()
@@ -241,7 +242,8 @@ public final class SnapshotStore {
         }
     }
 
-    /// Sets the connection up for the daemon and migrates the schema to `formatVersion`.
+    /// Sets the connection up for the daemon, migrates the schema to `formatVersion` and folds what
+    /// the journal holds.
     private func upgrade(from version: Int64) throws(SnapshotError) {
         do {
             try database.execute("PRAGMA journal_mode = WAL")
@@ -255,6 +257,17 @@ public final class SnapshotStore {
             // and findings": The WAL's size): give the disk back down to 64 MB once it is checkpointed.
             try database.execute("PRAGMA journal_size_limit = 67108864")
             try migrate(from: version)
+            hasJournal = true
+            // A journal left by a crash goes into `sessions` now, in one transaction: the writer's
+            // index of it then starts empty, covering exactly what this process appends.
+            try begin()
+            do {
+                try foldWholeJournal()
+                try commit()
+            } catch {
+                rollback()
+                throw error
+            }
         } catch let error as SnapshotError {
             throw error
         } catch let error as SQLiteError {
@@ -473,28 +486,6 @@ public final class SnapshotStore {
         try statement.bind(2, changedAt)
         try statement.bind(3, generation)
         try statement.step()
-    }
-
-    /// At a read-write open: folds what the journal holds, in one transaction.
-    private func foldAtOpen() throws(SnapshotError) {
-        do {
-            try database.execute("SAVEPOINT fold_at_open", step: "begin the journal's fold")
-            do {
-                try foldWholeJournal()
-                try database.execute("RELEASE fold_at_open", step: "commit the journal's fold")
-            } catch {
-                try? database.execute("ROLLBACK TO fold_at_open; RELEASE fold_at_open")
-                throw error
-            }
-        } catch let error as SnapshotError {
-            throw error
-        } catch let error as SQLiteError {
-            if error.isCorrupt { throw .corrupt(path: path, detail: error.message) }
-            throw .sqlite(error)
-        } catch {
-            throw .corrupt(path: path, detail: "\(error)")
-        }
-        journal = JournalIndex()
     }
 
     /// Deletes rows whose expiry passed before `cutoff` (Unix ms); returns how many.
