@@ -210,10 +210,6 @@ struct WriterPriorityTests {
 /// The reconciliation in bounded pieces, with changes committed between them.
 @Suite("The reconciliation runs in bounded pieces", .timeLimit(.minutes(5)))
 struct ReconciliationPieceTests {
-    private func record(_ key: String, _ value: String) -> SnapshotRecord {
-        SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)
-    }
-
     @Test("pieces of 100 rows delete exactly the unseen rows, and a row written between two pieces stays")
     func piecesKeepTheOutcome() throws {
         let directory = try TemporaryDirectory(label: "reconcile-pieces")
@@ -221,11 +217,11 @@ struct ReconciliationPieceTests {
         defer { store.close() }
         let keys = (0..<2000).map { String(format: "k%05d", $0) }
         try store.begin()
-        for key in keys { try store.upsert(record(key, "v1"), changedAt: 1, generation: 1) }
+        for key in keys { try store.upsert(stringRecord(key, "v1"), changedAt: 1, generation: 1) }
         try store.beginFullSync(generation: 2)
         // The sync saw the even keys unchanged; the odd ones are gone from Redis.
         for (index, key) in keys.enumerated() where index % 2 == 0 {
-            try store.upsert(record(key, "v1"), changedAt: 5, generation: 2)
+            try store.upsert(stringRecord(key, "v1"), changedAt: 5, generation: 2)
         }
         try store.commit()
 
@@ -241,7 +237,7 @@ struct ReconciliationPieceTests {
                 // A live change read during the sync, committed between two pieces, for a key the
                 // reconciliation has not reached yet: unchanged, so only its mark says it is seen.
                 try store.begin()
-                try store.upsert(record("k01999", "v1"), changedAt: 7, generation: 2)
+                try store.upsert(stringRecord("k01999", "v1"), changedAt: 7, generation: 2)
                 try store.commit()
             }
         }
@@ -259,9 +255,9 @@ struct ReconciliationPieceTests {
         let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
         defer { store.close() }
         try store.begin()
-        for index in 0..<500 { try store.upsert(record("k\(index)", "v"), changedAt: 1, generation: 1) }
+        for index in 0..<500 { try store.upsert(stringRecord("k\(index)", "v"), changedAt: 1, generation: 1) }
         try store.beginFullSync(generation: 2)
-        for index in 0..<400 { try store.upsert(record("k\(index)", "v"), changedAt: 5, generation: 2) }
+        for index in 0..<400 { try store.upsert(stringRecord("k\(index)", "v"), changedAt: 5, generation: 2) }
         try store.commit()
         var reconciliation = Reconciliation(
             generation: 2, now: 10, maxDeleteFraction: 0.1, runIDChanged: false, lossRuledOut: false)

@@ -8,22 +8,6 @@ import Testing
 /// sees a key's latest journal entry over its row, and the fold never lets an older state win.
 @Suite("The journal of live changes", .timeLimit(.minutes(5)))
 struct JournalTests {
-    private func record(_ key: String, _ value: String, expiresAt: Int64 = 4_000_000_000_000) -> SnapshotRecord {
-        SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: expiresAt)
-    }
-
-    /// A new snapshot holding rows a, b and c in the table (generation 1), and its directory.
-    private func withSnapshot(_ body: (SnapshotStore) throws -> Void) throws {
-        let directory = try TemporaryDirectory(label: "journal")
-        let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
-        defer { store.close() }
-        try store.begin()
-        for key in ["a", "b", "c"] { try store.upsert(record(key, "v1"), changedAt: 1, generation: 1) }
-        try store.commit()
-        try body(store)
-        withExtendedLifetime(directory) {}
-    }
-
     /// The rows a reader in another process sees: key → (value, state).
     private func readerView(_ path: String) throws -> [String: String] {
         var view: [String: String] = [:]
@@ -43,12 +27,12 @@ struct JournalTests {
 
     @Test("readers see the journal's entries over the table's rows before the fold, and the same after it")
     func readersMergeTheJournal() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             try store.begin()
-            try store.upsert(record("a", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 5, generation: 1, journaled: true)
             try store.delete(key: bytes("b"), journaled: true)
             try store.markEvicted(key: bytes("c"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("d", "v1"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("d", "v1"), changedAt: 5, generation: 1, journaled: true)
             try store.commit()
 
             // Committed to the journal; the table still holds the old rows.
@@ -71,13 +55,13 @@ struct JournalTests {
 
     @Test("the fold applies only each key's latest state: an older entry never reaches the table after a newer one")
     func newerEntriesSupersede() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             try store.begin()
-            try store.upsert(record("a", "v2"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("b", "v2"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("a", "v3"), changedAt: 6, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("b", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v3"), changedAt: 6, generation: 1, journaled: true)
             try store.delete(key: bytes("b"), journaled: true)
-            try store.upsert(record("a", "v4"), changedAt: 7, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v4"), changedAt: 7, generation: 1, journaled: true)
             try store.commit()
             let changedBefore = store.rowsChanged
 
@@ -100,14 +84,14 @@ struct JournalTests {
 
     @Test("keys that share the index's hash are told apart by the key itself")
     func hashCollisionsAreResolvedByKey() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             store.journalKeyHash = { _ in 7 }
             try store.begin()
-            try store.upsert(record("a", "v2"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("b", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("b", "v2"), changedAt: 5, generation: 1, journaled: true)
             // The slot's latest entry is b's: a's current row must still be found (its v2).
             try store.markEvicted(key: bytes("a"), changedAt: 6, generation: 1, journaled: true)
-            try store.upsert(record("c", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("c", "v2"), changedAt: 5, generation: 1, journaled: true)
             try store.commit()
             #expect(try readerView(store.path) == ["a": "v2 evicted", "b": "v2", "c": "v2"])
 
@@ -123,22 +107,22 @@ struct JournalTests {
 
     @Test("a rolled-back transaction takes its entries out of the index: the retried write goes where it should")
     func rollbackRestoresTheIndex() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             try store.begin()
-            try store.upsert(record("x", "v1"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("x", "v1"), changedAt: 5, generation: 1, journaled: true)
             store.rollback()
             #expect(store.journalEntries == 0)
             // A bulk write of x now goes to the table: x has no entry.
             try store.begin()
-            try store.upsert(record("x", "v2"), changedAt: 6, generation: 1)
+            try store.upsert(stringRecord("x", "v2"), changedAt: 6, generation: 1)
             try store.commit()
             #expect(try sqlite3(store.path, "SELECT count(*) FROM journal") == "0")
             #expect(try sqlite3(store.path, "SELECT value FROM sessions WHERE key = x'78'") == "v2")
 
             // A bulk write of a key with an entry joins the journal behind it.
             try store.begin()
-            try store.upsert(record("a", "v2"), changedAt: 7, generation: 1, journaled: true)
-            try store.upsert(record("a", "v3"), changedAt: 8, generation: 1)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 7, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v3"), changedAt: 8, generation: 1)
             try store.commit()
             #expect(try sqlite3(store.path, "SELECT count(*) FROM journal") == "2")
             #expect(try readerView(store.path)["a"] == "v3")
@@ -149,14 +133,14 @@ struct JournalTests {
         "a reconciliation folds first: an entry written before the sync is judged like a row, one written after it stays"
     )
     func reconciliationFoldsFirst() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             // Before the sync: c changed live (generation 1); the sync then does not find c in Redis.
             try store.begin()
-            try store.upsert(record("e", "v1"), changedAt: 5, generation: 1)
-            try store.upsert(record("c", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("e", "v1"), changedAt: 5, generation: 1)
+            try store.upsert(stringRecord("c", "v2"), changedAt: 5, generation: 1, journaled: true)
             try store.beginFullSync(generation: 2)
-            try store.upsert(record("a", "v1"), changedAt: 6, generation: 2)  // unchanged: seen
-            try store.upsert(record("b", "v2"), changedAt: 6, generation: 2)
+            try store.upsert(stringRecord("a", "v1"), changedAt: 6, generation: 2)  // unchanged: seen
+            try store.upsert(stringRecord("b", "v2"), changedAt: 6, generation: 2)
             try store.commit()
 
             var reconciliation = Reconciliation(
@@ -167,7 +151,7 @@ struct JournalTests {
             // Between two pieces an event rewrites e, which the sync did not see either (its change
             // carries an older generation, as one read just before the sync began would).
             try store.begin()
-            try store.upsert(record("e", "v2"), changedAt: 11, generation: 1, journaled: true)
+            try store.upsert(stringRecord("e", "v2"), changedAt: 11, generation: 1, journaled: true)
             try store.commit()
             while reconciliation.outcome == nil {
                 try store.begin()
@@ -187,9 +171,9 @@ struct JournalTests {
         do {
             let store = try SnapshotStore(path: path, mode: .readWrite)
             try store.begin()
-            try store.upsert(record("a", "v1"), changedAt: 1, generation: 1)
-            try store.upsert(record("a", "v2"), changedAt: 2, generation: 1, journaled: true)
-            try store.upsert(record("b", "v1"), changedAt: 2, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v1"), changedAt: 1, generation: 1)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 2, generation: 1, journaled: true)
+            try store.upsert(stringRecord("b", "v1"), changedAt: 2, generation: 1, journaled: true)
             try store.commit()
             store.close()  // as a crash leaves it: nothing folded
         }
@@ -204,11 +188,11 @@ struct JournalTests {
 
     @Test("purge deletes the journal's entries of its prefix too, and the writer's later fold brings nothing back")
     func purgeReachesTheJournal() throws {
-        try withSnapshot { store in
+        try withSnapshotHoldingABC(label: "journal") { store in
             try store.begin()
-            try store.upsert(record("a", "v2"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("p:x", "v1"), changedAt: 5, generation: 1, journaled: true)
-            try store.upsert(record("p:y", "v1"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("a", "v2"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("p:x", "v1"), changedAt: 5, generation: 1, journaled: true)
+            try store.upsert(stringRecord("p:y", "v1"), changedAt: 5, generation: 1, journaled: true)
             try store.commit()
             let purge = try SnapshotStore(path: store.path, mode: .maintenance)
             try purge.begin()
@@ -232,15 +216,14 @@ struct JournalTests {
             store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
         let changes = (0..<3000).map { index in
             SnapshotChange(
-                kind: .upsert(record("k\(index % 1000)", "v\(index)")), dirtiedAt: SystemTime.monotonicNanoseconds(),
+                kind: .upsert(stringRecord("k\(index % 1000)", "v\(index)")),
+                dirtiedAt: SystemTime.monotonicNanoseconds(),
                 generation: 0)
         }
         writer.enqueue(changes, lane: .live)
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
+        _ = await eventually(timeout: .seconds(60)) {
             let stats = writer.statistics(resetLatency: false)
-            if stats.queuedChanges == 0 && stats.journalEntries == 0 && stats.journalFolded == 3000 { break }
-            try await Task.sleep(for: .milliseconds(20))
+            return stats.queuedChanges == 0 && stats.journalEntries == 0 && stats.journalFolded == 3000
         }
         let stats = writer.statistics(resetLatency: false)
         #expect(stats.journalFolded == 3000 && stats.journalEntries == 0)

@@ -79,3 +79,22 @@ func sqlite3(_ path: String, _ sql: String) throws -> String {
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
 }
+
+/// A string row for the tests of the store and the writer: key and value as UTF-8, an expiry far
+/// in the future.
+func stringRecord(_ key: String, _ value: String) -> SnapshotRecord {
+    SnapshotRecord(key: bytes(key), type: "string", value: bytes(value), expiresAt: 4_000_000_000_000)
+}
+
+/// Runs `body` on a new read-write snapshot holding rows a, b and c (value "v1"), written by
+/// generation 1 at changed_at 1, in a temporary directory named after `label`.
+func withSnapshotHoldingABC(label: String, _ body: (SnapshotStore) throws -> Void) throws {
+    let directory = try TemporaryDirectory(label: label)
+    let store = try SnapshotStore(path: directory.file("s.db"), mode: .readWrite)
+    defer { store.close() }
+    try store.begin()
+    for key in ["a", "b", "c"] { try store.upsert(stringRecord(key, "v1"), changedAt: 1, generation: 1) }
+    try store.commit()
+    try body(store)
+    withExtendedLifetime(directory) {}
+}
