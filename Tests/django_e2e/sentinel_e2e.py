@@ -41,6 +41,8 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import run_e2e as E  # noqa: E402  (the snapshot's rows as a reader sees them)
 BINARY = os.environ.get("SESSIONMIRROR_BIN", os.path.join(REPO, ".build/debug/sessionmirror"))
 MASTER_NAME = "mymaster"
 PREFIX = b":1:django.contrib.sessions.cache"
@@ -195,21 +197,12 @@ class Harness:
             print("FAIL  %s %s" % (name, detail))
 
 
-def current_rows_sql(con, columns):
-    """The snapshot's rows as a reader sees them: a key's latest journal entry over its row (as in run_e2e.py)."""
-    if not con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'journal'").fetchone()[0]:
-        return "SELECT %s FROM sessions" % columns
-    return ("SELECT %s FROM sessions WHERE key NOT IN (SELECT key FROM journal) UNION ALL "
-            "SELECT %s FROM journal WHERE state IS NOT NULL AND seq IN (SELECT max(seq) FROM journal GROUP BY key)"
-            % (columns, columns))
-
-
 def snapshot_keys(path):
     """The keys of the snapshot's live, unexpired rows under the Django prefix."""
     uri = "file:%s?mode=ro" % urllib.parse.quote(path)
     con = sqlite3.connect(uri, uri=True, timeout=2)
     try:
-        rows = con.execute(current_rows_sql(con, "key, expires_at, state")).fetchall()
+        rows = con.execute(E.current_rows_sql(con, "key, expires_at, state")).fetchall()
     finally:
         con.close()
     now = int(time.time() * 1000)
