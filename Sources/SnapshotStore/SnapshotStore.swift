@@ -43,6 +43,9 @@ public final class SnapshotStore {
     var journal = JournalIndex()
     /// The journal index's hash of a key (a test gives every key the same hash).
     var journalKeyHash: ([UInt8]) -> Int = FullSyncMarks.hash
+    /// Journal entries a long job's fold takes per piece (the reconciliation's first phase); the
+    /// writer sets it from the pace of its own folds before each piece.
+    var foldPieceEntries = SnapshotWriter.foldEntriesPerTransaction
 
     /// A row that already holds the same value, expiry and state is not written again (a resync of
     /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
