@@ -47,7 +47,8 @@ struct WriterCheckpointTests {
         #expect(settled)
         let stats = writer.statistics(resetLatency: false)
         #expect(stats.writerCheckpoints > 0)
-        let walBytes = (try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? NSNumber)?
+        let walBytes =
+            (try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? NSNumber)?
             .int64Value ?? 0
         // Without the writer's checkpoints it grows to about everything written, 120 MB; with them
         // it stays within a few transactions of the threshold (8-20 MB, as the checkpoint thread's
