@@ -14,10 +14,10 @@ import Synchronization
 /// Scans beside the writer). Here they read a snapshot of the table beside the writer, and only the
 /// deletes of the rows found go through the writer.
 ///
-/// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
-/// transaction begins with every frame copied, which a busy writer rarely sees between this
-/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it the
-/// WAL grows several times larger: docs/benchmarks.md, "Targets and findings": The WAL's size).
+/// SQLite starts the WAL over only when a write transaction begins with every frame copied, which a
+/// busy writer rarely sees between this thread's passes: the writer still checkpoints itself once
+/// the WAL passes `SnapshotWriter.checkpointFrames`, between two of its transactions, by then a
+/// small tail (without it the WAL grows with everything written: `WriterCheckpointTests`).
 final class SnapshotMaintainer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
