@@ -37,6 +37,9 @@ final class SnapshotMaintainer: @unchecked Sendable {
     private let pruneIntervalNanoseconds: UInt64
     private let pruneGraceMilliseconds: Int64
     private let expired: ExpiredHandler
+    /// Where the WAL was copied up to at the end of this thread's last checkpoint (a frame number
+    /// of the WAL as it was then: after the WAL started over, larger than its frames).
+    let copiedFrames = Atomic<Int>(0)
     /// A batch of expired keys was handed to `expired` and its deletes are not committed yet.
     private let pruneHandedOver = Atomic<Bool>(false)
 
@@ -126,8 +129,8 @@ final class SnapshotMaintainer: @unchecked Sendable {
                 }
                 nextPrune = SystemTime.monotonicNanoseconds() + again
             }
-            if checkpoint {
-                try? store.database.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if checkpoint, let result = try? store.database.checkpointPassive() {
+                copiedFrames.store(result.copied, ordering: .relaxed)
                 usleep(50_000)  // at most 20 passes a second: the commits in between coalesce
             }
         }

@@ -149,7 +149,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     static let foldCatchUpThreshold = 500_000
     /// A bulk transaction that has run this long ends, between two chunks, when a live change is
     /// queued: the live change waits for at most about this much of a sync's work.
-    static let bulkNanosecondsBeforeYielding: UInt64 = 4_000_000
+    static let bulkNanosecondsBeforeYielding: UInt64 = 15_000_000
     /// Bulk changes are queued in chunks of at most this many, so that a transaction can end
     /// between two of them.
     static let bulkChunk = 32
@@ -160,7 +160,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// with no commit of its own in between, gives it that. (SQLite's automatic checkpoint did the
     /// same inside the commit that crossed the threshold, and the changes of that transaction,
     /// live ones included, waited for its file syncs.)
-    public static let checkpointFrames = 8192
+    public static let checkpointFrames = 32_768
     /// Above this many journal entries the writer folds between its other transactions, not only
     /// when it has nothing else to do: a key written again while its entry waits is written to
     /// the table once (docs/architecture.md, "The write path").
@@ -745,12 +745,15 @@ public final class SnapshotWriter: @unchecked Sendable {
     }
 
     /// One bounded piece of work besides the live changes, by need: the writer's checkpoint when
-    /// the WAL has grown past `checkpointFrames`; else a bulk transaction or a fold of the journal,
-    /// in turns when both are due.
+    /// the WAL has grown past `checkpointFrames`; else a bulk transaction, or a fold of the journal
+    /// when no bulk work waits. Above `foldCatchUpThreshold` bulk and fold pieces take turns: a
+    /// full sync goes first (the journal holds what it defers, and readers see it), but not so
+    /// long that the journal grows without bound.
     private func otherPiece(stopping: Bool) throws {
         if checkpointIfDue() { return }
         let foldDue = foldIsDue()
-        if !pendingBulk.isEmpty && !(foldDue && foldsTurn) {
+        let foldsCatchingUp = foldsTurn && store.journalEntries > SnapshotWriter.foldCatchUpThreshold
+        if !pendingBulk.isEmpty && !(foldDue && foldsCatchingUp) {
             try commitBulk(stopping: stopping)
             foldsTurn = true
         } else if foldDue {
@@ -797,17 +800,24 @@ public final class SnapshotWriter: @unchecked Sendable {
     private var checkpointedAtFrames = 0
 
     /// Checkpoints when the WAL has grown past `checkpointFrames`, and by an eighth of that since
-    /// the last time (only while
-    /// the checkpoint thread runs: without it SQLite's automatic checkpoint is on). True when it
+    /// the last time, once the checkpoint thread has copied all but `checkpointTailFrames` of it
+    /// (only while that thread runs: without it SQLite's automatic checkpoint is on). True when it
     /// ran. A failure is left to the checkpoint thread and the next attempt, as SQLite leaves the
     /// failure of its automatic checkpoint.
+    ///
+    /// The checkpoint syncs the WAL before it copies and the file after: right after the checkpoint
+    /// thread's pass, both syncs write little. Twice the threshold, it checkpoints whatever is
+    /// left, so that the WAL still starts over when that thread cannot keep up.
     private func checkpointIfDue() -> Bool {
-        guard maintainer != nil else { return false }
+        guard let maintainer else { return false }
         let frames = store.database.walFramesAfterLastCommit
         // Fewer frames than at the last checkpoint: the WAL started over since.
         if frames < checkpointedAtFrames { checkpointedAtFrames = 0 }
-        guard frames >= checkpointFrames, frames >= checkpointedAtFrames + checkpointFrames / 8
-        else { return false }
+        guard frames >= checkpointFrames, frames >= checkpointedAtFrames + checkpointFrames / 8 else { return false }
+        let copied = maintainer.copiedFrames.load(ordering: .relaxed)
+        // A copy beyond the WAL's frames was of the WAL before it started over: nothing is known.
+        let tail = copied <= frames ? frames - copied : frames
+        guard tail <= checkpointFrames / 16 || frames >= 2 * checkpointFrames else { return false }
         let started = SystemTime.monotonicNanoseconds()
         // nil: the checkpoint thread is at it; the writer tries again after its next transaction.
         guard (try? store.database.checkpointPassive()) != nil else { return false }
