@@ -46,8 +46,9 @@ extension Mirror {
         case confirmingMaster
     }
 
-    /// Rows a piece of the reconciliation reads, in one writer transaction.
-    static let reconcileRowsPerTransaction = 4096
+    /// Rows a piece of the reconciliation reads, in one writer transaction: a live change that
+    /// arrives as it begins waits for it.
+    static let reconcileRowsPerTransaction = 1024
 
     // MARK: - Full sync
 

@@ -78,7 +78,7 @@ public struct Reconciliation: Sendable {
         switch phase {
         case .folding(let upTo):
             let last = upTo ?? store.lastJournalSequence
-            if try store.foldJournal(limit: min(rows, SnapshotWriter.foldEntriesPerTransaction), upTo: last) == 0 {
+            if try store.foldJournal(limit: min(rows, store.foldPieceEntries), upTo: last) == 0 {
                 next.phase = firstCounting
                 return try next.step(in: store, rows: rows)
             }

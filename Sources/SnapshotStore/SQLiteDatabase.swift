@@ -73,8 +73,49 @@ final class SQLiteDatabase {
 
     deinit { close() }
 
+    /// Where SQLite's WAL hook writes the WAL's frame count after each commit, once
+    /// `takeOverCheckpoints()` replaced the automatic checkpoint with it.
+    private var walFrames: UnsafeMutablePointer<Int32>?
+
+    /// Replaces SQLite's automatic checkpoint (a checkpoint inside the commit that crosses the
+    /// threshold) with a count of the WAL's frames after each commit: the owner checkpoints when it
+    /// chooses, with `checkpointPassive()`. (The WAL hook and the automatic checkpoint are one
+    /// setting: "a call to sqlite3_wal_autocheckpoint() overrides any prior sqlite3_wal_hook()".)
+    func takeOverCheckpoints() {
+        guard walFrames == nil else { return }
+        let frames = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+        frames.initialize(to: 0)
+        walFrames = frames
+        sqlite3_wal_hook(
+            handle,
+            { context, _, _, count in
+                context?.assumingMemoryBound(to: Int32.self).pointee = count
+                return SQLITE_OK
+            }, frames)
+    }
+
+    /// Frames in the WAL after this connection's last commit (0 before `takeOverCheckpoints()`).
+    var walFramesAfterLastCommit: Int { Int(walFrames?.pointee ?? 0) }
+
+    /// Runs a PASSIVE checkpoint: copies what no reader still needs from the WAL into the file,
+    /// without waiting for any lock. Returns the frames in the WAL and those now copied, or nil
+    /// when another connection is checkpointing.
+    func checkpointPassive() throws -> (walFrames: Int, copied: Int)? {
+        var log: Int32 = 0
+        var copied: Int32 = 0
+        let status = sqlite3_wal_checkpoint_v2(handle, nil, SQLITE_CHECKPOINT_PASSIVE, &log, &copied)
+        if status & 0xff == SQLITE_BUSY { return nil }
+        guard status == SQLITE_OK else { throw failure(step: "checkpoint", code: status, message: lastMessage) }
+        return (Int(log), Int(copied))
+    }
+
     func close() {
         guard let handle else { return }
+        if let walFrames {
+            sqlite3_wal_hook(handle, nil, nil)
+            walFrames.deallocate()
+            self.walFrames = nil
+        }
         // sqlite3_close_v2 defers the close until every statement is finalized, so a statement
         // that outlives us cannot crash the process.
         sqlite3_close_v2(handle)

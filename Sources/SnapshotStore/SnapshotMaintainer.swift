@@ -14,10 +14,10 @@ import Synchronization
 /// Scans beside the writer). Here they read a snapshot of the table beside the writer, and only the
 /// deletes of the rows found go through the writer.
 ///
-/// The writer keeps SQLite's automatic checkpoint: SQLite starts the WAL over only when a write
-/// transaction begins with every frame copied, which a busy writer rarely sees between this
-/// thread's passes; its own checkpoint after a commit, by then small, gives it that (without it the
-/// WAL grows several times larger: docs/benchmarks.md, "Targets and findings": The WAL's size).
+/// SQLite starts the WAL over only when a write transaction begins with every frame copied, which a
+/// busy writer rarely sees between this thread's passes: the writer still checkpoints itself once
+/// the WAL passes `SnapshotWriter.checkpointFrames`, between two of its transactions, by then a
+/// small tail (without it the WAL grows with everything written: `WriterCheckpointTests`).
 final class SnapshotMaintainer: @unchecked Sendable {
     /// Row counts and bytes on disk, for the metrics.
     typealias CountsHandler = @Sendable (_ live: Int, _ evicted: Int, _ bytes: Int64) -> Void
@@ -37,6 +37,9 @@ final class SnapshotMaintainer: @unchecked Sendable {
     private let pruneIntervalNanoseconds: UInt64
     private let pruneGraceMilliseconds: Int64
     private let expired: ExpiredHandler
+    /// Where the WAL was copied up to at the end of this thread's last checkpoint (a frame number
+    /// of the WAL as it was then: after the WAL started over, larger than its frames).
+    let copiedFrames = Atomic<Int>(0)
     /// A batch of expired keys was handed to `expired` and its deletes are not committed yet.
     private let pruneHandedOver = Atomic<Bool>(false)
 
@@ -126,8 +129,8 @@ final class SnapshotMaintainer: @unchecked Sendable {
                 }
                 nextPrune = SystemTime.monotonicNanoseconds() + again
             }
-            if checkpoint {
-                try? store.database.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if checkpoint, let result = try? store.database.checkpointPassive() {
+                copiedFrames.store(result.copied, ordering: .relaxed)
                 usleep(50_000)  // at most 20 passes a second: the commits in between coalesce
             }
         }

@@ -43,6 +43,9 @@ public final class SnapshotStore {
     var journal = JournalIndex()
     /// The journal index's hash of a key (a test gives every key the same hash).
     var journalKeyHash: ([UInt8]) -> Int = FullSyncMarks.hash
+    /// Journal entries a long job's fold takes per piece (the reconciliation's first phase); the
+    /// writer sets it from the pace of its own folds before each piece.
+    var foldPieceEntries = SnapshotWriter.foldEntriesPerTransaction
 
     /// A row that already holds the same value, expiry and state is not written again (a resync of
     /// unchanged sessions rewrote every page of the table); `sqlite3_changes` is then 0.
@@ -254,8 +257,11 @@ public final class SnapshotStore {
             try database.execute("PRAGMA cache_size = -8192")
             try database.execute("PRAGMA wal_autocheckpoint = 8192")
             // A burst of large transactions leaves a large WAL behind (docs/benchmarks.md, "Targets
-            // and findings": The WAL's size): give the disk back down to 64 MB once it is checkpointed.
-            try database.execute("PRAGMA journal_size_limit = 67108864")
+            // and findings": The WAL's size): give the disk back down to 256 MB once it is
+            // checkpointed. Not less: the writer checkpoints at 32,768 frames (128 MB), and a WAL cut
+            // shorter at each start-over grows again under load, which makes the file syncs of every
+            // checkpoint slower (docs/benchmarks.md, "Live changes during a full sync").
+            try database.execute("PRAGMA journal_size_limit = 268435456")
             try migrate(from: version)
             hasJournal = true
             // A journal left by a crash goes into `sessions` now, in one transaction: the writer's

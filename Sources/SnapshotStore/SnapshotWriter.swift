@@ -90,8 +90,9 @@ public struct WriterStatistics: Sendable {
     public var liveQueueWait = LatencyHistogram()
     /// Live changes over the last interval: the length of the transaction that committed them.
     public var liveTransaction = LatencyHistogram()
-    /// The longest bulk transaction (a full sync's rows, a task's piece, a fold of the journal) of
-    /// the last interval, microseconds: what a live change that arrives as it begins waits for.
+    /// The longest piece of other work of the last interval (a transaction of a full sync's rows, a
+    /// task's piece, a fold of the journal, or the writer's checkpoint), microseconds: what a live
+    /// change that arrives as it begins waits for.
     public var longestBulkTransactionMicroseconds: UInt64 = 0
     /// Wall-clock Unix ms of the last commit.
     public var lastCommitAt: Int64 = 0
@@ -100,6 +101,8 @@ public struct WriterStatistics: Sendable {
     /// Journal entries folded since the writer started (applied to the table, or dropped because a
     /// newer entry of the same key follows).
     public var journalFolded: UInt64 = 0
+    /// Checkpoints the writer ran itself (`SnapshotWriter.checkpointFrames`).
+    public var writerCheckpoints: UInt64 = 0
     /// Changes queued and not yet committed, including those held for a retry (disk full).
     public var queuedChanges = 0
     /// Approximate bytes of those changes.
@@ -132,15 +135,32 @@ public final class SnapshotWriter: @unchecked Sendable {
     static let bulkRowsPerTransaction = 2048
     /// A bulk transaction takes no more items once it has run this long.
     static let bulkNanosecondsPerTransaction: UInt64 = 20_000_000
-    /// Journal entries folded in one transaction: each is a random page of the table to write, and
-    /// a live change that arrives meanwhile waits for the piece to commit.
+    /// Journal entries folded in one transaction at most: each is a random page of the table to
+    /// write, and a live change that arrives meanwhile waits for the piece to commit.
     static let foldEntriesPerTransaction = 256
+    /// Journal entries folded in one transaction at least.
+    static let foldEntriesAtLeast = 16
+    /// How long a fold transaction should last: the writer sizes its pieces from the time the last
+    /// ones took per entry, which depends on the machine and on how much of a CPU the writer gets.
+    static let foldNanosecondsPerTransaction: UInt64 = 8_000_000
     /// Above this many journal entries the pieces are four times larger: the journal must not grow
     /// without bound when the writer cannot keep up for long (each entry costs its row on disk and
     /// a slot of the index in memory).
     static let foldCatchUpThreshold = 500_000
-    /// A bulk transaction that has applied this many rows ends early when a live change is queued.
-    static let bulkRowsBeforeYielding = 128
+    /// A bulk transaction that has run this long ends, between two chunks, when a live change is
+    /// queued: the live change waits for at most about this much of a sync's work.
+    static let bulkNanosecondsBeforeYielding: UInt64 = 15_000_000
+    /// Bulk changes are queued in chunks of at most this many, so that a transaction can end
+    /// between two of them.
+    static let bulkChunk = 32
+    /// WAL frames after which the writer checkpoints, between two transactions, when the
+    /// checkpoint thread runs: that thread copies the WAL into the file as it grows, but SQLite
+    /// starts the WAL over only when a write transaction begins with every frame copied, which a
+    /// busy writer never sees between two of that thread's passes; the writer's own checkpoint,
+    /// with no commit of its own in between, gives it that. (SQLite's automatic checkpoint did the
+    /// same inside the commit that crossed the threshold, and the changes of that transaction,
+    /// live ones included, waited for its file syncs.)
+    public static let checkpointFrames = 32_768
     /// Above this many journal entries the writer folds between its other transactions, not only
     /// when it has nothing else to do: a key written again while its entry waits is written to
     /// the table once (docs/architecture.md, "The write path").
@@ -187,7 +207,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let uncommittedBytes = Atomic<Int>(0)
     private let uncommittedLiveBytes = Atomic<Int>(0)
     /// Live entries queued since the writer last took the queue: a bulk transaction ends early
-    /// when one arrives (`bulkRowsBeforeYielding`).
+    /// when one arrives (`bulkNanosecondsBeforeYielding`).
     private let liveQueued = Atomic<Int>(0)
     /// While not 0: the tombstone window is measured back from this time (local Unix ms), not
     /// from now (`holdTombstones(at:)`).
@@ -198,6 +218,8 @@ public final class SnapshotWriter: @unchecked Sendable {
     private let pruneGraceMilliseconds: Int64
     private let commitIntervalNanoseconds: UInt64
     private let tombstoneLimits: TombstoneLimits
+    /// `SnapshotWriter.checkpointFrames`, smaller in tests.
+    private let checkpointFrames: Int
     private var lastLateWarning: UInt64 = 0
     /// `store.rowsChanged` when the writer started (the schema's creation or migration).
     private let rowsChangedAtStart: Int
@@ -208,6 +230,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// For each key a live transaction committed while bulk changes were pending: the sequence of
     /// that live change. A bulk change of the key queued before it is older and is skipped.
     private var committedLive: [[UInt8]: UInt64] = [:]
+    /// Wall time a fold took per entry, smoothed over the last pieces (sizes the next piece).
+    private var foldNanosecondsPerEntry: UInt64 = 50_000
+    /// The next round's piece of other work is a fold, when one is due as well as bulk work.
+    private var foldsTurn = false
 
     /// Takes ownership of `store` and starts the writer thread.
     ///
@@ -216,9 +242,11 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// and reported by a `commit_late` warning (at most once a minute).
     public init(
         store: SnapshotStore, logger: Logger, commitIntervalMilliseconds: Int = 100, pruneIntervalSeconds: Int = 60,
-        pruneGraceSeconds: Int = 60, tombstoneLimits: TombstoneLimits = TombstoneLimits()
+        pruneGraceSeconds: Int = 60, tombstoneLimits: TombstoneLimits = TombstoneLimits(),
+        checkpointFrames: Int = SnapshotWriter.checkpointFrames
     ) {
         self.store = store
+        self.checkpointFrames = checkpointFrames
         self.tombstoneLimits = tombstoneLimits
         self.logger = logger
         self.commitIntervalNanoseconds = UInt64(commitIntervalMilliseconds) * 1_000_000
@@ -229,6 +257,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             maintainer = try SnapshotMaintainer(
                 path: store.path, pruneIntervalSeconds: pruneIntervalSeconds, pruneGraceSeconds: pruneGraceSeconds
             ) { [weak self] keys, cutoff in self?.enqueuePrune(keys, before: cutoff) }
+            store.database.takeOverCheckpoints()
         } catch {
             logger.warning(
                 "cannot open a second connection for checkpoints and scans; the writer does them itself",
@@ -259,36 +288,48 @@ public final class SnapshotWriter: @unchecked Sendable {
         let bytes = changes.reduce(0) { $0 + $1.approximateBytes }
         uncommittedChanges.add(changes.count, ordering: .relaxed)
         uncommittedBytes.add(bytes, ordering: .relaxed)
-        if lane == .live { uncommittedLiveBytes.add(bytes, ordering: .relaxed) }
-        append(.changes(changes, bytes: bytes), lane: lane)
+        if lane == .live {
+            uncommittedLiveBytes.add(bytes, ordering: .relaxed)
+            append([.changes(changes, bytes: bytes)], lane: .live)
+            return
+        }
+        append(
+            stride(from: 0, to: changes.count, by: SnapshotWriter.bulkChunk).map { start in
+                let chunk = Array(changes[start..<min(start + SnapshotWriter.bulkChunk, changes.count)])
+                return .changes(chunk, bytes: chunk.reduce(0) { $0 + $1.approximateBytes })
+            }, lane: .bulk)
     }
 
     /// Queues work to run in order with the bulk changes, inside a transaction. Live changes may
     /// be committed before it, even those queued after it.
     public func enqueue(_ task: @escaping TransactionWork) {
-        append(.step({ store in .done(after: try task(store)) }, holdsLive: false), lane: .bulk)
+        append([.step({ store in .done(after: try task(store)) }, holdsLive: false)], lane: .bulk)
     }
 
     /// Queues work like `enqueue(_:)`, but no live change queued after it is committed before it.
     /// Keep it short: it holds the live changes back while the bulk work queued before it runs.
     public func enqueueHoldingLive(_ task: @escaping TransactionWork) {
-        append(.step({ store in .done(after: try task(store)) }, holdsLive: true), lane: .bulk)
+        append([.step({ store in .done(after: try task(store)) }, holdsLive: true)], lane: .bulk)
     }
 
     /// Queues a long job in bounded pieces, in order with the bulk changes.
     public func enqueue(steps first: @escaping Step) {
-        append(.step(first, holdsLive: false), lane: .bulk)
+        append([.step(first, holdsLive: false)], lane: .bulk)
     }
 
-    private func append(_ work: Work, lane: WriterLane) {
+    /// Queues `works` in order, with consecutive sequence numbers.
+    private func append(_ works: [Work], lane: WriterLane) {
+        let now = SystemTime.monotonicNanoseconds()
         condition.lock()
-        let entry = Entry(sequence: queue.nextSequence, work: work, queuedAt: SystemTime.monotonicNanoseconds())
-        queue.nextSequence += 1
-        if lane == .live {
-            queue.live.append(entry)
-            liveQueued.add(1, ordering: .relaxed)
-        } else {
-            queue.bulk.append(entry)
+        for work in works {
+            let entry = Entry(sequence: queue.nextSequence, work: work, queuedAt: now)
+            queue.nextSequence += 1
+            if lane == .live {
+                queue.live.append(entry)
+                liveQueued.add(1, ordering: .relaxed)
+            } else {
+                queue.bulk.append(entry)
+            }
         }
         condition.signal()
         condition.unlock()
@@ -475,9 +516,10 @@ public final class SnapshotWriter: @unchecked Sendable {
                             }, holdsLive: false)))
             }
             do {
+                // Every live change queued, then at most one bounded piece of other work: a live
+                // change that arrives meanwhile waits for that one piece, never for several.
                 try commitLive()
-                try commitBulk(stopping: stopRequestedAt != nil)
-                try foldIfDue()
+                try otherPiece(stopping: stopRequestedAt != nil)
                 if failure != nil {
                     logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
                     failure = nil
@@ -593,6 +635,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             // the key index page by page instead of hopping across it (docs/benchmarks.md,
             // "Targets and findings": Key order).
             var run: [SnapshotChange] = []
+            store.foldPieceEntries = foldPieceEntries
             for entry in pendingBulk {
                 if case .step(let step, _) = entry.work {
                     guard consumed == 0 else { break }  // A step sees every change queued before it committed.
@@ -611,15 +654,18 @@ public final class SnapshotWriter: @unchecked Sendable {
                 }
                 consumed += 1
                 bytes += batchBytes
-                if run.count >= 512 {
+                // While a live change waits, each chunk is applied at once, so that the time below
+                // is the time the transaction has taken.
+                let yielding = liveQueued.load(ordering: .relaxed) > 0
+                if run.count >= 512 || (yielding && !run.isEmpty) {
                     try apply(SnapshotWriter.inKeyOrder(run), changedAt: changedAt, counts: &counts)
                     applied += run
                     run.removeAll(keepingCapacity: true)
                 }
-                let rows = counts.total + run.count
-                if rows >= SnapshotWriter.bulkRowsPerTransaction
-                    || SystemTime.monotonicNanoseconds() - started >= SnapshotWriter.bulkNanosecondsPerTransaction
-                    || (rows >= SnapshotWriter.bulkRowsBeforeYielding && liveQueued.load(ordering: .relaxed) > 0)
+                let elapsed = SystemTime.monotonicNanoseconds() - started
+                if counts.total + run.count >= SnapshotWriter.bulkRowsPerTransaction
+                    || elapsed >= SnapshotWriter.bulkNanosecondsPerTransaction
+                    || (yielding && elapsed >= SnapshotWriter.bulkNanosecondsBeforeYielding)
                 {
                     break
                 }
@@ -698,27 +744,90 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
     }
 
-    /// Folds one bounded piece of the journal when the writer has nothing else queued, or while
-    /// the journal is above `foldThreshold` (then between the live and bulk transactions). Larger
-    /// pieces when the journal keeps growing: a writer that falls behind for long must still catch up.
-    private func foldIfDue() throws {
+    /// One bounded piece of work besides the live changes, by need: the writer's checkpoint when
+    /// the WAL has grown past `checkpointFrames`; else a bulk transaction, or a fold of the journal
+    /// when no bulk work waits. Above `foldCatchUpThreshold` bulk and fold pieces take turns: a
+    /// full sync goes first (the journal holds what it defers, and readers see it), but not so
+    /// long that the journal grows without bound.
+    private func otherPiece(stopping: Bool) throws {
+        if checkpointIfDue() { return }
+        let foldDue = foldIsDue()
+        let foldsCatchingUp = foldsTurn && store.journalEntries > SnapshotWriter.foldCatchUpThreshold
+        if !pendingBulk.isEmpty && !(foldDue && foldsCatchingUp) {
+            try commitBulk(stopping: stopping)
+            foldsTurn = true
+        } else if foldDue {
+            try fold()
+            foldsTurn = false
+        }
+    }
+
+    /// A fold is due when the writer has nothing else queued, or while the journal is above
+    /// `foldThreshold`.
+    private func foldIsDue() -> Bool {
         let entries = store.journalEntries
-        guard entries > 0 else { return }
+        guard entries > 0 else { return false }
         // Idle: nothing left to commit and no live change queued since the writer took the queue
         // (the live transaction just committed leaves `pendingLive` empty under any load).
         let idle = pendingLive.isEmpty && pendingBulk.isEmpty && liveQueued.load(ordering: .relaxed) == 0
-        guard idle || entries > SnapshotWriter.foldThreshold else { return }
-        let limit =
-            entries > SnapshotWriter.foldCatchUpThreshold
-            ? 4 * SnapshotWriter.foldEntriesPerTransaction : SnapshotWriter.foldEntriesPerTransaction
+        return idle || entries > SnapshotWriter.foldThreshold
+    }
+
+    /// Entries of the next fold piece: as many as `foldNanosecondsPerTransaction` allows at the
+    /// pace of the last pieces, within the bounds; four times more while the journal is above
+    /// `foldCatchUpThreshold` (a writer that falls behind for long must still catch up).
+    private var foldPieceEntries: Int {
+        let paced = Int(SnapshotWriter.foldNanosecondsPerTransaction / max(foldNanosecondsPerEntry, 1))
+        let limit = min(max(paced, SnapshotWriter.foldEntriesAtLeast), SnapshotWriter.foldEntriesPerTransaction)
+        return store.journalEntries > SnapshotWriter.foldCatchUpThreshold ? 4 * limit : limit
+    }
+
+    /// Folds one piece of the journal in its own transaction.
+    private func fold() throws {
+        let limit = foldPieceEntries
         var folded = 0
         let started = SystemTime.monotonicNanoseconds()
         try transaction { folded = try store.foldJournal(limit: limit) }
-        let length = (SystemTime.monotonicNanoseconds() - started) / 1000
+        let length = SystemTime.monotonicNanoseconds() - started
+        if folded > 0 { foldNanosecondsPerEntry = (foldNanosecondsPerEntry + length / UInt64(folded)) / 2 }
         stats.withLock {
             $0.journalFolded += UInt64(folded)
+            $0.longestBulkTransactionMicroseconds = max($0.longestBulkTransactionMicroseconds, length / 1000)
+        }
+    }
+
+    /// The WAL's frame count when the writer last checkpointed (0: not since it started over).
+    private var checkpointedAtFrames = 0
+
+    /// Checkpoints when the WAL has grown past `checkpointFrames`, and by an eighth of that since
+    /// the last time, once the checkpoint thread has copied all but `checkpointTailFrames` of it
+    /// (only while that thread runs: without it SQLite's automatic checkpoint is on). True when it
+    /// ran. A failure is left to the checkpoint thread and the next attempt, as SQLite leaves the
+    /// failure of its automatic checkpoint.
+    ///
+    /// The checkpoint syncs the WAL before it copies and the file after: right after the checkpoint
+    /// thread's pass, both syncs write little. Twice the threshold, it checkpoints whatever is
+    /// left, so that the WAL still starts over when that thread cannot keep up.
+    private func checkpointIfDue() -> Bool {
+        guard let maintainer else { return false }
+        let frames = store.database.walFramesAfterLastCommit
+        // Fewer frames than at the last checkpoint: the WAL started over since.
+        if frames < checkpointedAtFrames { checkpointedAtFrames = 0 }
+        guard frames >= checkpointFrames, frames >= checkpointedAtFrames + checkpointFrames / 8 else { return false }
+        let copied = maintainer.copiedFrames.load(ordering: .relaxed)
+        // A copy beyond the WAL's frames was of the WAL before it started over: nothing is known.
+        let tail = copied <= frames ? frames - copied : frames
+        guard tail <= checkpointFrames / 16 || frames >= 2 * checkpointFrames else { return false }
+        let started = SystemTime.monotonicNanoseconds()
+        // nil: the checkpoint thread is at it; the writer tries again after its next transaction.
+        guard (try? store.database.checkpointPassive()) != nil else { return false }
+        checkpointedAtFrames = frames
+        let length = (SystemTime.monotonicNanoseconds() - started) / 1000
+        stats.withLock {
+            $0.writerCheckpoints += 1
             $0.longestBulkTransactionMicroseconds = max($0.longestBulkTransactionMicroseconds, length)
         }
+        return true
     }
 
     /// Counts a committed transaction's changes and their write-to-commit latency.
