@@ -2,17 +2,6 @@ import Foundation
 import RedisClient
 import Testing
 
-/// The keys under `session:` on `node`, with their values.
-private func sessions(on node: RedisServer) throws -> [String: String] {
-    let client = try node.client()
-    var found: [String: String] = [:]
-    for key in try redisKeys(client, prefix: bytes("session:")).keys {
-        let name = String(decoding: key, as: UTF8.self)
-        if let value = try client.checked("GET", name).text { found[name] = value }
-    }
-    return found
-}
-
 /// A field of `INFO replication` on `node`, nil when it cannot be read.
 private func replicationField(_ node: RedisServer, _ field: String) -> String? {
     try? node.client().info("replication", field)

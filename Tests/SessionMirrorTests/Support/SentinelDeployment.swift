@@ -123,6 +123,17 @@ final class SentinelProcess: Sendable {
     func log() -> String { (try? String(contentsOfFile: directory.file("sentinel.log"), encoding: .utf8)) ?? "" }
 }
 
+/// The keys under `session:` on `node`, with their values (the Sentinel tests' sessions are strings).
+func sessions(on node: RedisServer) throws -> [String: String] {
+    let client = try node.client()
+    var found: [String: String] = [:]
+    for key in try redisKeys(client, prefix: bytes("session:")).keys {
+        let name = String(decoding: key, as: UTF8.self)
+        if let value = try client.checked("GET", name).text { found[name] = value }
+    }
+    return found
+}
+
 /// A master, one replica and three Sentinels on loopback, as the production deployment the
 /// Sentinel support is for. Stop it with `stop()`.
 final class SentinelDeployment: Sendable {
