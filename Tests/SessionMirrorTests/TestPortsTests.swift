@@ -4,7 +4,7 @@ import SessionMirror
 import Testing
 
 /// The test support's ports (`TestPorts`): why a port is never handed out twice in a run, and that it is not.
-@Suite("the tests' ports are never shared between tests", .timeLimit(.minutes(2)))
+@Suite("the tests' ports are never shared between tests", .timeLimit(.minutes(5)))
 struct TestPortsTests {
     @Test("no port is handed out twice in a run, and each one and its cluster bus port lie below the ephemeral range")
     func portsAreHandedOutOnce() throws {
