@@ -11,7 +11,7 @@ import Foundation
 /// ```
 ///
 /// The sockets API takes `sockaddr` pointers, the same exception to the house rule on `Unsafe*`
-/// that `ChildProcess` and `RedisServer.freePort` own up to.
+/// that `ChildProcess` and `TestPorts` own up to.
 final class NotifySocket: @unchecked Sendable {
     /// The socket's path, for `$NOTIFY_SOCKET`.
     let path: String

@@ -206,19 +206,9 @@ final class RedisClusterDeployment: Sendable {
         }
     }
 
-    /// A port below 55536 whose cluster bus port (port + 10000) is free too. Chosen below the
-    /// kernel's ephemeral range where it can, so that a client's outgoing port rarely takes one.
-    @Sendable static func clusterPort() throws -> Int {
-        for _ in 0..<200 {
-            let port = Int.random(in: 20_000..<45_536)
-            if (try? RedisServer.freePort(requesting: port)) != nil,
-                (try? RedisServer.freePort(requesting: port + 10_000)) != nil
-            {
-                return port
-            }
-        }
-        throw RedisServerError(message: "found no free port whose cluster bus port (+10000) is free too")
-    }
+    /// A port for a cluster node: every `RedisServer.freePort()` has its bus port (port + 10000)
+    /// free too, and never handed out.
+    @Sendable static func clusterPort() throws -> Int { try RedisServer.freePort() }
 }
 
 /// Gives a suite one Redis Cluster (3 masters, 3 replicas) for all its tests: started before the

@@ -48,7 +48,7 @@ final class RedisServer: Sendable {
     /// `arguments` are added to the command line, for example `["--notify-keyspace-events", "Elg"]`
     /// or `["--rename-command", "CONFIG", ""]`. A port taken by someone else between choosing and
     /// binding is retried with another port. `binary` runs another server (Redis 6.2, Valkey).
-    /// `choosingPort` picks the port instead of the kernel (a cluster node also needs port + 10000).
+    /// `choosingPort` picks the port instead of `freePort()` (a test that needs a given port).
     static func start(
         binary: String = executable, arguments: [String] = [], choosingPort: (() throws -> Int)? = nil
     ) async throws -> RedisServer {
@@ -116,10 +116,11 @@ final class RedisServer: Sendable {
     /// `notify-keyspace-events` (empty), like a production Redis without persistence after a restart.
     func restart() async throws {
         stop()
-        // The port was just released; a client's ephemeral port could take it in the meantime, so
-        // a server that could not bind it (it ends at once) is tried again for a moment. Only that
-        // one: a server that ran may already have been found by the daemon under test, and
-        // replacing it would be a second restart the test does not know about.
+        // The port was just released. No other test is given it (`TestPorts`) and, below the
+        // ephemeral range, no client's outgoing port takes it; a process outside the tests still
+        // could, so a server that could not bind it (it ends at once) is tried again for a moment.
+        // Only that one: a server that ran may already have been found by the daemon under test,
+        // and replacing it would be a second restart the test does not know about.
         var lastError: Error?
         for _ in 0..<50 {
             do {
@@ -187,14 +188,11 @@ final class RedisServer: Sendable {
         throw RedisServerError(message: "redis-server on port \(port) did not answer within 30 s: \(child.output())")
     }
 
-    /// A TCP port that nothing listens on right now: `requested`, or the kernel's choice for 0.
-    /// Throws when `requested` is taken.
-    ///
-    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
-    /// Another process may take the port before redis-server binds it; `start` then retries.
     /// Keeps `port` bound on 127.0.0.1 without listening, until the descriptor is closed: clients
     /// are refused as with nothing there, and no other test's server can take the port meanwhile
     /// (a test that stops its server for a while and restarts it on the same port).
+    ///
+    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
     static func holdPort(_ port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
@@ -217,25 +215,9 @@ final class RedisServer: Sendable {
         return fd
     }
 
-    static func freePort(requesting requested: Int = 0) throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(requested).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard bound == 0 else { throw RedisServerError(message: "bind: \(String(cString: strerror(errno)))") }
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw RedisServerError(message: "getsockname: \(String(cString: strerror(errno)))") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
+    /// A port for one test (a server, or an address where nothing listens): never handed to another
+    /// test of the run, below the kernel's ephemeral range with its cluster bus port (`TestPorts`).
+    static func freePort() throws -> Int { try TestPorts.next() }
 }
 
 /// redis-server could not be started or stopped.

@@ -74,7 +74,8 @@ final class SentinelProcess: Sendable {
     /// names replicas and Sentinels that are gone.
     func restart(monitoring masterPort: Int) async throws {
         stop()
-        // The port was just released; retry for a moment should a client's ephemeral port take it.
+        // The port was just released; no other test is given it and no client's outgoing port takes
+        // it (`TestPorts`), but a process outside the tests could: retry for a moment.
         var lastError: Error?
         for _ in 0..<50 {
             let child = try SentinelProcess.launch(
