@@ -285,19 +285,21 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// Queues changes; returns at once.
     public func enqueue(_ changes: [SnapshotChange], lane: WriterLane = .live) {
         guard !changes.isEmpty else { return }
-        let bytes = changes.reduce(0) { $0 + $1.approximateBytes }
+        // Bulk changes in chunks, so that a transaction can end between two of them; live ones whole.
+        let chunkSize = lane == .live ? changes.count : SnapshotWriter.bulkChunk
+        var works: [Work] = []
+        var bytes = 0
+        for start in stride(from: 0, to: changes.count, by: chunkSize) {
+            let chunk =
+                chunkSize == changes.count ? changes : Array(changes[start..<min(start + chunkSize, changes.count)])
+            let chunkBytes = chunk.reduce(0) { $0 + $1.approximateBytes }
+            works.append(.changes(chunk, bytes: chunkBytes))
+            bytes += chunkBytes
+        }
         uncommittedChanges.add(changes.count, ordering: .relaxed)
         uncommittedBytes.add(bytes, ordering: .relaxed)
-        if lane == .live {
-            uncommittedLiveBytes.add(bytes, ordering: .relaxed)
-            append([.changes(changes, bytes: bytes)], lane: .live)
-            return
-        }
-        append(
-            stride(from: 0, to: changes.count, by: SnapshotWriter.bulkChunk).map { start in
-                let chunk = Array(changes[start..<min(start + SnapshotWriter.bulkChunk, changes.count)])
-                return .changes(chunk, bytes: chunk.reduce(0) { $0 + $1.approximateBytes })
-            }, lane: .bulk)
+        if lane == .live { uncommittedLiveBytes.add(bytes, ordering: .relaxed) }
+        append(works, lane: lane)
     }
 
     /// Queues work to run in order with the bulk changes, inside a transaction. Live changes may
