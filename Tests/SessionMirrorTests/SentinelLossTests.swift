@@ -19,12 +19,8 @@ struct SentinelLossTests {
         defer { deployment.stop() }
         let directory = try TemporaryDirectory(label: "sentinel-lost-window")
         let snapshot = directory.file("sessions.db")
-        let daemon = try MirrorProcess.start(
-            ["run"] + deployment.arguments + [
-                "--prefix", "session:", "--snapshot", snapshot, "--on-cache-loss", "restore",
-            ], in: directory)
+        let daemon = try await deployment.startRestoringMirror(snapshot: snapshot, in: directory)
         defer { daemon.process.kill() }
-        try await daemon.waitForEvent("sentinel_watch", timeout: .seconds(60))
         let master = try deployment.master()
         let replica = try #require(deployment.nodes.first { $0.port != master.port })
 
@@ -97,12 +93,8 @@ struct SentinelLossTests {
         let directory = try TemporaryDirectory(label: "sentinel-all-lost")
         let elsewhere = try TemporaryDirectory(label: "sentinel-backup")
         let snapshot = directory.file("sessions.db")
-        let daemon = try MirrorProcess.start(
-            ["run"] + deployment.arguments + [
-                "--prefix", "session:", "--snapshot", snapshot, "--on-cache-loss", "restore",
-            ], in: directory)
+        let daemon = try await deployment.startRestoringMirror(snapshot: snapshot, in: directory)
         defer { daemon.process.kill() }
-        try await daemon.waitForEvent("sentinel_watch", timeout: .seconds(60))
 
         var valid: [String: String] = [:]
         for index in 0..<6 { valid["session:s\(index)"] = "v\(index)" }

@@ -38,12 +38,8 @@ struct SentinelRejoinTests {
         defer { deployment.stop() }
         let directory = try TemporaryDirectory(label: "sentinel-rejoin")
         let snapshot = directory.file("sessions.db")
-        let daemon = try MirrorProcess.start(
-            ["run"] + deployment.arguments + [
-                "--prefix", "session:", "--snapshot", snapshot, "--on-cache-loss", "restore",
-            ], in: directory)
+        let daemon = try await deployment.startRestoringMirror(snapshot: snapshot, in: directory)
         defer { daemon.process.kill() }
-        try await daemon.waitForEvent("sentinel_watch", timeout: .seconds(60))
         let old = try deployment.master()
         let new = try #require(deployment.nodes.first { $0.port != old.port })
 

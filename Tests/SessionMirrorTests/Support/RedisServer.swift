@@ -191,24 +191,13 @@ final class RedisServer: Sendable {
     /// Keeps `port` bound on 127.0.0.1 without listening, until the descriptor is closed: clients
     /// are refused as with nothing there, and no other test's server can take the port meanwhile
     /// (a test that stops its server for a while and restarts it on the same port).
-    ///
-    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
     static func holdPort(_ port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError(message: "socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
         // The stopped server's connections may linger in TIME_WAIT on the port.
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard bound == 0 else {
+        guard TestPorts.bindLoopback(fd, port: port) else {
             close(fd)
             throw RedisServerError(message: "bind \(port): \(String(cString: strerror(errno)))")
         }

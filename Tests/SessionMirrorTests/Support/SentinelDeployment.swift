@@ -187,6 +187,21 @@ final class SentinelDeployment: Sendable {
     /// The data node listening on `port`.
     func node(port: Int) -> RedisServer? { nodes.first { $0.port == port } }
 
+    /// `sessionmirror run` through these Sentinels, mirroring `session:` into `snapshot` and
+    /// restoring on a cache loss, once it watches the Sentinels. The caller kills it.
+    func startRestoringMirror(snapshot: String, in directory: TemporaryDirectory) async throws -> MirrorProcess {
+        let daemon = try MirrorProcess.start(
+            ["run"] + arguments + ["--prefix", "session:", "--snapshot", snapshot, "--on-cache-loss", "restore"],
+            in: directory)
+        do {
+            try await daemon.waitForEvent("sentinel_watch", timeout: .seconds(60))
+        } catch {
+            daemon.process.kill()
+            throw error
+        }
+        return daemon
+    }
+
     /// The current master (as the Sentinels name it).
     func master() throws -> RedisServer {
         let port = try masterPort()

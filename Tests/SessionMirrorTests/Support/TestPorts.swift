@@ -75,12 +75,17 @@ enum TestPorts {
 
     /// Whether `port` can be bound on 127.0.0.1 now. Without SO_REUSEADDR, so that a port with
     /// connections still in TIME_WAIT counts as taken.
-    ///
-    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
     private static func isFree(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
+        return bindLoopback(fd, port: port)
+    }
+
+    /// Binds `fd` to 127.0.0.1:`port`; false when the port is taken (`errno` says why).
+    ///
+    /// The pointer rebinding below is the sockets API's, the same exception `ChildProcess` owns up to.
+    static func bindLoopback(_ fd: Int32, port: Int) -> Bool {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
