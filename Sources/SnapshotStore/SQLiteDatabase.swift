@@ -109,6 +109,24 @@ final class SQLiteDatabase {
         return (Int(log), Int(copied))
     }
 
+    /// Flushes the main database file to disk (`fdatasync`) through SQLite's own handle of it, so
+    /// that no descriptor of the file is opened or closed outside SQLite (closing one would drop
+    /// the process's locks on it).
+    ///
+    /// A checkpoint syncs the file only when it copies the whole WAL ("Fsync is also called on the
+    /// database file if (and only if) the entire WAL content is copied", wal.c): passes that a busy
+    /// writer keeps from finishing leave every page they copied dirty in the page cache, and the
+    /// checkpoint that finally finishes flushes them all at once.
+    func syncDatabaseFile() throws {
+        var file: UnsafeMutablePointer<sqlite3_file>?
+        let found = sqlite3_file_control(handle, "main", SQLITE_FCNTL_FILE_POINTER, &file)
+        guard found == SQLITE_OK, let file, let sync = file.pointee.pMethods?.pointee.xSync else {
+            throw failure(step: "find the database file", code: found, message: lastMessage)
+        }
+        let status = sync(file, SQLITE_SYNC_NORMAL)
+        guard status == SQLITE_OK else { throw failure(step: "sync the database file", code: status, message: lastMessage) }
+    }
+
     func close() {
         guard let handle else { return }
         if let walFrames {

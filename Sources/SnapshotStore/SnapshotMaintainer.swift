@@ -40,6 +40,8 @@ final class SnapshotMaintainer: @unchecked Sendable {
     /// Where the WAL was copied up to at the end of this thread's last checkpoint (a frame number
     /// of the WAL as it was then: after the WAL started over, larger than its frames).
     let copiedFrames = Atomic<Int>(0)
+    /// Times this thread synced the database file after a pass that could not copy the whole WAL.
+    let databaseFileSyncs = Atomic<Int>(0)
     /// A batch of expired keys was handed to `expired` and its deletes are not committed yet.
     private let pruneHandedOver = Atomic<Bool>(false)
 
@@ -130,6 +132,19 @@ final class SnapshotMaintainer: @unchecked Sendable {
                 nextPrune = SystemTime.monotonicNanoseconds() + again
             }
             if checkpoint, let result = try? store.database.checkpointPassive() {
+                // A pass that the writer's commits kept from reaching the WAL's end left what it
+                // copied unsynced (`SQLiteDatabase.syncDatabaseFile`), and the counts returned do
+                // not tell (they end where the pass began). Sync after every pass that copied: or
+                // the checkpoint that finally reaches the end flushes a whole WAL's worth of
+                // scattered pages, and under load that checkpoint is the writer's, between two
+                // live transactions (docs/benchmarks.md, "The checkpoint thread's file syncs, and
+                // work that rests"). After a pass that did reach the end, the file is clean and the
+                // sync costs nothing.
+                if result.copied > 0, (try? store.database.syncDatabaseFile()) != nil {
+                    databaseFileSyncs.add(1, ordering: .relaxed)
+                }
+                // Published after the sync: the writer's checkpoint, which waits for a small tail,
+                // then has only that tail to copy and to flush.
                 copiedFrames.store(result.copied, ordering: .relaxed)
                 usleep(50_000)  // at most 20 passes a second: the commits in between coalesce
             }

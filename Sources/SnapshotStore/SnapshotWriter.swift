@@ -103,6 +103,9 @@ public struct WriterStatistics: Sendable {
     public var journalFolded: UInt64 = 0
     /// Checkpoints the writer ran itself (`SnapshotWriter.checkpointFrames`).
     public var writerCheckpoints: UInt64 = 0
+    /// Syncs of the database file by the checkpoint thread, after passes that could not copy the
+    /// whole WAL (`SnapshotMaintainer`).
+    public var checkpointThreadFileSyncs = 0
     /// Changes queued and not yet committed, including those held for a retry (disk full).
     public var queuedChanges = 0
     /// Approximate bytes of those changes.
@@ -165,6 +168,10 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// when it has nothing else to do: a key written again while its entry waits is written to
     /// the table once (docs/architecture.md, "The write path").
     static let foldThreshold = 50_000
+    /// Work that can wait (a fold of the journal, a piece of a long job) rests after each piece
+    /// for this many times the piece's length while the journal is at or below `foldThreshold`;
+    /// less as it grows, not at all from `4 × foldThreshold` (`restFactor`).
+    static let restFactorAtThreshold = 2.0
     /// How long the writer folds the journal after SIGTERM once every change is committed; what
     /// is left is folded at the next start (readers see it either way).
     static let foldAtStopNanoseconds: UInt64 = 1_000_000_000
@@ -234,6 +241,13 @@ public final class SnapshotWriter: @unchecked Sendable {
     private var foldNanosecondsPerEntry: UInt64 = 50_000
     /// The next round's piece of other work is a fold, when one is due as well as bulk work.
     private var foldsTurn = false
+    /// Monotonic ns before which no work that can wait starts (`restFactor`).
+    private var deferrableRestsUntil: UInt64 = 0
+    /// Monotonic ns of the last live transaction's commit (0: none yet).
+    private var lastLiveCommitAt: UInt64 = 0
+    /// Work that can wait rests only while live changes came within this long: without them
+    /// there is no latency to keep, and a sync or a prune on a quiet server runs at full speed.
+    static let restsWhileLiveWithinNanoseconds: UInt64 = 1_000_000_000
 
     /// Takes ownership of `store` and starts the writer thread.
     ///
@@ -411,6 +425,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             var copy = current
             copy.queuedChanges = uncommittedChanges.load(ordering: .relaxed)
             copy.queuedBytes = uncommittedBytes.load(ordering: .relaxed)
+            copy.checkpointThreadFileSyncs = maintainer?.databaseFileSyncs.load(ordering: .relaxed) ?? 0
             if resetLatency {
                 current.latency = LatencyHistogram()
                 current.liveQueueWait = LatencyHistogram()
@@ -520,8 +535,11 @@ public final class SnapshotWriter: @unchecked Sendable {
             do {
                 // Every live change queued, then at most one bounded piece of other work: a live
                 // change that arrives meanwhile waits for that one piece, never for several.
+                let hadLive = !pendingLive.isEmpty
                 try commitLive()
-                try otherPiece(stopping: stopRequestedAt != nil)
+                if try !otherPiece(stopping: stopRequestedAt != nil) && !hadLive {
+                    waitForLiveChanges(until: deferrableRestsUntil)
+                }
                 if failure != nil {
                     logger.notice("snapshot writes recovered", metadata: ["event": "snapshot_recovered"])
                     failure = nil
@@ -598,6 +616,7 @@ public final class SnapshotWriter: @unchecked Sendable {
             try apply(changes, changedAt: changedAt, counts: &counts, journaled: true)
         }
         let ended = SystemTime.monotonicNanoseconds()
+        lastLiveCommitAt = ended
         stats.withLock { stats in
             for entry in pendingLive[..<count] {
                 guard case .changes(let batch, _) = entry.work else { continue }
@@ -750,18 +769,69 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// the WAL has grown past `checkpointFrames`; else a bulk transaction, or a fold of the journal
     /// when no bulk work waits. Above `foldCatchUpThreshold` bulk and fold pieces take turns: a
     /// full sync goes first (the journal holds what it defers, and readers see it), but not so
-    /// long that the journal grows without bound.
-    private func otherPiece(stopping: Bool) throws {
-        if checkpointIfDue() { return }
-        let foldDue = foldIsDue()
+    /// long that the journal grows without bound. False when it ran nothing: nothing was due, or
+    /// what was due can wait and rests (`restFactor`).
+    private func otherPiece(stopping: Bool) throws -> Bool {
+        if checkpointIfDue() { return true }
+        let started = SystemTime.monotonicNanoseconds()
+        // While stopping nothing rests: the changes queued behind are committed within the bound.
+        let resting = !stopping && started < deferrableRestsUntil
         let foldsCatchingUp = foldsTurn && store.journalEntries > SnapshotWriter.foldCatchUpThreshold
-        if !pendingBulk.isEmpty && !(foldDue && foldsCatchingUp) {
-            try commitBulk(stopping: stopping)
-            foldsTurn = true
-        } else if foldDue {
+        if foldIsDue() && (pendingBulk.isEmpty || foldsCatchingUp) && !resting {
             try fold()
             foldsTurn = false
+            rest(after: started)
+            return true
         }
+        guard !pendingBulk.isEmpty else { return false }
+        // A sync's rows never rest; a step of a long job does, unless live changes wait for it.
+        var canWait = false
+        if case .step(_, let holdsLive) = pendingBulk[0].work { canWait = !holdsLive }
+        if canWait && resting { return false }
+        try commitBulk(stopping: stopping)
+        foldsTurn = true
+        if canWait { rest(after: started) }
+        return true
+    }
+
+    /// How long work that can wait rests after a piece, in multiples of the piece's length:
+    /// `restFactorAtThreshold` up to `foldThreshold` journal entries (the writer spends at most a
+    /// third of its time on that work, however much of it there is), falling to 0 at
+    /// `4 × foldThreshold` (then such work takes every round it is due, as far as the journal must
+    /// not grow without bound).
+    ///
+    /// Folding the journal writes a random page of the table per entry, so folding a large journal
+    /// back to back (as after a full sync, which defers the fold) fills the WAL about once a second,
+    /// and every WAL cycle ends with one checkpoint between two live transactions, whose file syncs
+    /// wait behind all those writes (docs/benchmarks.md, "The checkpoint thread's file syncs, and
+    /// work that rests"). Resting in between keeps the disk's queue short; under a load the fold
+    /// cannot keep up with at that pace, the journal grows and the rests shorten until it does.
+    static func restFactor(journalEntries: Int) -> Double {
+        let behind = Double(journalEntries - foldThreshold) / Double(3 * foldThreshold)
+        return restFactorAtThreshold * (1 - min(max(behind, 0), 1))
+    }
+
+    /// Starts the rest after a piece of work that can wait, begun at `started`: none when no live
+    /// change came for `restsWhileLiveWithinNanoseconds`.
+    private func rest(after started: UInt64) {
+        let ended = SystemTime.monotonicNanoseconds()
+        guard ended - lastLiveCommitAt < SnapshotWriter.restsWhileLiveWithinNanoseconds else {
+            deferrableRestsUntil = 0
+            return
+        }
+        let factor = SnapshotWriter.restFactor(journalEntries: store.journalEntries)
+        deferrableRestsUntil = ended + UInt64(Double(ended - started) * factor)
+    }
+
+    /// Waits until `deadline` (monotonic ns), or less when a change or a stop is queued.
+    private func waitForLiveChanges(until deadline: UInt64) {
+        let now = SystemTime.monotonicNanoseconds()
+        guard deadline > now else { return }
+        condition.lock()
+        if queue.live.isEmpty && queue.bulk.isEmpty && queue.stopRequestedAt == nil {
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(deadline - now) / 1e9))
+        }
+        condition.unlock()
     }
 
     /// A fold is due when the writer has nothing else queued, or while the journal is above

@@ -47,6 +47,11 @@ struct WriterCheckpointTests {
         #expect(settled)
         let stats = writer.statistics(resetLatency: false)
         #expect(stats.writerCheckpoints > 0)
+        // SQLite syncs the database file only after a checkpoint that reaches the WAL's end, which
+        // the checkpoint thread's passes rarely do beside this writer: the thread syncs it after
+        // each pass, so that the writer's checkpoint flushes its small tail, not every page copied
+        // since the WAL last started over. (0 without those syncs.)
+        #expect(stats.checkpointThreadFileSyncs > 0)
         let walBytes =
             (try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? NSNumber)?
             .int64Value ?? 0
@@ -56,5 +61,70 @@ struct WriterCheckpointTests {
         #expect(walBytes < 48 << 20, "the WAL grew to \(walBytes) bytes")
         #expect(try sqlite3(path, "SELECT count(*) FROM sessions") == "17000")
         #expect(writer.stop())
+    }
+
+    @Test("work that can wait rests three times its length while the journal is small, and less as it grows, down to not at all")
+    func restShrinksAsTheJournalGrows() {
+        let threshold = SnapshotWriter.foldThreshold
+        #expect(SnapshotWriter.restFactor(journalEntries: 0) == 2)
+        #expect(SnapshotWriter.restFactor(journalEntries: threshold) == 2)
+        #expect(SnapshotWriter.restFactor(journalEntries: threshold * 5 / 2) == 1)
+        #expect(SnapshotWriter.restFactor(journalEntries: threshold * 4) == 0)
+        #expect(SnapshotWriter.restFactor(journalEntries: threshold * 40) == 0)
+        let factors = stride(from: 0, through: threshold * 5, by: threshold / 10).map {
+            SnapshotWriter.restFactor(journalEntries: $0)
+        }
+        #expect(zip(factors, factors.dropFirst()).allSatisfy { $0 >= $1 }, "never rests longer as the journal grows")
+    }
+
+    @Test("a journal above the fold threshold is folded below it while live changes keep coming: the rests never starve the fold")
+    func restsDoNotStarveTheFold() async throws {
+        let directory = try TemporaryDirectory(label: "writer-rests")
+        let path = directory.file("s.db")
+        let writer = SnapshotWriter(
+            store: try SnapshotStore(path: path, mode: .readWrite), logger: Logger(label: "test"))
+        // A live change every millisecond or so, to keys of their own, until the test ends: the
+        // writer is never idle for long, so only the folds between live transactions (which rest)
+        // bring the journal down.
+        let feeding = Atomic<Bool>(true)
+        let fed = Atomic<Int>(0)
+        startNamedThread("feed") {
+            var round = 0
+            while feeding.load(ordering: .acquiring) {
+                writer.enqueue(
+                    [
+                        SnapshotChange(
+                            kind: .upsert(stringRecord("live\(round % 500)", "v\(round)")),
+                            dirtiedAt: SystemTime.monotonicNanoseconds(), generation: 0)
+                    ], lane: .live)
+                round += 1
+                fed.store(round, ordering: .releasing)
+                usleep(1000)
+            }
+        }
+        // More distinct keys than the threshold, in one go: the journal goes above it.
+        let entries = SnapshotWriter.foldThreshold + 20_000
+        writer.enqueue(
+            (0..<entries).map { index in
+                SnapshotChange(
+                    kind: .upsert(stringRecord("k\(index)", "v0")), dirtiedAt: SystemTime.monotonicNanoseconds(),
+                    generation: 0)
+            }, lane: .live)
+        let above = await eventually(timeout: .seconds(60)) {
+            writer.statistics(resetLatency: false).journalEntries > SnapshotWriter.foldThreshold
+        }
+        #expect(above)
+        let fedWhenAbove = fed.load(ordering: .acquiring)
+        let folded = await eventually(timeout: .seconds(120)) {
+            writer.statistics(resetLatency: false).journalEntries <= SnapshotWriter.foldThreshold
+        }
+        let fedWhenFolded = fed.load(ordering: .acquiring)
+        feeding.store(false, ordering: .releasing)
+        #expect(folded, "the journal stayed above the threshold: \(writer.statistics(resetLatency: false).journalEntries)")
+        #expect(fedWhenFolded > fedWhenAbove, "live changes kept coming while the journal was folded")
+        #expect(writer.stop(timeoutSeconds: 10))
+        // Every key's latest state is readable, whether folded or still in the journal.
+        #expect(try sqlite3(path, "SELECT value FROM sessions WHERE key = CAST('k7' AS BLOB)") == "v0")
+        #expect(try snapshotRows(at: path).count == entries + min(fed.load(ordering: .acquiring), 500))
     }
 }
