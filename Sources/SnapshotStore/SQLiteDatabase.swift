@@ -124,7 +124,9 @@ final class SQLiteDatabase {
             throw failure(step: "find the database file", code: found, message: lastMessage)
         }
         let status = sync(file, SQLITE_SYNC_NORMAL)
-        guard status == SQLITE_OK else { throw failure(step: "sync the database file", code: status, message: lastMessage) }
+        guard status == SQLITE_OK else {
+            throw failure(step: "sync the database file", code: status, message: lastMessage)
+        }
     }
 
     func close() {

@@ -63,7 +63,7 @@ struct WriterCheckpointTests {
         #expect(writer.stop())
     }
 
-    @Test("work that can wait rests three times its length while the journal is small, and less as it grows, down to not at all")
+    @Test("work that can wait rests twice its length while the journal is small, less as it grows, down to not at all")
     func restShrinksAsTheJournalGrows() {
         let threshold = SnapshotWriter.foldThreshold
         #expect(SnapshotWriter.restFactor(journalEntries: 0) == 2)
@@ -77,7 +77,9 @@ struct WriterCheckpointTests {
         #expect(zip(factors, factors.dropFirst()).allSatisfy { $0 >= $1 }, "never rests longer as the journal grows")
     }
 
-    @Test("a journal above the fold threshold is folded below it while live changes keep coming: the rests never starve the fold")
+    @Test(
+        "a journal above the fold threshold is folded below it while live changes keep coming: the rests never starve the fold"
+    )
     func restsDoNotStarveTheFold() async throws {
         let directory = try TemporaryDirectory(label: "writer-rests")
         let path = directory.file("s.db")
@@ -120,7 +122,8 @@ struct WriterCheckpointTests {
         }
         let fedWhenFolded = fed.load(ordering: .acquiring)
         feeding.store(false, ordering: .releasing)
-        #expect(folded, "the journal stayed above the threshold: \(writer.statistics(resetLatency: false).journalEntries)")
+        let left = writer.statistics(resetLatency: false).journalEntries
+        #expect(folded, "the journal stayed above the threshold: \(left)")
         #expect(fedWhenFolded > fedWhenAbove, "live changes kept coming while the journal was folded")
         #expect(writer.stop(timeoutSeconds: 10))
         // Every key's latest state is readable, whether folded or still in the journal.
