@@ -40,7 +40,7 @@ final class SnapshotMaintainer: @unchecked Sendable {
     /// Where the WAL was copied up to at the end of this thread's last checkpoint (a frame number
     /// of the WAL as it was then: after the WAL started over, larger than its frames).
     let copiedFrames = Atomic<Int>(0)
-    /// Times this thread synced the database file after a pass that could not copy the whole WAL.
+    /// Times this thread synced the database file, one after each pass that copied frames.
     let databaseFileSyncs = Atomic<Int>(0)
     /// A batch of expired keys was handed to `expired` and its deletes are not committed yet.
     private let pruneHandedOver = Atomic<Bool>(false)

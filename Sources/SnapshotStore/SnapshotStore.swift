@@ -259,8 +259,9 @@ public final class SnapshotStore {
             // A burst of large transactions leaves a large WAL behind (docs/benchmarks.md, "Targets
             // and findings": The WAL's size): give the disk back down to 256 MB once it is
             // checkpointed. Not less: the writer checkpoints at 32,768 frames (128 MB), and a WAL cut
-            // shorter at each start-over grows again under load, which makes the file syncs of every
-            // checkpoint slower (docs/benchmarks.md, "Live changes during a full sync").
+            // shorter at each start-over only grows again under load (the latency did not measurably
+            // change either way: docs/benchmarks.md, "One piece between live transactions, and the
+            // writer's checkpoints outside them").
             try database.execute("PRAGMA journal_size_limit = 268435456")
             try migrate(from: version)
             hasJournal = true

@@ -103,8 +103,8 @@ public struct WriterStatistics: Sendable {
     public var journalFolded: UInt64 = 0
     /// Checkpoints the writer ran itself (`SnapshotWriter.checkpointFrames`).
     public var writerCheckpoints: UInt64 = 0
-    /// Syncs of the database file by the checkpoint thread, after passes that could not copy the
-    /// whole WAL (`SnapshotMaintainer`).
+    /// Syncs of the database file by the checkpoint thread, one after each pass that copied frames
+    /// (`SnapshotMaintainer`).
     public var checkpointThreadFileSyncs = 0
     /// Changes queued and not yet committed, including those held for a retry (disk full).
     public var queuedChanges = 0
@@ -872,7 +872,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     private var checkpointedAtFrames = 0
 
     /// Checkpoints when the WAL has grown past `checkpointFrames`, and by an eighth of that since
-    /// the last time, once the checkpoint thread has copied all but `checkpointTailFrames` of it
+    /// the last time, once the checkpoint thread has copied all but a sixteenth of that
     /// (only while that thread runs: without it SQLite's automatic checkpoint is on). True when it
     /// ran. A failure is left to the checkpoint thread and the next attempt, as SQLite leaves the
     /// failure of its automatic checkpoint.
